@@ -1,0 +1,3 @@
+"""DTMS: Defensive Trade Management System for MetaTrader 5."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from dtms.cli import main
+
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""The actor: a bounded mailbox, ``tell``/``ask``, and a supervised ``run``.
+
+An :class:`Actor` owns one anyio memory object stream as its mailbox. Other code talks to it
+only by messages:
+
+* ``await actor.tell(msg)`` -- fire and forget; waits while the mailbox is full (backpressure,
+  never a silent drop). ``tell_nowait`` raises :class:`MailboxFull` instead of waiting.
+* ``await actor.ask(msg, timeout=5)`` -- request/reply; raises :class:`AskTimeout` if no reply
+  comes in time (the message may still be processed later).
+
+Subclasses implement ``handle(msg)``; its return value is the reply. A :class:`DtmsError`
+(or another class listed in ``reply_errors``) raised by ``handle`` is the reply and the actor
+carries on. Any other
+exception is a crash: the asker gets ``Internal`` and the exception propagates out of
+``run`` to the supervisor.
+
+Mailboxes across restarts: the mailbox belongs to the actor *object*, not to one run of it. A
+supervisor restarts a crashed actor by calling ``run`` again on the same object, so messages
+queued while it was down are delivered to the next incarnation, in order. Only when the actor is
+given up or stopped for good (``close``) are queued asks failed with :class:`ActorStopped`, and
+later sends raise it at once.
+
+Example::
+
+    class Counter(Actor):
+        async def on_start(self): self.n = 0
+        async def handle(self, msg):
+            self.n += msg
+            return self.n
+
+    counter = Counter("counter")
+    async with anyio.create_task_group() as tg:
+        await tg.start(counter.run)
+        assert await counter.ask(2) == 2
+        await counter.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from dtms.errors import DtmsError, Internal
+
+log = logging.getLogger(__name__)
+
+
+class ActorStopped(Exception):
+    """The actor has stopped for good; the message was not and will not be processed."""
+
+
+class MailboxFull(Exception):
+    """``tell_nowait`` found the mailbox full."""
+
+
+class AskTimeout(TimeoutError):
+    """No reply within the ask timeout."""
+
+
+class _Stop:
+    """Sentinel: process everything queued before it, then return normally."""
+
+
+class Reply:
+    """A one-shot reply slot for ``ask``."""
+
+    __slots__ = ("_event", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(slots=True)
+class Envelope:
+    message: Any
+    reply: Reply | None = None
+
+
+class Actor:
+    """Base class for every DTMS actor. See the module docstring."""
+
+    #: exceptions from ``handle`` that are answers to the asker, not crashes of the actor
+    reply_errors: tuple[type[BaseException], ...] = (DtmsError,)
+
+    def __init__(self, name: str, mailbox_size: int = 1024) -> None:
+        self.name = name
+        self._send, self._recv = anyio.create_memory_object_stream[Envelope](
+            max_buffer_size=mailbox_size if mailbox_size > 0 else math.inf
+        )
+        self._closed = False
+        self._tg: TaskGroup | None = None
+        self.incarnation = 0
+
+    # -- messaging ---------------------------------------------------------------------------
+    async def tell(self, message: Any) -> None:
+        try:
+            await self._send.send(Envelope(message))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise ActorStopped(self.name) from exc
+
+    def tell_nowait(self, message: Any) -> None:
+        try:
+            self._send.send_nowait(Envelope(message))
+        except anyio.WouldBlock as exc:
+            raise MailboxFull(self.name) from exc
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise ActorStopped(self.name) from exc
+
+    async def ask(self, message: Any, timeout: float = 5.0) -> Any:
+        reply = Reply()
+        try:
+            with anyio.fail_after(timeout):
+                await self._send.send(Envelope(message, reply))
+                return await reply.wait()
+        except TimeoutError as exc:
+            if isinstance(exc, AskTimeout | DtmsError):
+                raise
+            raise AskTimeout(f"{self.name} did not answer {type(message).__name__} "
+                             f"within {timeout}s") from exc
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise ActorStopped(self.name) from exc
+
+    async def stop(self) -> None:
+        """Ask the actor to finish what is queued and return normally."""
+        try:
+            await self._send.send(Envelope(_Stop()))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            log.debug("stop of already closed actor %s", self.name)
+
+    def close(self, reason: str = "stopped") -> int:
+        """Stop for good: fail queued asks with ActorStopped; returns how many were dropped."""
+        self._closed = True
+        self._send.close()
+        dropped = 0
+        while True:
+            try:
+                env = self._recv.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if isinstance(env.message, _Stop):
+                continue
+            dropped += 1
+            if env.reply is not None:
+                env.reply.fail(ActorStopped(f"{self.name}: {reason}"))
+        if dropped:
+            log.warning("actor %s closed (%s) with %d queued messages failed", self.name, reason,
+                        dropped)
+        return dropped
+
+    @property
+    def mailbox_depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """One incarnation: ``on_start``, ready, process messages until stopped, ``on_stop``."""
+        self.incarnation += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self.on_start()
+                task_status.started()
+                await self._loop()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.on_stop()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a background task for this incarnation; if it raises, the actor crashes."""
+        if self._tg is None:
+            raise RuntimeError(f"{self.name}: spawn outside run()")
+        self._tg.start_soon(fn, *args, name=f"{self.name}:{getattr(fn, '__name__', 'task')}")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                env = await self._recv.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if isinstance(env.message, _Stop):
+                if env.reply is not None:
+                    env.reply.set(None)
+                return
+            try:
+                result = await self.handle(env.message)
+            except self.reply_errors as err:
+                if env.reply is not None:
+                    env.reply.fail(err)
+                else:
+                    log.warning("%s: told %s failed: %r", self.name, type(env.message).__name__, err)
+                continue
+            except Exception as exc:
+                if env.reply is not None:
+                    env.reply.fail(Internal(f"{self.name} crashed handling "
+                                            f"{type(env.message).__name__}: {exc!r}"))
+                raise
+            if env.reply is not None:
+                env.reply.set(result)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Called at the start of every incarnation, before the actor is reported ready."""
+
+    async def on_stop(self) -> None:
+        """Called when an incarnation ends, for any reason (shielded from cancellation)."""
+
+    async def handle(self, message: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")

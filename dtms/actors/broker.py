@@ -1,0 +1,141 @@
+"""The broker actor: the one owner of the terminal connection.
+
+Every terminal call in DTMS is a message to this actor, which runs it on a worker thread, one
+at a time, with a timeout. It connects on start (retrying every ``connect_retry_s``) and keeps
+``connected`` current: a call failing with a link-level ``last_error`` marks it disconnected and
+the next call reconnects first. Callers get :class:`~dtms.errors.NotReady` while the terminal is
+unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
+
+Usage: ``positions = await broker.call("positions", ticket=123)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from dtms.actors.base import Actor
+from dtms.brokers.mt5 import DISCONNECTED_CODES, MT5Adapter
+from dtms.errors import BrokerError, DtmsError, NotReady
+from dtms.metrics import Metrics
+from dtms.model import Account
+
+log = logging.getLogger(__name__)
+
+#: adapter methods other actors may call
+OPERATIONS = frozenset({"account", "symbol", "tick", "rates", "positions", "deals_for_position",
+                        "deals_between", "send"})
+_ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "success",
+                  10004: "retry", 10020: "retry", 10021: "retry",
+                  10012: "uncertain", 10031: "uncertain", 10011: "uncertain"}
+
+
+def retcode_class(retcode: int) -> str:
+    return _ORDER_CLASSES.get(retcode, "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    operation: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    pass
+
+
+class BrokerActor(Actor):
+    reply_errors = (DtmsError, BrokerError)
+
+    def __init__(self, adapter: MT5Adapter, *, metrics: Metrics, call_timeout_s: float = 10.0,
+                 connect_retry_s: float = 2.0, on_connected: Callable[[bool], None] | None = None,
+                 mailbox_size: int = 4096) -> None:
+        super().__init__("broker", mailbox_size)
+        self.adapter = adapter
+        self.metrics = metrics
+        self.call_timeout_s = call_timeout_s
+        self.connect_retry_s = connect_retry_s
+        self.connected = False
+        self.account: Account | None = None
+        self._on_connected = on_connected
+
+    async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Ask the terminal; waits for the call's turn and its result."""
+        return await self.ask(Call(operation, kwargs),
+                              timeout=timeout or self.call_timeout_s * 3)
+
+    def _set_connected(self, value: bool) -> None:
+        if value != self.connected:
+            self.connected = value
+            self.metrics.broker_connected.set(1 if value else 0)
+            if self._on_connected is not None:
+                self._on_connected(value)
+
+    async def _run_blocking(self, operation: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            with anyio.fail_after(self.call_timeout_s):
+                return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+        except TimeoutError as exc:
+            outcome = "timeout"
+            self._set_connected(False)
+            raise BrokerError(operation, -10005, f"no answer within {self.call_timeout_s}s") from exc
+        except BrokerError as exc:
+            outcome = "disconnected" if exc.code in DISCONNECTED_CODES else "error"
+            if exc.code in DISCONNECTED_CODES:
+                self._set_connected(False)
+            raise
+        finally:
+            self.metrics.broker_requests.labels(operation, outcome).inc()
+            self.metrics.broker_latency.labels(operation).observe(time.perf_counter() - started)
+
+    async def _connect(self) -> bool:
+        try:
+            self.account = await self._run_blocking("initialize", self.adapter.connect)
+        except BrokerError as exc:
+            log.warning("broker connect failed: %s", exc, extra={"code": exc.code})
+            return False
+        log.info("broker connected", extra={"login": self.account.login,
+                                            "server": self.account.server,
+                                            "hedging": self.account.hedging})
+        self._set_connected(True)
+        return True
+
+    async def _keep_connected(self) -> None:
+        while not self.connected:
+            if await self._connect():
+                return
+            await anyio.sleep(self.connect_retry_s)
+
+    async def on_start(self) -> None:
+        self.spawn(self._keep_connected)
+
+    async def on_stop(self) -> None:
+        if self.connected:
+            try:
+                await anyio.to_thread.run_sync(self.adapter.disconnect)
+            except BrokerError as exc:
+                log.warning("broker shutdown failed: %s", exc)
+        self._set_connected(False)
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, Reconnect):
+            self._set_connected(False)
+            return await self._connect()
+        if not isinstance(message, Call) or message.operation not in OPERATIONS:
+            raise TypeError(f"broker cannot handle {message!r}")
+        if not self.connected and not await self._connect():
+            raise NotReady("the trading terminal is not connected",
+                           retry_after=self.connect_retry_s)
+        method = getattr(self.adapter, message.operation)
+        result = await self._run_blocking(message.operation, lambda: method(**message.kwargs))
+        if message.operation == "send":
+            self.metrics.broker_retcodes.labels(retcode_class(result.retcode)).inc()
+        return result

@@ -1,0 +1,116 @@
+"""The position watcher: one poll of the broker's open positions for all trades.
+
+Every ``poll_interval_s`` it asks the broker for all open positions -- one terminal call no
+matter how many trades are registered -- and tells each watched trade actor what changed:
+``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
+the ticket is no longer open. A failed poll changes nothing (a broker hiccup never closes or
+deletes a trade); it is logged, counted, and retried at the next interval.
+
+It also reports open positions carrying DTMS's magic number that no trade actor watches
+(``unknown``), and counts successful polls (``polls_ok``): the first poll completed after the
+registry recovered is the moment every stored trade has been reconciled against the broker.
+
+The poll is a message the watcher sends itself, so all its state changes happen in ``handle``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from dtms.actors.base import Actor, ActorStopped
+from dtms.actors.trade import PositionGone, PositionUpdate
+from dtms.errors import BrokerError, NotReady
+from dtms.metrics import Metrics
+from dtms.model import Position
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    ticket: int
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch:
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    pass
+
+
+class PositionWatcher(Actor):
+    def __init__(self, broker: Any, *, metrics: Metrics, interval_s: float, dtms_magic: int) -> None:
+        super().__init__("positions", mailbox_size=0)  # unbounded: Watch must never block
+        self.broker = broker
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.dtms_magic = dtms_magic
+        self.watched: dict[int, Actor] = {}
+        self.last_seen: dict[int, tuple[float, float, float]] = {}
+        self.gone_reported: set[int] = set()
+        self.unknown: list[int] = []
+        self.polls_ok = 0
+
+    async def on_start(self) -> None:
+        self.last_seen.clear()
+        self.gone_reported.clear()
+        self.spawn(self._ticker)
+
+    async def _ticker(self) -> None:
+        while True:
+            await self.ask(Poll(), timeout=max(60.0, self.interval_s * 10))
+            await anyio.sleep(self.interval_s)
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, Watch):
+            self.watched[message.ticket] = message.actor
+            self.gone_reported.discard(message.ticket)
+            return None
+        if isinstance(message, Unwatch):
+            self.watched.pop(message.ticket, None)
+            self.last_seen.pop(message.ticket, None)
+            self.gone_reported.discard(message.ticket)
+            return None
+        if isinstance(message, Poll):
+            return await self._poll()
+        raise TypeError(f"position watcher cannot handle {message!r}")
+
+    async def _poll(self) -> None:
+        try:
+            positions: list[Position] = await self.broker.call("positions")
+        except (BrokerError, NotReady) as exc:
+            self.metrics.position_polls.labels("error").inc()
+            log.warning("position poll failed: %s", exc)
+            return
+        self.metrics.position_polls.labels("ok").inc()
+        by_ticket = {p.ticket: p for p in positions}
+        for ticket, actor in list(self.watched.items()):
+            p = by_ticket.get(ticket)
+            try:
+                if p is None:
+                    # told again each poll until the actor confirms and exits, but never
+                    # queued twice (a confirmation that failed on a broker error is retried)
+                    if ticket not in self.gone_reported or actor.mailbox_depth == 0:
+                        self.gone_reported.add(ticket)
+                        await actor.tell(PositionGone())
+                    continue
+                self.gone_reported.discard(ticket)
+                seen = (p.volume, p.sl, p.tp)
+                if self.last_seen.get(ticket) != seen:
+                    self.last_seen[ticket] = seen
+                    await actor.tell(PositionUpdate(p))
+            except ActorStopped:
+                self.watched.pop(ticket, None)
+                self.last_seen.pop(ticket, None)
+        self.unknown = sorted(t for t, p in by_ticket.items()
+                              if p.magic == self.dtms_magic and t not in self.watched)
+        self.metrics.unknown_positions.set(len(self.unknown))
+        self.polls_ok += 1

@@ -1,0 +1,227 @@
+"""The registry actor: ticket -> trade actor, idempotent registration, ownership rule.
+
+It is the one owner of the ticket map, and it serialises registrations: two registrations of
+the same ticket, however concurrent, are handled one after the other, so the second finds the
+first and exactly one trade actor exists. The trade actors run under a dynamic supervisor that
+lives inside the registry (the registry's subtree in SPEC section 1).
+
+``Register`` on the unhappy paths, in the order checked:
+
+* ticket already managed, or stored (even closed) -> the stored trade, ``created: false``,
+  nothing changed;
+* strategy_type/owner configured as another manager's -> ``OWNED_ELSEWHERE``;
+* terminal unreachable -> ``NOT_READY`` (retry; registration is idempotent);
+* no open position with that ticket at the broker -> ``NOT_FOUND``;
+* symbol or direction contradicting the broker's position -> ``CONFLICT`` naming the field;
+* otherwise the trade is built from the broker's truth (volume, SL, TP, entry price; any
+  difference from the request is reported in ``adjusted``), stored durably, and only then is its
+  actor started and the registration acknowledged (``created: true``).
+
+On start the registry reloads every stored trade that is not closed and restarts its actor in
+exactly its stored state; the position watcher then reconciles them against the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dtms.actors.base import Actor
+from dtms.actors.positions import Unwatch, Watch
+from dtms.actors.store import CountByState, GetTrade, ListTrades, PutTrade
+from dtms.actors.trade import TradeActor, TradeClosed
+from dtms.config import Settings
+from dtms.errors import BrokerError, Conflict, NotFound, NotReady, OwnedElsewhere
+from dtms.metrics import Metrics
+from dtms.model import Registration, Trade, TradeState, Transition, normalize_symbol
+from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    ticket: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    pass
+
+
+class RegistryActor(Actor):
+    def __init__(self, settings: Settings, *, store: Actor, broker: Any, watcher: Actor,
+                 metrics: Metrics, on_event: Callable[..., Any] | None = None,
+                 on_recovered: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__("registry", settings.registry.mailbox_size)
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.watcher = watcher
+        self.metrics = metrics
+        self.clock = clock
+        self.trades: dict[int, TradeActor] = {}
+        self._on_event = on_event
+        self._on_recovered = on_recovered
+        self.supervisor: DynamicSupervisor | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        sup = self.settings.supervisor
+        t = self.settings.trades
+        self.trades.clear()
+        self.supervisor = DynamicSupervisor(
+            "trades", intensity=Intensity(sup.trades_max_restarts, sup.trades_period_s),
+            backoff=Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter),
+            child_intensity=Intensity(t.max_restarts, t.restart_period_s),
+            on_event=self._on_event, on_give_up=self._give_up)
+        await self._start_task(self.supervisor.run)
+        await self._recover()
+
+    async def _start_task(self, fn: Callable[..., Any]) -> None:
+        assert self._tg is not None
+        await self._tg.start(fn)
+
+    async def on_stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        self.trades.clear()
+
+    async def _recover(self) -> None:
+        offset, page = 0, 1000
+        while True:
+            batch = await self.store.ask(ListTrades(open_only=True, limit=page, offset=offset),
+                                         timeout=60.0)
+            for trade in batch:
+                if trade.state is not TradeState.SUSPENDED:
+                    await self._spawn(trade)
+            if len(batch) < page:
+                break
+            offset += page
+        counts = await self.store.ask(CountByState())
+        for state in TradeState:
+            self.metrics.trades.labels(state.value).set(counts.get(state.value, 0))
+        log.info("registry recovered %d open trades", len(self.trades),
+                 extra={"trades": len(self.trades)})
+        if self._on_recovered is not None:
+            self._on_recovered()
+
+    async def _spawn(self, trade: Trade) -> None:
+        actor = TradeActor(trade, store=self.store, broker=self.broker, registry=self,
+                           metrics=self.metrics, dtms_magic=self.settings.broker.magic,
+                           mailbox_size=self.settings.trades.mailbox_size, clock=self.clock)
+        assert self.supervisor is not None
+        await self.supervisor.start_child(ChildSpec(
+            str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
+            shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, stop=actor.stop))
+        self.trades[trade.ticket] = actor
+        await self.watcher.tell(Watch(trade.ticket, actor))
+
+    async def _give_up(self, child_id: str, exc: BaseException) -> None:
+        await self.tell(GiveUp(int(child_id), repr(exc)))
+
+    # -- messages ------------------------------------------------------------------------------
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, Register):
+            return await self._register(message.registration)
+        if isinstance(message, TradeClosed):
+            self._forget(message.ticket)
+            return None
+        if isinstance(message, GiveUp):
+            return await self._suspend(message.ticket, message.error)
+        if isinstance(message, Count):
+            return len(self.trades)
+        raise TypeError(f"registry cannot handle {message!r}")
+
+    def _forget(self, ticket: int) -> None:
+        actor = self.trades.pop(ticket, None)
+        if actor is not None:
+            self.watcher.tell_nowait(Unwatch(ticket))
+
+    async def _suspend(self, ticket: int, error: str) -> None:
+        self._forget(ticket)
+        trade = await self.store.ask(GetTrade(ticket))
+        if trade is None or trade.state is TradeState.CLOSED:
+            return
+        now = self.clock()
+        await self.store.ask(PutTrade(
+            trade.copy(state=TradeState.SUSPENDED, state_since=now, updated_at=now),
+            Transition(ticket, now, trade.state.value, TradeState.SUSPENDED.value,
+                       f"actor gave up after repeated crashes: {error}")))
+        self.metrics.trades.labels(trade.state.value).dec()
+        self.metrics.trades.labels(TradeState.SUSPENDED.value).inc()
+        log.error("trade %s SUSPENDED: its actor kept crashing (%s)", ticket, error,
+                  extra={"ticket": ticket, "error": error})
+
+    async def _register(self, reg: Registration) -> dict[str, Any]:
+        existing = await self.store.ask(GetTrade(reg.ticket))
+        if existing is not None:
+            self.metrics.registrations.labels("existing").inc()
+            log.info("duplicate registration of %s", reg.ticket, extra={"ticket": reg.ticket})
+            return {"created": False, "trade": existing.view(), "adjusted": {}}
+
+        rs = self.settings.registry
+        if reg.strategy_type and reg.strategy_type.lower() in {
+                s.lower() for s in rs.owned_elsewhere_strategies}:
+            self.metrics.registrations.labels("owned_elsewhere").inc()
+            raise OwnedElsewhere(f"strategy_type {reg.strategy_type!r} is managed by another "
+                                 "manager", field="strategy_type")
+        if reg.owner and reg.owner.lower() in {o.lower() for o in rs.owned_elsewhere_owners}:
+            self.metrics.registrations.labels("owned_elsewhere").inc()
+            raise OwnedElsewhere(f"owner {reg.owner!r} is another manager", field="owner")
+
+        try:
+            positions = await self.broker.call("positions", ticket=reg.ticket)
+        except (BrokerError, NotReady, TimeoutError) as exc:
+            self.metrics.registrations.labels("not_ready").inc()
+            raise NotReady(f"cannot check the position with the broker: {exc}",
+                           retry_after=2.0) from exc
+        if not positions:
+            self.metrics.registrations.labels("not_found").inc()
+            raise NotFound(f"no open position with ticket {reg.ticket} at the broker",
+                           field="ticket")
+        p = positions[0]
+        if reg.symbol is not None and normalize_symbol(reg.symbol) != normalize_symbol(p.symbol):
+            self.metrics.registrations.labels("conflict").inc()
+            raise Conflict(f"symbol {reg.symbol!r} contradicts the broker's {p.symbol!r}",
+                           field="symbol", broker=p.symbol)
+        if reg.direction is not None and reg.direction is not p.direction:
+            self.metrics.registrations.labels("conflict").inc()
+            raise Conflict(f"direction {reg.direction.value} contradicts the broker's "
+                           f"{p.direction.value}", field="direction", broker=p.direction.value)
+
+        adjusted: dict[str, dict[str, float]] = {}
+        for name, given, truth in (("entry_price", reg.entry_price, p.price_open),
+                                   ("volume", reg.volume, p.volume), ("sl", reg.sl, p.sl),
+                                   ("tp", reg.tp, p.tp)):
+            if given is not None and abs(given - truth) > 1e-9:
+                adjusted[name] = {"given": given, "broker": truth}
+
+        now = self.clock()
+        trade = Trade(ticket=p.ticket, symbol=p.symbol, direction=p.direction,
+                      entry_price=p.price_open, volume=p.volume, initial_volume=p.volume,
+                      sl=p.sl, tp=p.tp, initial_sl=p.sl, state=TradeState.HEALTHY,
+                      state_since=now, strategy_type=reg.strategy_type, owner=reg.owner,
+                      magic=p.magic, comment=reg.comment or p.comment, policy=dict(reg.policy),
+                      created_at=now, updated_at=now)
+        # durable first, acknowledged after
+        await self.store.ask(PutTrade(trade, Transition(trade.ticket, now, "", "HEALTHY",
+                                                        "registered")), timeout=30.0)
+        self.metrics.trades.labels(TradeState.HEALTHY.value).inc()
+        await self._spawn(trade)
+        self.metrics.registrations.labels("created").inc()
+        log.info("registered trade %s %s %s %.2f", trade.ticket, trade.symbol,
+                 trade.direction.value, trade.volume,
+                 extra={"ticket": trade.ticket, "symbol": trade.symbol, "adjusted": adjusted})
+        return {"created": True, "trade": trade.view(), "adjusted": adjusted}
+

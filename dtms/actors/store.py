@@ -1,0 +1,340 @@
+"""The store actor: the single owner of the SQLite database (aiosqlite, WAL).
+
+It is deliberately boring. One aiosqlite connection (one thread), opened on start and closed on
+every exit path. Writes are messages; the actor drains whatever writes are queued (up to
+``max_batch``) and commits them in one ``BEGIN IMMEDIATE`` transaction -- group commit -- then
+answers every writer. An ``ask`` for a write therefore returns only after its row is durable
+(``synchronous=FULL`` by default). Reads are answered in mailbox order, so a read sees every
+write acknowledged before it.
+
+Schema changes are forward migrations in ``MIGRATIONS``; ``schema_version`` records the level.
+
+Usage::
+
+    await store.ask(PutTrade(trade, transition))      # durable when this returns
+    trade = await store.ask(GetTrade(ticket))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from dtms.actors.base import Actor, Envelope, _Stop
+from dtms.config import StoreSettings
+from dtms.errors import Internal, NotReady
+from dtms.metrics import Metrics
+from dtms.model import Direction, Trade, TradeState, Transition
+
+log = logging.getLogger(__name__)
+
+TRADE_COLUMNS = [f.name for f in dataclasses.fields(Trade)]
+
+MIGRATIONS: list[str] = [
+    # v1: trades with their full state, transitions, action journal, restart history
+    """
+    CREATE TABLE trades (
+        ticket INTEGER PRIMARY KEY, symbol TEXT NOT NULL, direction TEXT NOT NULL,
+        entry_price REAL NOT NULL, volume REAL NOT NULL, initial_volume REAL NOT NULL,
+        sl REAL NOT NULL, tp REAL NOT NULL, initial_sl REAL NOT NULL,
+        state TEXT NOT NULL, state_since REAL NOT NULL,
+        strategy_type TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '',
+        magic INTEGER NOT NULL DEFAULT 0, comment TEXT NOT NULL DEFAULT '',
+        policy TEXT NOT NULL DEFAULT '{}', score REAL NOT NULL DEFAULT 0,
+        hedge_ticket INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, closed_at REAL NOT NULL DEFAULT 0,
+        close_reason TEXT NOT NULL DEFAULT '', close_price REAL NOT NULL DEFAULT 0,
+        profit REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX trades_state ON trades(state);
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ticket INTEGER NOT NULL, at REAL NOT NULL,
+        from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL
+    );
+    CREATE INDEX transitions_ticket ON transitions(ticket);
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ticket INTEGER NOT NULL, kind TEXT NOT NULL,
+        status TEXT NOT NULL, created_at REAL NOT NULL, resolved_at REAL NOT NULL DEFAULT 0,
+        request TEXT NOT NULL DEFAULT '{}', retcode INTEGER NOT NULL DEFAULT 0,
+        result TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX actions_ticket ON actions(ticket);
+    CREATE TABLE restarts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, supervisor TEXT NOT NULL,
+        child TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+        exception TEXT NOT NULL, attempt INTEGER NOT NULL, backoff_s REAL NOT NULL
+    );
+    """,
+]
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PutTrade:
+    """Insert or update a trade's full row, with the transition that led there if any."""
+    trade: Trade
+    transition: Transition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddRestart:
+    at: float
+    supervisor: str
+    child: str
+    action: str
+    reason: str
+    exception: str
+    attempt: int
+    backoff_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GetTrade:
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListTrades:
+    state: str | None = None
+    symbol: str | None = None
+    open_only: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListTransitions:
+    ticket: int
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ListRestarts:
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CountByState:
+    pass
+
+
+WRITES = (PutTrade, AddRestart)
+
+
+def trade_from_row(row: sqlite3.Row) -> Trade:
+    d = {k: row[k] for k in TRADE_COLUMNS}
+    d["direction"] = Direction(d["direction"])
+    d["state"] = TradeState(d["state"])
+    d["policy"] = json.loads(d["policy"])
+    d["paused"] = bool(d["paused"])
+    return Trade(**d)
+
+
+def _trade_params(t: Trade) -> tuple:
+    d = dataclasses.asdict(t)
+    d["direction"] = t.direction.value
+    d["state"] = t.state.value
+    d["policy"] = json.dumps(t.policy, sort_keys=True)
+    d["paused"] = int(t.paused)
+    return tuple(d[k] for k in TRADE_COLUMNS)
+
+
+_UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in TRADE_COLUMNS)}) ON CONFLICT(ticket) DO UPDATE SET "
+           + ", ".join(f"{c}=excluded.{c}" for c in TRADE_COLUMNS if c != "ticket"))
+
+
+class StoreActor(Actor):
+    def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192):
+        super().__init__("store", mailbox_size)
+        self.settings = settings
+        self.metrics = metrics
+        self.db: aiosqlite.Connection | None = None
+        self.schema_version = 0
+
+    async def on_start(self) -> None:
+        path = Path(self.settings.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
+            mode = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
+            if mode[0].lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode[0]})")
+            await db.execute(f"PRAGMA synchronous={self.settings.synchronous.upper()}")
+            await db.execute("PRAGMA foreign_keys=ON")
+            self.schema_version = await migrate(db)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            raise
+        self.db = db
+        log.info("store open", extra={"path": str(path), "schema_version": self.schema_version})
+
+    async def on_stop(self) -> None:
+        if self.db is not None:
+            db, self.db = self.db, None
+            await db.close()
+            log.info("store closed")
+
+    # Group commit: take the first queued message, then everything queued behind it.
+    async def _loop(self) -> None:
+        while True:
+            try:
+                first = await self._recv.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            batch = [first]
+            while len(batch) < self.settings.max_batch and not isinstance(batch[-1].message, _Stop):
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+            i = 0
+            while i < len(batch):
+                if isinstance(batch[i].message, _Stop):
+                    if batch[i].reply is not None:
+                        batch[i].reply.set(None)
+                    for env in batch[i + 1:]:
+                        if env.reply is not None:
+                            env.reply.fail(NotReady("store is stopping"))
+                    return
+                j = i
+                while j < len(batch) and isinstance(batch[j].message, WRITES):
+                    j += 1
+                if j > i:
+                    await self._commit(batch[i:j])
+                    i = j
+                else:
+                    await self._read(batch[i])
+                    i += 1
+
+    async def _commit(self, writes: list[Envelope]) -> None:
+        assert self.db is not None
+        started = time.perf_counter()
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for env in writes:
+                    await self._apply(env.message)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self.metrics.store_errors.inc()
+            log.error("store commit failed: %s", exc, extra={"writes": len(writes)})
+            for env in writes:
+                if env.reply is not None:
+                    env.reply.fail(NotReady(f"database write failed: {exc}", retry_after=5.0))
+            raise  # a broken database is a crash: the supervisor decides
+        self.metrics.store_commit.observe(time.perf_counter() - started)
+        self.metrics.store_batch.observe(len(writes))
+        for env in writes:
+            if env.reply is not None:
+                env.reply.set(True)
+
+    async def _apply(self, msg: Any) -> None:
+        assert self.db is not None
+        if isinstance(msg, PutTrade):
+            await self.db.execute(_UPSERT, _trade_params(msg.trade))
+            if msg.transition is not None:
+                t = msg.transition
+                await self.db.execute(
+                    "INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
+                    "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
+        elif isinstance(msg, AddRestart):
+            await self.db.execute(
+                "INSERT INTO restarts (at, supervisor, child, action, reason, exception, attempt, "
+                "backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (msg.at, msg.supervisor, msg.child, msg.action, msg.reason, msg.exception,
+                 msg.attempt, msg.backoff_s))
+
+    async def _read(self, env: Envelope) -> None:
+        try:
+            result = await self.handle(env.message)
+        except sqlite3.Error as exc:
+            self.metrics.store_errors.inc()
+            log.error("store read failed: %s", exc)
+            if env.reply is not None:
+                env.reply.fail(Internal(f"database read failed: {exc}"))
+            raise
+        except Exception as exc:
+            if env.reply is not None:
+                env.reply.fail(Internal(f"store crashed: {exc!r}"))
+            raise
+        if env.reply is not None:
+            env.reply.set(result)
+
+    async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        assert self.db is not None
+        async with self.db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, GetTrade):
+            rows = await self._all("SELECT * FROM trades WHERE ticket = ?", (message.ticket,))
+            return trade_from_row(rows[0]) if rows else None
+        if isinstance(message, ListTrades):
+            where, params = [], []
+            if message.state:
+                where.append("state = ?")
+                params.append(message.state)
+            if message.symbol:
+                where.append("symbol = ?")
+                params.append(message.symbol)
+            if message.open_only:
+                where.append("state != 'CLOSED'")
+            sql = "SELECT * FROM trades"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY ticket LIMIT ? OFFSET ?"
+            rows = await self._all(sql, (*params, message.limit, message.offset))
+            return [trade_from_row(r) for r in rows]
+        if isinstance(message, ListTransitions):
+            rows = await self._all("SELECT * FROM transitions WHERE ticket = ? ORDER BY id LIMIT ?",
+                                   (message.ticket, message.limit))
+            return [dict(r) for r in rows]
+        if isinstance(message, ListRestarts):
+            rows = await self._all("SELECT * FROM restarts ORDER BY id DESC LIMIT ?",
+                                   (message.limit,))
+            return [dict(r) for r in rows]
+        if isinstance(message, CountByState):
+            rows = await self._all("SELECT state, COUNT(*) AS n FROM trades GROUP BY state")
+            return {r["state"]: r["n"] for r in rows}
+        raise TypeError(f"store cannot handle {message!r}")
+
+
+async def migrate(db: aiosqlite.Connection) -> int:
+    """Bring the schema to the newest version; returns it."""
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = await (await db.execute("SELECT MAX(version) FROM schema_version")).fetchone()
+    version = row[0] or 0
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(f"database schema v{version} is newer than this DTMS "
+                                    f"(v{len(MIGRATIONS)})")
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target - 1].split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        log.info("store migrated", extra={"schema_version": target})
+    return len(MIGRATIONS)

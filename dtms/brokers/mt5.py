@@ -1,0 +1,181 @@
+"""The adapter over any module with the MetaTrader5 Python API.
+
+Works unchanged with the real ``MetaTrader5`` package (Windows), a bridge exposing the same
+functions (e.g. ``mt5linux``), and DTMS's simulated terminal, which is how every test runs it.
+It converts the terminal's named tuples into DTMS's own types (``dtms.model``) and turns a
+``None`` result into :class:`~dtms.errors.BrokerError` carrying ``last_error()``.
+
+The adapter is blocking, as the package is. Only the broker actor calls it, from a worker
+thread; a lock makes every terminal call strictly one at a time even if a timed-out call is
+still running in an abandoned thread.
+
+Example::
+
+    adapter = MT5Adapter(load_module("sim", settings))
+    adapter.connect()
+    adapter.positions(ticket=50000001)
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from dtms.config import Settings
+from dtms.errors import BrokerError
+from dtms.model import Account, Deal, Direction, OrderResult, Position, SymbolSpec, Tick
+
+# last_error() codes that mean the terminal link itself is down (MT5's RES_E_INTERNAL_FAIL_*)
+DISCONNECTED_CODES = frozenset({-10000, -10001, -10002, -10003, -10004, -10005})
+
+# MetaTrader5 timeframe constants
+TIMEFRAMES = {"M1": 1, "M5": 5, "M15": 15, "M30": 30, "H1": 16385, "H4": 16388, "D1": 16408}
+
+
+def load_module(settings: Settings) -> Any:
+    """The terminal module the settings name: the simulated terminal, MetaTrader5, or another."""
+    backend = settings.broker.backend
+    if backend == "sim":
+        return sim_terminal(settings)
+    name = settings.broker.module if backend == "mt5" else backend.split(":", 1)[1]
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = " (pip install 'dtms[mt5]' on Windows)" if module_name == "MetaTrader5" else ""
+        raise RuntimeError(f"broker module {module_name!r} cannot be imported{hint}: {exc}") from exc
+    if attr:
+        obj = getattr(module, attr)
+        return obj() if isinstance(obj, type) else obj
+    return module
+
+
+def sim_terminal(settings: Settings) -> Any:
+    """The embedded simulated terminal, running in (optionally accelerated) real time."""
+    from dtms.brokers.sim import RealtimeClock, SimConfig, SimTerminal
+    from dtms.brokers.sim import constants as c
+
+    s = settings.sim
+    margin_mode = (c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING if s.account == "hedging"
+                   else c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
+    config = SimConfig(seed=s.seed, balance=s.balance, margin_mode=margin_mode,
+                       symbol_suffix=s.symbol_suffix, tick_interval=s.tick_interval_s)
+    return SimTerminal(config, clock=RealtimeClock(speed=s.speed))
+
+
+def _f(value: Any) -> float:
+    return float(value or 0.0)
+
+
+class MT5Adapter:
+    """DTMS's one view of a terminal. Every method may raise BrokerError."""
+
+    def __init__(self, module: Any, *, path: str = "", login: int = 0, password: str = "",
+                 server: str = "", timeout_ms: int = 10_000) -> None:
+        self.mt5 = module
+        self._lock = threading.Lock()
+        self._init_kwargs: dict[str, Any] = {"timeout": timeout_ms}
+        if login:
+            self._init_kwargs.update(login=login, password=password, server=server)
+        self._path = path or None
+
+    @classmethod
+    def from_settings(cls, module: Any, settings: Settings) -> MT5Adapter:
+        b = settings.broker
+        return cls(module, path=b.path, login=b.login, password=b.password, server=b.server,
+                   timeout_ms=int(b.call_timeout_s * 1000))
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            result = fn()
+            if result is None:
+                code, message = self.mt5.last_error()
+                raise BrokerError(operation, int(code), str(message))
+            return result
+
+    # -- connection --------------------------------------------------------------------------
+    def connect(self) -> Account:
+        with self._lock:
+            args = (self._path,) if self._path else ()
+            ok = self.mt5.initialize(*args, **self._init_kwargs)
+            if not ok:
+                code, message = self.mt5.last_error()
+                raise BrokerError("initialize", int(code), str(message))
+        return self.account()
+
+    def disconnect(self) -> None:
+        with self._lock:
+            self.mt5.shutdown()
+
+    def account(self) -> Account:
+        a = self._call("account_info", self.mt5.account_info)
+        hedging = int(a.margin_mode) == int(getattr(self.mt5, "ACCOUNT_MARGIN_MODE_RETAIL_HEDGING", 2))
+        return Account(login=int(a.login), server=str(a.server), currency=str(a.currency),
+                       balance=_f(a.balance), equity=_f(a.equity), hedging=hedging)
+
+    # -- market ------------------------------------------------------------------------------
+    def symbol(self, name: str) -> SymbolSpec:
+        s = self._call("symbol_info", lambda: self.mt5.symbol_info(name))
+        return SymbolSpec(name=str(s.name), digits=int(s.digits), point=_f(s.point),
+                          volume_min=_f(s.volume_min), volume_max=_f(s.volume_max),
+                          volume_step=_f(s.volume_step), stops_level=int(s.trade_stops_level),
+                          freeze_level=int(s.trade_freeze_level), spread=int(s.spread),
+                          filling_mode=int(s.filling_mode),
+                          contract_size=_f(s.trade_contract_size))
+
+    def tick(self, name: str) -> Tick:
+        t = self._call("symbol_info_tick", lambda: self.mt5.symbol_info_tick(name))
+        return Tick(symbol=name, time=int(t.time), bid=_f(t.bid), ask=_f(t.ask))
+
+    def rates(self, name: str, timeframe: str, count: int, start_pos: int = 0) -> list[tuple]:
+        """Bars oldest first as (time, open, high, low, close, tick_volume)."""
+        tf = TIMEFRAMES[timeframe]
+        rows = self._call("copy_rates_from_pos",
+                          lambda: self.mt5.copy_rates_from_pos(name, tf, start_pos, count))
+        # numpy records and named tuples both index by position in MT5's field order
+        return [(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), int(r[5]))
+                for r in rows]
+
+    # -- positions and deals -----------------------------------------------------------------
+    def _position(self, p: Any) -> Position:
+        return Position(ticket=int(p.ticket), symbol=str(p.symbol),
+                        direction=Direction.BUY if int(p.type) == 0 else Direction.SELL,
+                        volume=_f(p.volume), price_open=_f(p.price_open), sl=_f(p.sl),
+                        tp=_f(p.tp), price_current=_f(p.price_current), profit=_f(p.profit),
+                        magic=int(p.magic), comment=str(p.comment), time=int(p.time))
+
+    def positions(self, *, symbol: str | None = None, ticket: int | None = None) -> list[Position]:
+        if ticket is not None:
+            rows = self._call("positions_get", lambda: self.mt5.positions_get(ticket=ticket))
+        elif symbol is not None:
+            rows = self._call("positions_get", lambda: self.mt5.positions_get(symbol=symbol))
+        else:
+            rows = self._call("positions_get", self.mt5.positions_get)
+        return [self._position(p) for p in rows]
+
+    def _deal(self, d: Any) -> Deal:
+        return Deal(ticket=int(d.ticket), position_id=int(d.position_id), symbol=str(d.symbol),
+                    entry=int(d.entry), reason=int(d.reason), volume=_f(d.volume),
+                    price=_f(d.price), profit=_f(d.profit), magic=int(d.magic),
+                    comment=str(d.comment), time=int(d.time))
+
+    def deals_for_position(self, position: int) -> list[Deal]:
+        rows = self._call("history_deals_get",
+                          lambda: self.mt5.history_deals_get(position=position))
+        return [self._deal(d) for d in rows]
+
+    def deals_between(self, start: float, end: float) -> list[Deal]:
+        a = datetime.fromtimestamp(start, UTC).replace(tzinfo=None)
+        b = datetime.fromtimestamp(end, UTC).replace(tzinfo=None)
+        rows = self._call("history_deals_get", lambda: self.mt5.history_deals_get(a, b))
+        return [self._deal(d) for d in rows]
+
+    # -- orders ------------------------------------------------------------------------------
+    def send(self, request: dict[str, Any]) -> OrderResult:
+        r = self._call("order_send", lambda: self.mt5.order_send(request))
+        return OrderResult(retcode=int(r.retcode), deal=int(r.deal), order=int(r.order),
+                           volume=_f(r.volume), price=_f(r.price), comment=str(r.comment))

@@ -1,0 +1,90 @@
+"""Fault injection for the simulated terminal: latency, failed calls, disconnects, timeouts.
+
+This module owns Faults, the switchboard tests use to make the SimTerminal
+misbehave the way a real MetaTrader 5 terminal does: slow IPC, calls that
+return None with an error, a lost IPC connection, and an order_send that
+executes on the server but reports TRADE_RETCODE_TIMEOUT to the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from . import constants as c
+
+NO_IPC = (c.RES_E_INTERNAL_FAIL_CONNECT, "No IPC connection")
+DEFAULT_FAILURE = (c.RES_E_INTERNAL_FAIL_TIMEOUT, "timeout")
+
+
+@dataclass
+class _FailRule:
+    remaining: int
+    function: str | None
+    error: tuple[int, str]
+
+
+class Faults:
+    """Injected faults; every method is thread-safe (shares the terminal's lock)."""
+
+    def __init__(self, lock: threading.RLock | None = None) -> None:
+        self._lock = lock or threading.RLock()
+        self.latency = 0.0
+        self.disconnected = False
+        self._uncertain = 0
+        self._rules: list[_FailRule] = []
+
+    def set_latency(self, seconds: float) -> None:
+        """Every API call sleeps this long (outside the terminal lock) before running."""
+        if seconds < 0:
+            raise ValueError("latency must be >= 0")
+        with self._lock:
+            self.latency = float(seconds)
+
+    def fail_next(self, n: int = 1, function: str | None = None,
+                  error: tuple[int, str] = DEFAULT_FAILURE) -> None:
+        """The next n calls (of `function`, or of any API function) return None with `error`.
+
+        initialize() fails by returning False; last_error() and shutdown() are
+        never failed.
+        """
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        with self._lock:
+            self._rules.append(_FailRule(n, function, (int(error[0]), str(error[1]))))
+
+    def disconnect(self) -> None:
+        """Drop the IPC link: calls return None with (-10004, ...) until initialize()."""
+        with self._lock:
+            self.disconnected = True
+
+    def uncertain_next_order(self, n: int = 1) -> None:
+        """The next n order_send calls run normally but report TRADE_RETCODE_TIMEOUT."""
+        with self._lock:
+            self._uncertain += n
+
+    def clear(self) -> None:
+        """Remove every injected fault (the connection state is left alone)."""
+        with self._lock:
+            self.latency = 0.0
+            self._uncertain = 0
+            self._rules.clear()
+
+    def take_failure(self, function: str) -> tuple[int, str] | None:
+        """Consume one matching fail_next rule, returning its error."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.function is None or rule.function == function:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._rules.remove(rule)
+                    return rule.error
+            return None
+
+    def take_uncertain(self) -> bool:
+        """Consume one uncertain_next_order token."""
+        with self._lock:
+            if self._uncertain > 0:
+                self._uncertain -= 1
+                return True
+            return False

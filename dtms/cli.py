@@ -1,0 +1,282 @@
+"""The ``dtms`` command: run the service, and talk to it over the protocol.
+
+``dtms serve`` runs the service (on the simulated terminal by default; ``--demo N`` opens N
+positions in the simulated terminal and registers them through the protocol). The client
+commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transitions``,
+``restarts``) read the same settings as the server, so they find it on the same port.
+
+Exit codes: 0 success; 1 the service answered an error (printed as its error map) or is not
+ready; 2 the service cannot be reached or the arguments are wrong; 3 startup timeout;
+4 the root supervisor gave up (restart intensity exceeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from dtms import __version__, config
+from dtms.errors import DtmsError
+
+log = logging.getLogger("dtms.cli")
+
+DEMO_SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "BTCUSD")
+DEMO_MAGIC = 1001
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dtms", description="Defensive Trade Management System")
+    p.add_argument("--version", action="version", version=f"dtms {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $DTMS_CONFIG or config/dtms.toml)")
+    p.add_argument("--host", help="rpc host (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="rpc port (default from config: 8001)")
+    p.add_argument("--token", help="auth token, if the service requires one")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the DTMS service")
+    s.add_argument("--metrics-port", type=int, help="metrics/health HTTP port (default 9108)")
+    s.add_argument("--db", help="SQLite file (default data/dtms.sqlite3)")
+    s.add_argument("--backend", help="sim (default), mt5, or module:NAME")
+    s.add_argument("--demo", type=int, default=0, metavar="N",
+                   help="open N positions in the simulated terminal and register them")
+    s.add_argument("--log-format", choices=("json", "text"))
+
+    sub.add_parser("health", help="readiness of the service (exit 0 when ready)")
+    sub.add_parser("status", help="service status, trades by state, broker")
+
+    r = sub.add_parser("register", help="register an open position")
+    r.add_argument("ticket", type=int)
+    r.add_argument("--symbol")
+    r.add_argument("--direction", choices=("BUY", "SELL", "buy", "sell"))
+    r.add_argument("--entry-price", type=float)
+    r.add_argument("--volume", type=float)
+    r.add_argument("--sl", type=float)
+    r.add_argument("--tp", type=float)
+    r.add_argument("--strategy-type")
+    r.add_argument("--owner")
+    r.add_argument("--magic", type=int)
+    r.add_argument("--comment")
+
+    t = sub.add_parser("trade", help="one trade by ticket")
+    t.add_argument("ticket", type=int)
+    ts = sub.add_parser("trades", help="list trades")
+    ts.add_argument("--state")
+    ts.add_argument("--symbol")
+    ts.add_argument("--open", action="store_true", help="only trades not closed")
+    ts.add_argument("--limit", type=int, default=100)
+    ts.add_argument("--offset", type=int, default=0)
+    ts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tr = sub.add_parser("transitions", help="state transitions of a trade")
+    tr.add_argument("ticket", type=int)
+    rs = sub.add_parser("restarts", help="restart history of the supervision tree")
+    rs.add_argument("--limit", type=int, default=50)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    settings = config.load(args.config)
+    rpc: dict[str, Any] = {}
+    if args.host:
+        rpc["host"] = args.host
+    if args.port is not None:
+        rpc["port"] = args.port
+    if args.token:
+        rpc["token"] = args.token
+    changes: dict[str, dict[str, Any]] = {"rpc": rpc} if rpc else {}
+    if args.command == "serve":
+        if args.metrics_port is not None:
+            changes["metrics"] = {"port": args.metrics_port}
+        if args.db:
+            changes["store"] = {"path": args.db}
+        if args.backend:
+            changes["broker"] = {"backend": args.backend}
+        if args.log_format:
+            changes["service"] = {"log_format": args.log_format}
+    return settings.replace(**changes) if changes else settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except config.ConfigError as exc:
+        print(f"dtms: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(settings, demo=args.demo)
+    return client_command(settings, args)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+def serve(settings: config.Settings, *, demo: int = 0) -> int:
+    from dtms import logs
+    from dtms.service import Service, StartupTimeout
+    from dtms.supervisor import SupervisorEscalation
+
+    logs.setup(settings.service.log_level, settings.service.log_format)
+    if demo and settings.broker.backend != "sim":
+        print("dtms: --demo needs the simulated terminal (broker.backend = sim)", file=sys.stderr)
+        return 2
+    try:
+        service = Service(settings)
+    except (RuntimeError, ValueError) as exc:
+        print(f"dtms: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            await tg.start(service.run)
+            print(f"DTMS {__version__} serving msgpack-rpc on {settings.rpc.host}:"
+                  f"{service.rpc.port}, metrics on http://{settings.metrics.host}:"
+                  f"{service.metrics_server.port}/metrics (broker: {settings.broker.backend})",
+                  file=sys.stderr, flush=True)
+            if demo:
+                await service.ready_event.wait()
+                await _demo(service, settings, demo)
+
+    try:
+        anyio.run(run)
+    except (StartupTimeout, SupervisorEscalation, BaseExceptionGroup) as exc:
+        fatal = _find(exc, (StartupTimeout, SupervisorEscalation))
+        if fatal is None:
+            raise
+        if isinstance(fatal, StartupTimeout):
+            print(f"dtms: {fatal}", file=sys.stderr)
+            return 3
+        log.critical("root supervisor gave up: %s", fatal, exc_info=fatal)
+        print(f"dtms: giving up after repeated crashes: {fatal}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of one of ``kinds`` in ``exc``, its groups and its causes."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _demo(service: Any, settings: config.Settings, n: int) -> None:
+    """Open n positions in the simulated terminal and register them over the protocol."""
+    from dtms.client import Client
+
+    sim = service.module
+    rng = random.Random(settings.sim.seed)
+
+    def open_one(i: int) -> dict[str, Any]:
+        symbol = DEMO_SYMBOLS[i % len(DEMO_SYMBOLS)] + settings.sim.symbol_suffix
+        direction = "BUY" if rng.random() < 0.5 else "SELL"
+        info, tick = sim.symbol_info(symbol), sim.symbol_info_tick(symbol)
+        price = tick.ask if direction == "BUY" else tick.bid
+        dist = round(price * 0.004, info.digits)
+        sign = 1 if direction == "BUY" else -1
+        sl, tp = round(price - sign * dist, info.digits), round(price + sign * 2 * dist, info.digits)
+        ticket = sim.open_position(symbol, direction, info.volume_min * 10, sl=sl, tp=tp,
+                                   magic=DEMO_MAGIC, comment="demo bot")
+        return {"ticket": ticket, "symbol": symbol, "direction": direction, "sl": sl, "tp": tp,
+                "strategy_type": "demo", "owner": "demo-bot"}
+
+    trades = [await anyio.to_thread.run_sync(open_one, i) for i in range(n)]
+    async with Client.from_settings(settings, port=service.rpc.port) as client:
+        for trade in trades:
+            result = await client.register(trade)
+            log.info("demo: registered %s %s %s (created=%s)", trade["ticket"], trade["symbol"],
+                     trade["direction"], result["created"])
+    print(f"demo: opened and registered {n} positions; try: dtms trades", file=sys.stderr,
+          flush=True)
+
+
+# -- client commands -------------------------------------------------------------------------------
+
+def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dtms.client import ClientError, SyncClient
+
+    cmd = args.command
+    try:
+        with SyncClient.from_settings(settings, retries=1) as client:
+            if cmd == "health":
+                h = client.health()
+                _print_json(h)
+                return 0 if h.get("ready") else 1
+            if cmd == "status":
+                _print_json(client.status())
+            elif cmd == "register":
+                fields = {k: getattr(args, k) for k in ("symbol", "direction", "entry_price",
+                                                        "volume", "sl", "tp", "strategy_type",
+                                                        "owner", "magic", "comment")}
+                trade = {"ticket": args.ticket, **{k: v for k, v in fields.items() if v is not None}}
+                _print_json(client.register(trade))
+            elif cmd == "trade":
+                _print_json(client.trade(args.ticket))
+            elif cmd == "trades":
+                filters: dict[str, Any] = {"limit": args.limit, "offset": args.offset}
+                if args.state:
+                    filters["state"] = args.state
+                if args.symbol:
+                    filters["symbol"] = args.symbol
+                if args.open:
+                    filters["open_only"] = True
+                result = client.trades(**filters)
+                if args.json:
+                    _print_json(result)
+                else:
+                    print(format_trades(result["trades"]))
+            elif cmd == "transitions":
+                _print_json(client.call("transitions", {"ticket": args.ticket}))
+            elif cmd == "restarts":
+                _print_json(client.call("restarts", {"limit": args.limit}))
+    except DtmsError as err:
+        _print_json(err.to_wire(), stream=sys.stderr)
+        return 1
+    except (ClientError, ConnectionError, TimeoutError) as exc:
+        print(f"dtms: cannot reach DTMS at {settings.rpc.host}:{settings.rpc.port}: {exc}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_json(value: Any, stream: Any = None) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
+
+
+def format_trades(trades: list[dict[str, Any]]) -> str:
+    """A fixed-width table of trades for people."""
+    cols = [("TICKET", "ticket", "{}"), ("SYMBOL", "symbol", "{}"), ("DIR", "direction", "{}"),
+            ("VOLUME", "volume", "{:g}"), ("ENTRY", "entry_price", "{:g}"), ("SL", "sl", "{:g}"),
+            ("TP", "tp", "{:g}"), ("STATE", "state", "{}"), ("DEFENSIVE", "defensive", "{}"),
+            ("CLOSE", "close_reason", "{}"), ("OWNER", "owner", "{}")]
+    rows = [[h for h, _, _ in cols]]
+    rows += [[fmt.format(t.get(k, "")) if t.get(k, "") != "" else "-" for _, k, fmt in cols]
+             for t in trades]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"({len(trades)} trade{'s' if len(trades) != 1 else ''})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Typed settings, loaded and validated once, then passed down explicitly.
+
+Sources, later ones winning:
+
+1. the defaults below (identical to the shipped, commented ``config/dtms.toml``; a test keeps
+   them in step);
+2. a TOML file: ``--config PATH``, else ``$DTMS_CONFIG``, else ``./config/dtms.toml`` if present;
+3. environment variables ``DTMS_<SECTION>_<KEY>``, e.g. ``DTMS_RPC_PORT=8101``.
+
+The server and the client commands read the same settings, so they always agree on the port.
+No other module reads ``os.environ`` or a file for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DTMS_"
+DEFAULT_FILE = Path("config/dtms.toml")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    startup_timeout_s: float = 60.0
+    data_dir: str = "data"
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class RpcSettings:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    token: str = ""
+    max_frame_bytes: int = 1_048_576
+    max_connections: int = 1024
+    max_inflight_per_conn: int = 128
+    idle_timeout_s: float = 300.0
+    request_timeout_s: float = 30.0
+    notify_queue: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    backend: str = "sim"
+    module: str = "MetaTrader5"
+    path: str = ""
+    login: int = 0
+    password: str = ""
+    server: str = ""
+    call_timeout_s: float = 10.0
+    connect_retry_s: float = 2.0
+    poll_interval_s: float = 0.25
+    magic: int = 770077
+    comment_tag: str = "DTMS"
+    deviation_points: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    seed: int = 42
+    speed: float = 1.0
+    account: str = "hedging"
+    balance: float = 10_000.0
+    symbol_suffix: str = ""
+    tick_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    path: str = "data/dtms.sqlite3"
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 5000
+    max_batch: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    mailbox_size: int = 4096
+    max_trades: int = 200_000
+    ask_timeout_s: float = 10.0
+    owned_elsewhere_strategies: tuple[str, ...] = ()
+    owned_elsewhere_owners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TradeSettings:
+    mailbox_size: int = 64
+    max_restarts: int = 5
+    restart_period_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    root_max_restarts: int = 2
+    root_period_s: float = 10.0
+    trades_max_restarts: int = 3
+    trades_period_s: float = 5.0
+    min_backoff_s: float = 0.1
+    max_backoff_s: float = 30.0
+    jitter: float = 0.2
+    shutdown_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    timeout_s: float = 5.0
+    retries: int = 3
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    rpc: RpcSettings = field(default_factory=RpcSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    sim: SimSettings = field(default_factory=SimSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    trades: TradeSettings = field(default_factory=TradeSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some keys of some sections changed: ``s.replace(rpc={"port": 0})``."""
+        return _build({name: {**_as_dict(getattr(self, name)), **dict(values)}
+                       for name, values in sections.items()}, base=self)
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from exc
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from exc
+    if kind is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) -> Settings:
+    base = base or Settings()
+    hints = typing.get_type_hints(Settings)
+    sections: dict[str, Any] = {}
+    for name, values in data.items():
+        if name not in hints:
+            raise ConfigError(f"unknown config section [{name}]")
+        klass = hints[name]
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+        field_types = typing.get_type_hints(klass)
+        current = _as_dict(getattr(base, name))
+        for key, value in values.items():
+            if key not in field_types:
+                raise ConfigError(f"unknown setting {name}.{key}")
+            current[key] = _coerce(value, field_types[key], f"{name}.{key}")
+        sections[name] = klass(**current)
+    settings = dataclasses.replace(base, **sections)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    problems: list[str] = []
+    for name, port in (("rpc.port", s.rpc.port), ("metrics.port", s.metrics.port)):
+        if not 0 <= port <= 65535:
+            problems.append(f"{name}: must be 0..65535, got {port}")
+    if s.broker.backend not in ("sim", "mt5") and not s.broker.backend.startswith("module:"):
+        problems.append(f"broker.backend: must be sim, mt5 or module:NAME, got {s.broker.backend!r}")
+    if s.sim.account not in ("hedging", "netting"):
+        problems.append(f"sim.account: must be hedging or netting, got {s.sim.account!r}")
+    if s.store.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        problems.append(f"store.synchronous: must be OFF/NORMAL/FULL/EXTRA, got {s.store.synchronous!r}")
+    if s.service.log_format not in ("json", "text"):
+        problems.append(f"service.log_format: must be json or text, got {s.service.log_format!r}")
+    for name, value in (("rpc.max_frame_bytes", s.rpc.max_frame_bytes),
+                        ("rpc.max_connections", s.rpc.max_connections),
+                        ("rpc.max_inflight_per_conn", s.rpc.max_inflight_per_conn),
+                        ("service.startup_timeout_s", s.service.startup_timeout_s),
+                        ("broker.poll_interval_s", s.broker.poll_interval_s)):
+        if value <= 0:
+            problems.append(f"{name}: must be > 0, got {value}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    hints = typing.get_type_hints(Settings)
+    out: dict[str, dict[str, Any]] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == "DTMS_CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section = next((s for s in hints if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # not a setting (e.g. DTMS_SOMETHING_ELSE used by a wrapper script)
+        out.setdefault(section, {})[rest[len(section) + 1:]] = value
+    return out
+
+
+def load(path: str | os.PathLike[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings once: defaults, then the TOML file, then ``DTMS_*`` variables."""
+    environ = os.environ if environ is None else environ
+    file = Path(path) if path else (Path(environ["DTMS_CONFIG"]) if environ.get("DTMS_CONFIG")
+                                    else DEFAULT_FILE)
+    data: dict[str, dict[str, Any]] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    elif path or environ.get("DTMS_CONFIG"):
+        raise ConfigError(f"config file {file} does not exist")
+    settings = _build(data)
+    env = _env_overrides(environ)
+    return _build(env, base=settings) if env else settings
+
+
+def defaults_as_toml_types() -> dict[str, dict[str, Any]]:
+    """The defaults as plain data (tuples as lists), to compare with the shipped TOML."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(Settings):
+        section = _as_dict(getattr(Settings(), f.name))
+        out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+    return out
+
+
+__all__ = ["Settings", "ConfigError", "load"]

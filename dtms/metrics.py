@@ -1,0 +1,177 @@
+"""Every Prometheus metric DTMS exports, defined in one place, and the HTTP port serving them.
+
+:class:`Metrics` owns a private ``CollectorRegistry`` (no global state: two services in one test
+process do not share counters). Names follow Prometheus conventions: ``dtms_`` prefix, base
+units, ``_total`` on counters, ``_seconds`` on durations; no per-ticket labels. Label values known
+in advance are initialised to 0 so that rates and alerts work from the first scrape.
+
+:class:`MetricsServer` is a small anyio HTTP/1.1 server on its own port with two routes:
+``/metrics`` (text exposition) and ``/health`` (200 when ready, 503 when not, JSON body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import SocketStream, TaskStatus
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from dtms.model import TradeState
+
+log = logging.getLogger(__name__)
+
+REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict",
+                        "owned_elsewhere", "not_ready", "error")
+RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
+             "OWNED_ELSEWHERE", "OVERLOADED", "INTERNAL")
+BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "rates", "positions",
+                     "deals_for_position", "deals_between", "send")
+
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """All DTMS metrics on one private registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.ready = Gauge("dtms_ready", "1 when DTMS is ready to serve, else 0", registry=r)
+        self.broker_connected = Gauge("dtms_broker_connected",
+                                      "1 when the trading terminal is connected", registry=r)
+        self.trades = Gauge("dtms_trades", "Registered trades by state", ["state"], registry=r)
+        self.registrations = Counter("dtms_registrations_total", "Registration requests by result",
+                                     ["result"], registry=r)
+        self.transitions = Counter("dtms_state_transitions_total", "Trade state transitions",
+                                   ["from_state", "to_state"], registry=r)
+        self.trades_closed = Counter("dtms_trades_closed_total", "Trades closed, by reason",
+                                     ["reason"], registry=r)
+        self.actor_restarts = Counter("dtms_actor_restarts_total", "Supervised restarts",
+                                      ["supervisor", "action"], registry=r)
+        self.mailbox_depth = Gauge("dtms_mailbox_depth", "Messages queued in an actor's mailbox",
+                                   ["actor"], registry=r)
+        self.rpc_requests = Counter("dtms_rpc_requests_total", "RPC requests by method and code",
+                                    ["method", "code"], registry=r)
+        self.rpc_latency = Histogram("dtms_rpc_request_duration_seconds", "RPC request latency",
+                                     ["method"], buckets=_FAST, registry=r)
+        self.rpc_connections = Gauge("dtms_rpc_connections", "Open RPC connections", registry=r)
+        self.rpc_rejected = Counter("dtms_rpc_frames_rejected_total",
+                                    "Connections closed for a bad frame or a limit, by reason",
+                                    ["reason"], registry=r)
+        self.broker_requests = Counter("dtms_broker_requests_total",
+                                       "Terminal calls by operation and outcome",
+                                       ["operation", "outcome"], registry=r)
+        self.broker_latency = Histogram("dtms_broker_request_duration_seconds",
+                                        "Terminal call latency", ["operation"], buckets=_SLOW,
+                                        registry=r)
+        self.broker_retcodes = Counter("dtms_broker_order_retcodes_total",
+                                       "order_send results by retcode class", ["class"],
+                                       registry=r)
+        self.store_commit = Histogram("dtms_store_commit_duration_seconds",
+                                      "Duration of one group commit", buckets=_FAST, registry=r)
+        self.store_batch = Histogram("dtms_store_batch_size", "Writes per group commit",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.store_errors = Counter("dtms_store_errors_total", "Database errors", registry=r)
+        self.position_polls = Counter("dtms_position_polls_total", "Position polls by outcome",
+                                      ["outcome"], registry=r)
+        self.unknown_positions = Gauge("dtms_unknown_positions",
+                                       "Open positions with DTMS's magic that DTMS does not manage",
+                                       registry=r)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        for state in TradeState:
+            self.trades.labels(state.value).set(0)
+        for result in REGISTRATION_RESULTS:
+            self.registrations.labels(result)
+        for op in BROKER_OPERATIONS:
+            self.broker_latency.labels(op)
+            for outcome in ("ok", "error", "disconnected", "timeout"):
+                self.broker_requests.labels(op, outcome)
+        for cls in ("success", "retry", "uncertain", "reject"):
+            self.broker_retcodes.labels(cls)
+        for outcome in ("ok", "error"):
+            self.position_polls.labels(outcome)
+        self.ready.set(0)
+        self.broker_connected.set(0)
+
+    # -- the rpc server's metrics hooks (dtms.rpc.server.RpcMetrics) -------------------------
+    def request(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_requests.labels(method, code).inc()
+        self.rpc_latency.labels(method).observe(seconds)
+
+    def connection_opened(self) -> None:
+        self.rpc_connections.inc()
+
+    def connection_closed(self) -> None:
+        self.rpc_connections.dec()
+
+    def frame_rejected(self, reason: str) -> None:
+        self.rpc_rejected.labels(reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``/metrics`` and ``/health`` over HTTP on the metrics port."""
+
+    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, Any]], host: str,
+                 port: int) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.host = host
+        self.port = port
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port,
+                                                   reuse_port=False)
+        async with listener:
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            log.info("metrics listening", extra={"host": self.host, "port": self.port})
+            task_status.started()
+            await listener.serve(self._serve)
+
+    async def _serve(self, stream: SocketStream) -> None:
+        async with stream:
+            try:
+                with anyio.fail_after(10):
+                    request = await self._read_head(stream)
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, ValueError) as exc:
+                log.debug("metrics: bad or slow request: %r", exc)
+                return
+            parts = request.split(b" ")
+            path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
+            if parts[0] not in (b"GET", b"HEAD"):
+                status, ctype, body = 405, "text/plain", b"method not allowed\n"
+            elif path == b"/metrics":
+                status, ctype, body = 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
+            elif path == b"/health":
+                h = self.health()
+                status = 200 if h.get("ready") else 503
+                ctype, body = "application/json", json.dumps(h).encode()
+            else:
+                status, ctype, body = 404, "text/plain", b"not found: try /metrics or /health\n"
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                      503: "Service Unavailable"}[status]
+            head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            try:
+                await stream.send(head + (b"" if parts[0] == b"HEAD" else body))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                log.debug("metrics: client went away: %r", exc)
+
+    @staticmethod
+    async def _read_head(stream: SocketStream) -> bytes:
+        buf = b""
+        while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+            chunk = await stream.receive(4096)
+            buf += chunk
+            if len(buf) > 16384:
+                raise ValueError("request head too large")
+        return buf.split(b"\r\n", 1)[0].split(b"\n", 1)[0]

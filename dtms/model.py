@@ -1,0 +1,345 @@
+"""Domain types: trades, their states, broker snapshots, and registration parsing.
+
+Everything here is plain data and pure functions. Broker snapshots (``Position``, ``Deal``,
+``SymbolSpec``, ``Tick``, ``Account``) are DTMS's own types: the MT5 adapter converts the
+terminal's named tuples into them, so nothing past the adapter depends on the terminal module.
+
+``parse_registration`` validates a client's ``register`` map and names *every* invalid field::
+
+    >>> parse_registration({"ticket": 5, "direction": "buy"}).direction
+    <Direction.BUY: 'BUY'>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dtms.errors import InvalidArgument
+
+
+class Direction(enum.StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class TradeState(enum.StrEnum):
+    HEALTHY = "HEALTHY"
+    WARNING_L1 = "WARNING_L1"
+    WARNING_L2 = "WARNING_L2"
+    HEDGED = "HEDGED"
+    RECOVERING = "RECOVERING"
+    SUSPENDED = "SUSPENDED"
+    CLOSED = "CLOSED"
+
+
+#: States in which DTMS is actively defending the trade; other managers should stand aside.
+DEFENSIVE_STATES = frozenset({TradeState.WARNING_L1, TradeState.WARNING_L2, TradeState.HEDGED,
+                              TradeState.RECOVERING})
+
+
+class CloseReason(enum.StrEnum):
+    SL = "SL"
+    TP = "TP"
+    STOP_OUT = "STOP_OUT"
+    MANUAL = "MANUAL"
+    EXPERT = "EXPERT"
+    DTMS = "DTMS"
+    UNKNOWN = "UNKNOWN"
+
+
+# -- broker snapshots ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    ticket: int
+    symbol: str
+    direction: Direction
+    volume: float
+    price_open: float
+    sl: float
+    tp: float
+    price_current: float
+    profit: float
+    magic: int
+    comment: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deal:
+    ticket: int
+    position_id: int
+    symbol: str
+    entry: int        # 0 in, 1 out, 2 in/out, 3 out by
+    reason: int       # MT5 DEAL_REASON_*
+    volume: float
+    price: float
+    profit: float
+    magic: int
+    comment: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSpec:
+    name: str
+    digits: int
+    point: float
+    volume_min: float
+    volume_max: float
+    volume_step: float
+    stops_level: int
+    freeze_level: int
+    spread: int
+    filling_mode: int
+    contract_size: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    symbol: str
+    time: int
+    bid: float
+    ask: float
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    login: int
+    server: str
+    currency: str
+    balance: float
+    equity: float
+    hedging: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    retcode: int
+    deal: int
+    order: int
+    volume: float
+    price: float
+    comment: str
+
+
+# MT5 DEAL_REASON_* -> why a position closed
+_DEAL_REASONS = {0: CloseReason.MANUAL, 1: CloseReason.MANUAL, 2: CloseReason.MANUAL,
+                 3: CloseReason.EXPERT, 4: CloseReason.SL, 5: CloseReason.TP,
+                 6: CloseReason.STOP_OUT}
+DEAL_ENTRY_OUT = (1, 2, 3)
+
+
+def close_reason_from_deals(deals: list[Deal], dtms_magic: int) -> tuple[CloseReason, Deal | None]:
+    """Why a position closed, from its deal history: the last exit deal decides."""
+    exits = [d for d in deals if d.entry in DEAL_ENTRY_OUT]
+    if not exits:
+        return CloseReason.UNKNOWN, None
+    last = max(exits, key=lambda d: (d.time, d.ticket))
+    reason = _DEAL_REASONS.get(last.reason, CloseReason.UNKNOWN)
+    if reason is CloseReason.EXPERT and last.magic == dtms_magic:
+        reason = CloseReason.DTMS
+    return reason, last
+
+
+_SUFFIX = re.compile(r"^([A-Z]{6}|[A-Z]{3,4}USD)[a-z._\-+#!]*$")
+
+
+def normalize_symbol(symbol: str) -> str:
+    """Strip a broker suffix: ``XAUUSDc`` -> ``XAUUSD``, ``EURUSD.pro`` -> ``EURUSD``."""
+    s = symbol.strip()
+    m = _SUFFIX.match(s)
+    return m.group(1) if m else s.upper()
+
+
+# -- the trade -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Trade:
+    """Everything DTMS knows about one registered position; the store persists all of it."""
+
+    ticket: int
+    symbol: str
+    direction: Direction
+    entry_price: float
+    volume: float
+    initial_volume: float
+    sl: float
+    tp: float
+    initial_sl: float
+    state: TradeState = TradeState.HEALTHY
+    state_since: float = 0.0
+    strategy_type: str = ""
+    owner: str = ""
+    magic: int = 0
+    comment: str = ""
+    policy: dict[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    hedge_ticket: int = 0
+    paused: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    closed_at: float = 0.0
+    close_reason: str = ""
+    close_price: float = 0.0
+    profit: float = 0.0
+
+    @property
+    def defensive(self) -> bool:
+        return self.state in DEFENSIVE_STATES
+
+    @property
+    def initial_risk(self) -> float:
+        """1 R in price units (0 when registered without a stop)."""
+        return abs(self.entry_price - self.initial_sl) if self.initial_sl else 0.0
+
+    def view(self) -> dict[str, Any]:
+        """The map clients see (``trade``, ``trades``, ``register``)."""
+        d = dataclasses.asdict(self)
+        d["direction"] = self.direction.value
+        d["state"] = self.state.value
+        d["defensive"] = self.defensive
+        d["managed"] = self.state not in (TradeState.CLOSED,)
+        return d
+
+    def copy(self, **changes: Any) -> Trade:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    ticket: int
+    at: float
+    from_state: str
+    to_state: str
+    reason: str
+
+
+# -- registration ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    ticket: int
+    symbol: str | None = None
+    direction: Direction | None = None
+    entry_price: float | None = None
+    volume: float | None = None
+    sl: float | None = None
+    tp: float | None = None
+    strategy_type: str = ""
+    owner: str = ""
+    magic: int | None = None
+    comment: str = ""
+    policy: dict[str, Any] = field(default_factory=dict)
+
+
+_ENTRY_ALIASES = ("entry_price", "entry", "price_open")
+_KNOWN_FIELDS = frozenset({"ticket", "symbol", "direction", "volume", "sl", "tp", "strategy_type",
+                           "owner", "magic", "comment", "policy", *_ENTRY_ALIASES})
+MAX_TICKET = 2**63 - 1
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def parse_registration(args: Any) -> Registration:
+    """Validate a ``register`` map; raise one InvalidArgument naming every bad field."""
+    if not isinstance(args, dict):
+        raise InvalidArgument("must be a map of named arguments", field="params")
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {}
+
+    unknown = sorted(str(k) for k in args if k not in _KNOWN_FIELDS)
+    for k in unknown:
+        errors[k] = "unknown field"
+
+    ticket = args.get("ticket")
+    if ticket is None:
+        errors["ticket"] = "required"
+    elif isinstance(ticket, bool) or not isinstance(ticket, int):
+        errors["ticket"] = f"must be an integer, got {type(ticket).__name__}"
+    elif not 0 < ticket <= MAX_TICKET:
+        errors["ticket"] = "must be > 0"
+    else:
+        out["ticket"] = ticket
+
+    symbol = args.get("symbol")
+    if symbol is not None:
+        if not isinstance(symbol, str) or not symbol.strip() or len(symbol) > 32:
+            errors["symbol"] = "must be a non-empty string of at most 32 characters"
+        else:
+            out["symbol"] = symbol.strip()
+
+    direction = args.get("direction")
+    if direction is not None:
+        if isinstance(direction, str) and direction.strip().upper() in ("BUY", "SELL"):
+            out["direction"] = Direction(direction.strip().upper())
+        else:
+            errors["direction"] = "must be BUY or SELL"
+
+    given = {a: args[a] for a in _ENTRY_ALIASES if args.get(a) is not None}
+    if given:
+        values = {a: _number(v) for a, v in given.items()}
+        bad = [a for a, v in values.items() if v is None or v <= 0]
+        for a in bad:
+            errors[a] = "must be a number > 0"
+        if not bad:
+            distinct = set(values.values())
+            if len(distinct) > 1:
+                errors[next(iter(given))] = f"aliases {sorted(given)} disagree"
+            else:
+                out["entry_price"] = distinct.pop()
+
+    volume = args.get("volume")
+    if volume is not None:
+        v = _number(volume)
+        if v is None or v <= 0:
+            errors["volume"] = "must be a number > 0"
+        else:
+            out["volume"] = v
+
+    for level in ("sl", "tp"):
+        value = args.get(level)
+        if value is not None:
+            v = _number(value)
+            if v is None or v < 0:
+                errors[level] = "must be a number >= 0 (0 or nil = none)"
+            else:
+                out[level] = v
+
+    for text, limit in (("strategy_type", 64), ("owner", 64), ("comment", 128)):
+        value = args.get(text)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > limit:
+                errors[text] = f"must be a string of at most {limit} characters"
+            else:
+                out[text] = value
+
+    magic = args.get("magic")
+    if magic is not None:
+        if isinstance(magic, bool) or not isinstance(magic, int) or not 0 <= magic <= MAX_TICKET:
+            errors["magic"] = "must be an integer >= 0"
+        else:
+            out["magic"] = magic
+
+    policy = args.get("policy")
+    if policy is not None:
+        if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
+            errors["policy"] = "must be a map with string keys"
+        elif not all(isinstance(v, int | float | str | bool) for v in policy.values()):
+            errors["policy"] = "values must be numbers, strings or booleans"
+        else:
+            out["policy"] = dict(policy)
+
+    if errors:
+        raise InvalidArgument.many(errors)
+    return Registration(**out)

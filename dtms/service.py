@@ -1,0 +1,310 @@
+"""The DTMS service: builds the supervision tree, gates readiness, and answers the RPC methods.
+
+Tree (SPEC section 1)::
+
+    root (rest_for_one)
+    ├── metrics    /metrics + /health over HTTP
+    ├── rpc        msgpack-rpc over TCP
+    └── core (rest_for_one)
+        ├── store      the only writer to SQLite
+        ├── broker     the only owner of the terminal
+        ├── positions  one poll of open positions for all trades
+        └── registry   ticket -> trade actor, and the trades supervisor under it
+
+The endpoints start first, so the rpc port opens at once and answers ``NOT_READY`` until the
+store is open, the broker connected, stored trades reloaded, and a position poll has reconciled
+them. ``health`` always answers. If readiness is not reached within
+``service.startup_timeout_s`` the service raises :class:`StartupTimeout` (the CLI exits 3); the
+root supervisor past its restart intensity raises ``SupervisorEscalation`` (the CLI exits 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from dtms import __version__
+from dtms.actors.base import Actor
+from dtms.actors.broker import BrokerActor
+from dtms.actors.positions import PositionWatcher
+from dtms.actors.registry import Register, RegistryActor
+from dtms.actors.store import (
+    AddRestart,
+    CountByState,
+    GetTrade,
+    ListRestarts,
+    ListTrades,
+    ListTransitions,
+    StoreActor,
+)
+from dtms.brokers.mt5 import MT5Adapter, load_module
+from dtms.config import Settings
+from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
+from dtms.metrics import Metrics, MetricsServer
+from dtms.model import TradeState, parse_registration
+from dtms.rpc.server import Connection, RpcServer
+from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+MAX_PAGE = 1000
+
+
+class StartupTimeout(RuntimeError):
+    """Readiness was not reached within the startup timeout."""
+
+
+def _int_arg(args: dict[str, Any], name: str, *, default: int | None = None, low: int = 0,
+             high: int = 2**63 - 1) -> int:
+    value = args.get(name, default)
+    if value is None:
+        raise InvalidArgument("required", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"must be an integer in {low}..{high}", field=name)
+    return value
+
+
+def _str_arg(args: dict[str, Any], name: str) -> str | None:
+    value = args.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > 64):
+        raise InvalidArgument("must be a string of at most 64 characters", field=name)
+    return value
+
+
+def _only(args: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in args if k not in allowed)
+    if unknown:
+        raise InvalidArgument.many({k: "unknown field" for k in unknown})
+
+
+class Service:
+    """One DTMS process. ``module`` overrides the terminal module (tests pass a SimTerminal)."""
+
+    def __init__(self, settings: Settings, *, module: Any = None) -> None:
+        self.settings = settings
+        self.module = module if module is not None else load_module(settings)
+        self.metrics = Metrics()
+        self.started_at = time.monotonic()
+        self._recovered_mark: int | None = None
+        self.ready_event = anyio.Event()
+
+        bs = settings.broker
+        self.store = StoreActor(settings.store, self.metrics)
+        self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
+                                  metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
+                                  connect_retry_s=bs.connect_retry_s)
+        self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
+                                       interval_s=bs.poll_interval_s, dtms_magic=bs.magic)
+        self.registry = RegistryActor(settings, store=self.store, broker=self.broker,
+                                      watcher=self.watcher, metrics=self.metrics,
+                                      on_event=self._on_restart, on_recovered=self._on_recovered)
+        self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
+        self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
+                                            settings.metrics.port)
+        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "health": self._health, "status": self._status, "register": self._register,
+            "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,
+            "transitions": self._transitions, "restarts": self._restarts,
+        }
+
+    # -- readiness -----------------------------------------------------------------------------
+    def _on_recovered(self) -> None:
+        self._recovered_mark = self.watcher.polls_ok
+
+    @property
+    def initialized(self) -> bool:
+        return self.store.db is not None and self._recovered_mark is not None
+
+    @property
+    def monitoring_active(self) -> bool:
+        return (self.initialized and self._recovered_mark is not None
+                and self.watcher.polls_ok > self._recovered_mark)
+
+    @property
+    def ready(self) -> bool:
+        return self.monitoring_active and self.broker.connected
+
+    def health(self) -> dict[str, Any]:
+        ready = self.ready
+        self.metrics.ready.set(1 if ready else 0)
+        for actor in (self.store, self.broker, self.watcher, self.registry):
+            self.metrics.mailbox_depth.labels(actor.name).set(actor.mailbox_depth)
+        return {"ready": ready, "initialized": self.initialized,
+                "monitoring_active": self.monitoring_active,
+                "broker_connected": self.broker.connected,
+                "active_trades": len(self.registry.trades),
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "version": __version__}
+
+    def _not_ready(self) -> NotReady:
+        if self.store.db is None:
+            why = "the store is not open"
+        elif not self.broker.connected:
+            why = "the trading terminal is not connected"
+        elif self._recovered_mark is None:
+            why = "stored trades are being recovered"
+        else:
+            why = "stored trades are being reconciled with the broker"
+        return NotReady(f"DTMS is not ready: {why}",
+                        retry_after=self.settings.broker.connect_retry_s)
+
+    async def _on_restart(self, event: RestartEvent) -> None:
+        self.metrics.actor_restarts.labels(event.supervisor, event.action).inc()
+        await self.store.tell(AddRestart(event.at, event.supervisor, event.child, event.action,
+                                         event.reason, event.exception, event.attempt,
+                                         event.backoff_s))
+
+    # -- the tree ------------------------------------------------------------------------------
+    def _spec(self, actor: Actor) -> ChildSpec:
+        return ChildSpec(actor.name, actor.run, shutdown_timeout=self.settings.supervisor.shutdown_timeout_s,
+                         stop=actor.stop)
+
+    def build_tree(self) -> Supervisor:
+        sup = self.settings.supervisor
+        backoff = Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter)
+        intensity = Intensity(sup.root_max_restarts, sup.root_period_s)
+        core = Supervisor("core", [self._spec(a) for a in
+                                   (self.store, self.broker, self.watcher, self.registry)],
+                          strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
+                          on_event=self._on_restart)
+        children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]
+        if self.settings.metrics.enabled:
+            children.insert(0, ChildSpec("metrics", self.metrics_server.run,
+                                         shutdown_timeout=sup.shutdown_timeout_s))
+        children.append(ChildSpec("core", core.run, stop=core.stop,
+                                  shutdown_timeout=sup.shutdown_timeout_s * 4))
+        return Supervisor("root", children, strategy=Strategy.REST_FOR_ONE, intensity=intensity,
+                          backoff=backoff, on_event=self._on_restart)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; reports started once the endpoints listen."""
+        root = self.build_tree()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_startup)
+            await tg.start(root.run)
+            task_status.started()
+
+    async def _watch_startup(self) -> None:
+        deadline = time.monotonic() + self.settings.service.startup_timeout_s
+        while not self.ready:
+            if time.monotonic() > deadline:
+                reason = self._not_ready().message
+                log.error("startup timeout after %ss: %s", self.settings.service.startup_timeout_s,
+                          reason)
+                raise StartupTimeout(f"not ready within {self.settings.service.startup_timeout_s}s: "
+                                     f"{reason}")
+            await anyio.sleep(0.02)
+        self.metrics.ready.set(1)
+        log.info("DTMS ready", extra={"rpc_port": self.rpc.port,
+                                      "metrics_port": self.metrics_server.port,
+                                      "active_trades": len(self.registry.trades)})
+        self.ready_event.set()
+
+    # -- rpc -----------------------------------------------------------------------------------
+    async def dispatch(self, method: str, args: dict[str, Any], conn: Connection) -> Any:
+        fn = self.methods.get(method)
+        if fn is None:
+            raise NotFound(f"unknown method {method!r}; methods: {', '.join(sorted(self.methods))}",
+                           field="method")
+        if method != "health" and not self.ready:
+            if method in ("register", "register_batch"):
+                self.metrics.registrations.labels("not_ready").inc()
+            raise self._not_ready()
+        return await fn(args)
+
+    async def _health(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.health()
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, set())
+        counts = await self.store.ask(CountByState())
+        by_state = {s.value: counts.get(s.value, 0) for s in TradeState}
+        account = self.broker.account
+        return {**self.health(), "trades_by_state": by_state,
+                "unknown_positions": list(self.watcher.unknown),
+                "broker": {"backend": self.settings.broker.backend,
+                           "login": account.login if account else 0,
+                           "server": account.server if account else "",
+                           "hedging": account.hedging if account else None},
+                "rpc": {"host": self.settings.rpc.host, "port": self.rpc.port,
+                        "connections": self.rpc.connections}}
+
+    async def _register_one(self, args: Any) -> dict[str, Any]:
+        try:
+            reg = parse_registration(args)
+        except InvalidArgument:
+            self.metrics.registrations.labels("invalid").inc()
+            raise
+        limit = self.settings.registry.mailbox_size
+        if self.registry.mailbox_depth >= limit:
+            raise Overloaded(f"registry has {limit} registrations queued", retry_after=0.5)
+        return await self.registry.ask(Register(reg), timeout=self.settings.registry.ask_timeout_s)
+
+    async def _register(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._register_one(args)
+
+    async def _register_batch(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"trades"})
+        items = args.get("trades")
+        if not isinstance(items, list) or not items:
+            raise InvalidArgument("must be a non-empty array of registration maps", field="trades")
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} per batch, got {len(items)}",
+                                  field="trades")
+        results: list[dict[str, Any]] = [{} for _ in items]
+
+        async def one(i: int, item: Any) -> None:
+            try:
+                results[i] = {"ok": True, **await self._register_one(item)}
+            except DtmsError as err:
+                results[i] = {"ok": False, "error": err.to_wire()}
+
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(one, i, item)
+        return {"results": results, "created": sum(1 for r in results if r.get("created")),
+                "failed": sum(1 for r in results if not r["ok"])}
+
+    async def _trade(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket"})
+        ticket = _int_arg(args, "ticket", low=1)
+        trade = await self.store.ask(GetTrade(ticket))
+        if trade is None:
+            raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
+        return trade.view()
+
+    async def _trades(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"state", "symbol", "limit", "offset", "open_only"})
+        state = _str_arg(args, "state")
+        if state is not None:
+            state = state.upper()
+            if state not in TradeState.__members__:
+                raise InvalidArgument(f"must be one of {', '.join(TradeState.__members__)}",
+                                      field="state")
+        symbol = _str_arg(args, "symbol")
+        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
+        offset = _int_arg(args, "offset", default=0)
+        open_only = args.get("open_only", False)
+        if not isinstance(open_only, bool):
+            raise InvalidArgument("must be true or false", field="open_only")
+        trades = await self.store.ask(ListTrades(state, symbol, open_only, limit, offset))
+        return {"trades": [t.view() for t in trades], "count": len(trades), "offset": offset,
+                "limit": limit}
+
+    async def _transitions(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket", "limit"})
+        ticket = _int_arg(args, "ticket", low=1)
+        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
+        return {"ticket": ticket,
+                "transitions": await self.store.ask(ListTransitions(ticket, limit))}
+
+    async def _restarts(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"limit"})
+        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
+        return {"restarts": await self.store.ask(ListRestarts(limit))}

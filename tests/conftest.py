@@ -1,0 +1,70 @@
+"""Shared fixtures: a real DTMS service on ephemeral loopback ports over a simulated terminal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
+from dtms.client import Client
+from dtms.config import Settings
+from dtms.service import Service
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiosqlite is asyncio-only
+
+
+@pytest.fixture
+def sim() -> SimTerminal:
+    return SimTerminal(SimConfig(seed=7), clock=ManualClock())
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings().replace(
+        rpc={"port": 0}, metrics={"port": 0},
+        store={"path": str(tmp_path / "dtms.sqlite3")},
+        broker={"poll_interval_s": 0.02, "connect_retry_s": 0.05},
+        service={"startup_timeout_s": 30.0},
+        supervisor={"min_backoff_s": 0.01, "max_backoff_s": 0.1},
+    )
+
+
+@asynccontextmanager
+async def running(settings: Settings, sim: Any, *, wait_ready: bool = True
+                  ) -> AsyncIterator[Service]:
+    """Run a Service until the block ends, then shut it down cleanly."""
+    service = Service(settings, module=sim)
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        if wait_ready:
+            with anyio.fail_after(20):
+                await service.ready_event.wait()
+        yield service
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def client_for(service: Service, **kwargs: Any) -> AsyncIterator[Client]:
+    async with Client("127.0.0.1", service.rpc.port, **kwargs) as client:
+        yield client
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0,
+                     interval: float = 0.02) -> Any:
+    """Poll an (async or sync) predicate until it returns something truthy."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            await anyio.sleep(interval)

@@ -1,0 +1,113 @@
+"""The `dtms` command as a newcomer uses it: a real `dtms serve --demo` process, then the
+client commands against it, then SIGTERM and a clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dtms(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dtms", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict:
+    e = dict(os.environ)
+    e.update(DTMS_RPC_PORT=str(free_port()), DTMS_METRICS_PORT=str(free_port()),
+             DTMS_STORE_PATH=str(tmp_path / "cli.sqlite3"), DTMS_BROKER_POLL_INTERVAL_S="0.05",
+             DTMS_CONFIG=str(Path(__file__).resolve().parent.parent / "config" / "dtms.toml"))
+    return e
+
+
+def test_serve_demo_then_client_commands(env, tmp_path):
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - held by the child process
+    proc = subprocess.Popen([sys.executable, "-m", "dtms", "serve", "--demo", "5"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            health = dtms("health", env=env)
+            trades = dtms("trades", "--json", env=env)
+            if (health.returncode == 0 and trades.returncode == 0
+                    and json.loads(trades.stdout)["count"] == 5):
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.3)
+        assert json.loads(health.stdout)["ready"] is True
+        listed = json.loads(trades.stdout)["trades"]
+        assert {t["symbol"] for t in listed} == {"EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "BTCUSD"}
+        assert all(t["owner"] == "demo-bot" and t["magic"] == 1001 for t in listed)
+
+        table = dtms("trades", env=env)
+        assert table.returncode == 0
+        lines = table.stdout.splitlines()
+        assert lines[0].split()[:4] == ["TICKET", "SYMBOL", "DIR", "VOLUME"]
+        assert lines[-1] == "(5 trades)"
+
+        ticket = listed[0]["ticket"]
+        one = dtms("trade", str(ticket), env=env)
+        assert one.returncode == 0 and json.loads(one.stdout)["ticket"] == ticket
+        again = dtms("register", str(ticket), env=env)
+        assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
+
+        missing = dtms("trade", "123", env=env)
+        assert missing.returncode == 1
+        assert json.loads(missing.stderr)["code"] == "NOT_FOUND"
+        bad = dtms("register", "77", "--direction", "buy", "--volume", "-1", env=env)
+        assert bad.returncode == 1
+        assert json.loads(bad.stderr)["field"] == "volume"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_client_command_without_service_exits_2(env):
+    result = dtms("health", env=env)
+    assert result.returncode == 2
+    assert "cannot reach DTMS" in result.stderr
+
+
+def test_unknown_terminal_module_exits_2(env):
+    env = dict(env, DTMS_BROKER_BACKEND="module:dtms_no_such_terminal")
+    result = dtms("serve", env=env)
+    assert result.returncode == 2
+    assert "broker module 'dtms_no_such_terminal' cannot be imported" in result.stderr
+
+
+def test_terminal_that_never_connects_is_a_startup_timeout_exit_3(env):
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(env, DTMS_BROKER_BACKEND="module:terminal_down",
+               DTMS_SERVICE_STARTUP_TIMEOUT_S="1.5",
+               PYTHONPATH=os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")]))
+    result = dtms("serve", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "not ready within 1.5s: DTMS is not ready: the trading terminal is not connected" in (
+        result.stderr)
+
+
+def test_unusable_database_escalates_to_exit_4(env, tmp_path):
+    (tmp_path / "not-a-dir").write_text("x")
+    env = dict(env, DTMS_STORE_PATH=str(tmp_path / "not-a-dir" / "dtms.sqlite3"),
+               DTMS_SUPERVISOR_MIN_BACKOFF_S="0.01")
+    result = dtms("serve", env=env)
+    assert result.returncode == 4, result.stderr
+    assert "giving up after repeated crashes" in result.stderr

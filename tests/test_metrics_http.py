@@ -1,0 +1,87 @@
+"""The metrics port: /metrics in Prometheus text format, /health 200 when ready, 503 when not."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dtms.errors import NotFound
+from tests.conftest import client_for, eventually, running
+
+pytestmark = pytest.mark.anyio
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                data += await s.receive()
+            except anyio.EndOfStream:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_health_is_503_until_ready_then_200(settings, sim):
+    sim.disconnect()
+    async with running(settings, sim, wait_ready=False) as svc:
+        port = svc.metrics_server.port
+        status, headers, body = await http_get(port, "/health")
+        assert status == 503
+        assert headers["Content-Type"] == "application/json"
+        h = json.loads(body)
+        assert (h["ready"], h["broker_connected"]) == (False, False)
+        assert set(h) == {"ready", "initialized", "monitoring_active", "broker_connected",
+                          "active_trades", "uptime_s", "version"}
+        sim.initialize()
+        await eventually(lambda: svc.ready)
+        status, _, body = await http_get(port, "/health")
+        assert status == 200
+        assert json.loads(body)["ready"] is True
+        status, _, _ = await http_get(port, "/nope")
+        assert status == 404
+
+
+async def test_metrics_count_registrations_and_trades_by_state(settings, sim):
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08)
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        await c.register({"ticket": ticket})
+        await c.register({"ticket": ticket})
+        with pytest.raises(NotFound):
+            await c.register({"ticket": 4242})
+        sim.set_price("EURUSD", 1.0795)
+        await eventually(lambda: ticket not in svc.registry.trades)
+        await c.health()  # refreshes readiness and mailbox gauges
+        status, headers, body = await http_get(svc.metrics_server.port, "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        m = samples(body)
+        assert m[("dtms_registrations_total", (("result", "created"),))] == 1
+        assert m[("dtms_registrations_total", (("result", "existing"),))] == 1
+        assert m[("dtms_registrations_total", (("result", "not_found"),))] == 1
+        assert m[("dtms_registrations_total", (("result", "conflict"),))] == 0
+        assert m[("dtms_trades", (("state", "CLOSED"),))] == 1
+        assert m[("dtms_trades", (("state", "HEALTHY"),))] == 0
+        assert m[("dtms_state_transitions_total",
+                  (("from_state", "HEALTHY"), ("to_state", "CLOSED")))] == 1
+        assert m[("dtms_trades_closed_total", (("reason", "SL"),))] == 1
+        assert m[("dtms_ready", ())] == 1
+        assert m[("dtms_broker_connected", ())] == 1
+        assert m[("dtms_rpc_requests_total", (("code", "OK"), ("method", "register")))] == 2
+        assert m[("dtms_rpc_requests_total", (("code", "NOT_FOUND"), ("method", "register")))] == 1
+        assert m[("dtms_broker_requests_total", (("operation", "positions"), ("outcome", "ok")))] > 3
+        assert m[("dtms_store_commit_duration_seconds_count", ())] >= 3
