@@ -6,8 +6,8 @@ commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transit
 ``restarts``) read the same settings as the server, so they find it on the same port.
 
 Exit codes: 0 success; 1 the service answered an error (printed as its error map) or is not
-ready; 2 the service cannot be reached or the arguments are wrong; 3 startup timeout;
-4 the root supervisor gave up (restart intensity exceeded).
+ready; 2 the service cannot be reached or the arguments are wrong; 3 startup failed or timed
+out; 4 the root supervisor gave up (restart intensity exceeded).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: config.Settings, *, demo: int = 0) -> int:
     from dtms import logs
-    from dtms.service import Service, StartupTimeout
+    from dtms.service import Service, StartupFailed, StartupTimeout
     from dtms.supervisor import SupervisorEscalation
 
     logs.setup(settings.service.log_level, settings.service.log_format)
@@ -145,11 +145,11 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
 
     try:
         anyio.run(run)
-    except (StartupTimeout, SupervisorEscalation, BaseExceptionGroup) as exc:
-        fatal = _find(exc, (StartupTimeout, SupervisorEscalation))
+    except (StartupTimeout, StartupFailed, SupervisorEscalation, BaseExceptionGroup) as exc:
+        fatal = _find(exc, (StartupTimeout, StartupFailed, SupervisorEscalation))
         if fatal is None:
             raise
-        if isinstance(fatal, StartupTimeout):
+        if isinstance(fatal, StartupTimeout | StartupFailed):
             print(f"dtms: {fatal}", file=sys.stderr)
             return 3
         log.critical("root supervisor gave up: %s", fatal, exc_info=fatal)

@@ -14,7 +14,8 @@ Tree (SPEC section 1)::
 The endpoints start first, so the rpc port opens at once and answers ``NOT_READY`` until the
 store is open, the broker connected, stored trades reloaded, and a position poll has reconciled
 them. ``health`` always answers. If readiness is not reached within
-``service.startup_timeout_s`` the service raises :class:`StartupTimeout` (the CLI exits 3); the
+``service.startup_timeout_s`` the service raises :class:`StartupTimeout`, and if a part cannot
+start at all :class:`StartupFailed` (the CLI exits 3 for both); the
 root supervisor past its restart intensity raises ``SupervisorEscalation`` (the CLI exits 4).
 """
 
@@ -58,6 +59,17 @@ MAX_PAGE = 1000
 
 class StartupTimeout(RuntimeError):
     """Readiness was not reached within the startup timeout."""
+
+
+class StartupFailed(RuntimeError):
+    """A part of the tree could not start at all (e.g. the database cannot be opened)."""
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """Unwrap single-exception groups to the exception that matters."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _int_arg(args: dict[str, Any], name: str, *, default: int | None = None, low: int = 0,
@@ -187,7 +199,12 @@ class Service:
         root = self.build_tree()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_startup)
-            await tg.start(root.run)
+            try:
+                await tg.start(root.run)
+            except Exception as exc:
+                cause = _innermost(exc)
+                log.critical("startup failed: %r", cause, exc_info=exc)
+                raise StartupFailed(f"cannot start: {cause!r}") from exc
             task_status.started()
 
     async def _watch_startup(self) -> None:

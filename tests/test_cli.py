@@ -104,10 +104,9 @@ def test_terminal_that_never_connects_is_a_startup_timeout_exit_3(env):
         result.stderr)
 
 
-def test_unusable_database_escalates_to_exit_4(env, tmp_path):
+def test_unusable_database_is_a_startup_failure_exit_3(env, tmp_path):
     (tmp_path / "not-a-dir").write_text("x")
-    env = dict(env, DTMS_STORE_PATH=str(tmp_path / "not-a-dir" / "dtms.sqlite3"),
-               DTMS_SUPERVISOR_MIN_BACKOFF_S="0.01")
+    env = dict(env, DTMS_STORE_PATH=str(tmp_path / "not-a-dir" / "dtms.sqlite3"))
     result = dtms("serve", env=env)
-    assert result.returncode == 4, result.stderr
-    assert "giving up after repeated crashes" in result.stderr
+    assert result.returncode == 3, result.stderr
+    assert "dtms: cannot start: FileExistsError" in result.stderr

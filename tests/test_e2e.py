@@ -126,7 +126,8 @@ async def test_invalid_arguments_name_every_field(settings, sim):
 
 
 async def test_not_ready_until_the_broker_connects(settings, sim):
-    sim.disconnect()  # the terminal is unreachable at start
+    sim.fail_next(10**9, function="initialize",
+                  error=(-10003, "IPC initialize failed"))  # no terminal at start
     async with running(settings, sim, wait_ready=False) as svc, client_for(svc, retries=1) as c:
         await eventually(lambda: svc.initialized)
         health = await c.health()
@@ -135,7 +136,7 @@ async def test_not_ready_until_the_broker_connects(settings, sim):
             await c.register({"ticket": 1})
         assert err.value.details["retry_after"] == settings.broker.connect_retry_s
         assert "terminal is not connected" in err.value.message
-        sim.initialize()  # the terminal comes back
+        sim.faults.clear()  # the terminal comes back
         ready = await c.wait_ready(timeout=10)
         assert ready["ready"] is True and ready["broker_connected"] is True
 
@@ -196,8 +197,14 @@ async def test_broker_error_during_polls_never_closes_a_trade(settings, sim):
     ticket = sim.open_position("EURUSD", "BUY", 0.10)
     async with running(settings, sim) as svc, client_for(svc) as c:
         await c.register({"ticket": ticket})
-        sim.fail_next(20, function="positions_get")
-        await eventually(lambda: svc.metrics.position_polls.labels("error")._value.get() >= 5)
+        sim.fail_next(20, function="positions_get", error=(-1, "Terminal: Call failed"))
+        await eventually(lambda: svc.metrics.position_polls.labels("error")._value.get() >= 20)
+        assert (await c.trade(ticket))["state"] == "HEALTHY"
+        assert list(svc.registry.trades) == [ticket]
+        # a link-level failure (timeout) makes DTMS not ready until it reconnects; still no close
+        sim.fail_next(5, function="positions_get")
+        await eventually(lambda: svc.metrics.position_polls.labels("error")._value.get() >= 25)
+        await c.wait_ready(timeout=10)
         assert (await c.trade(ticket))["state"] == "HEALTHY"
         assert list(svc.registry.trades) == [ticket]
 

@@ -63,8 +63,15 @@ class AskTimeout(TimeoutError):
     """No reply within the ask timeout."""
 
 
+@dataclass(frozen=True, slots=True)
 class _Stop:
-    """Sentinel: process everything queued before it, then return normally."""
+    """Process everything queued before it, then return normally.
+
+    It names the incarnation it was meant for: a stop left in the mailbox by a run that was
+    cancelled or crashed before reaching it must not stop the next run at once.
+    """
+
+    incarnation: int
 
 
 class Reply:
@@ -151,7 +158,7 @@ class Actor:
     async def stop(self) -> None:
         """Ask the actor to finish what is queued and return normally."""
         try:
-            await self._send.send(Envelope(_Stop()))
+            await self._send.send(Envelope(_Stop(self.incarnation)))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             log.debug("stop of already closed actor %s", self.name)
 
@@ -212,9 +219,9 @@ class Actor:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             if isinstance(env.message, _Stop):
-                if env.reply is not None:
-                    env.reply.set(None)
-                return
+                if env.message.incarnation == self.incarnation:
+                    return
+                continue
             try:
                 result = await self.handle(env.message)
             except self.reply_errors as err:

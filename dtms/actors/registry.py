@@ -127,7 +127,7 @@ class RegistryActor(Actor):
         self.trades[trade.ticket] = actor
         await self.watcher.tell(Watch(trade.ticket, actor))
 
-    async def _give_up(self, child_id: str, exc: BaseException) -> None:
+    async def _give_up(self, child_id: str, exc: BaseException | None) -> None:
         await self.tell(GiveUp(int(child_id), repr(exc)))
 
     # -- messages ------------------------------------------------------------------------------
@@ -147,6 +147,7 @@ class RegistryActor(Actor):
         actor = self.trades.pop(ticket, None)
         if actor is not None:
             self.watcher.tell_nowait(Unwatch(ticket))
+            actor.close(f"trade {ticket} no longer managed")
 
     async def _suspend(self, ticket: int, error: str) -> None:
         self._forget(ticket)

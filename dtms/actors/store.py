@@ -196,7 +196,7 @@ class StoreActor(Actor):
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             batch = [first]
-            while len(batch) < self.settings.max_batch and not isinstance(batch[-1].message, _Stop):
+            while len(batch) < self.settings.max_batch and not self._is_stop(batch[-1]):
                 try:
                     batch.append(self._recv.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
@@ -204,12 +204,13 @@ class StoreActor(Actor):
             i = 0
             while i < len(batch):
                 if isinstance(batch[i].message, _Stop):
-                    if batch[i].reply is not None:
-                        batch[i].reply.set(None)
-                    for env in batch[i + 1:]:
-                        if env.reply is not None:
-                            env.reply.fail(NotReady("store is stopping"))
-                    return
+                    if self._is_stop(batch[i]):
+                        for env in batch[i + 1:]:
+                            if env.reply is not None:
+                                env.reply.fail(NotReady("store is stopping"))
+                        return
+                    i += 1  # a stale stop meant for an earlier incarnation
+                    continue
                 j = i
                 while j < len(batch) and isinstance(batch[j].message, WRITES):
                     j += 1
@@ -219,6 +220,9 @@ class StoreActor(Actor):
                 else:
                     await self._read(batch[i])
                     i += 1
+
+    def _is_stop(self, env: Envelope) -> bool:
+        return isinstance(env.message, _Stop) and env.message.incarnation == self.incarnation
 
     async def _commit(self, writes: list[Envelope]) -> None:
         assert self.db is not None
