@@ -204,7 +204,7 @@ class Trade:
         d["direction"] = self.direction.value
         d["state"] = self.state.value
         d["defensive"] = self.defensive
-        d["managed"] = self.state not in (TradeState.CLOSED,)
+        d["managed"] = self.state not in (TradeState.CLOSED, TradeState.SUSPENDED)
         return d
 
     def copy(self, **changes: Any) -> Trade:
