@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dtms import __version__
-from dtms.actors.base import Actor
+from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
 from dtms.actors.positions import PositionWatcher
 from dtms.actors.registry import Register, RegistryActor
@@ -166,11 +166,15 @@ class Service:
         return NotReady(f"DTMS is not ready: {why}",
                         retry_after=self.settings.broker.connect_retry_s)
 
-    async def _on_restart(self, event: RestartEvent) -> None:
+    def _on_restart(self, event: RestartEvent) -> None:
         self.metrics.actor_restarts.labels(event.supervisor, event.action).inc()
-        await self.store.tell(AddRestart(event.at, event.supervisor, event.child, event.action,
-                                         event.reason, event.exception, event.attempt,
-                                         event.backoff_s))
+        # never block the supervisor's control loop on the store
+        try:
+            self.store.tell_nowait(AddRestart(event))
+        except (MailboxFull, ActorStopped) as exc:
+            self.metrics.store_errors.inc()
+            log.error("restart history row not stored (%r): %s", exc, event,
+                      extra={"supervisor": event.supervisor, "child": event.child})
 
     # -- the tree ------------------------------------------------------------------------------
     def _spec(self, actor: Actor) -> ChildSpec:

@@ -34,6 +34,7 @@ from dtms.config import StoreSettings
 from dtms.errors import Internal, NotReady
 from dtms.metrics import Metrics
 from dtms.model import Direction, Trade, TradeState, Transition
+from dtms.supervisor import RestartEvent
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,8 @@ class PutTrade:
 
 @dataclass(frozen=True, slots=True)
 class AddRestart:
-    at: float
-    supervisor: str
-    child: str
-    action: str
-    reason: str
-    exception: str
-    attempt: int
-    backoff_s: float
+    """One row of the restart history."""
+    event: RestartEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,11 +255,12 @@ class StoreActor(Actor):
                     "INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
                     "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
         elif isinstance(msg, AddRestart):
+            e = msg.event
             await self.db.execute(
                 "INSERT INTO restarts (at, supervisor, child, action, reason, exception, attempt, "
                 "backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (msg.at, msg.supervisor, msg.child, msg.action, msg.reason, msg.exception,
-                 msg.attempt, msg.backoff_s))
+                (e.at, e.supervisor, e.child, e.action, e.reason, e.exception, e.attempt,
+                 e.backoff_s))
 
     async def _read(self, env: Envelope) -> None:
         try:
