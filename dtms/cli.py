@@ -121,7 +121,8 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
     from dtms.service import Service, StartupFailed, StartupTimeout
     from dtms.supervisor import SupervisorEscalation
 
-    logs.setup(settings.service.log_level, settings.service.log_format)
+    logs.setup(settings.service.log_level, settings.service.log_format,
+               settings.service.supervisor_log)
     if demo and settings.broker.backend != "sim":
         print("dtms: --demo needs the simulated terminal (broker.backend = sim)", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ class ServiceSettings:
     data_dir: str = "data"
     log_level: str = "INFO"
     log_format: str = "json"
+    supervisor_log: str = "data/supervisor.log"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -30,8 +31,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=repr)
 
 
-def setup(level: str = "INFO", fmt: str = "json") -> None:
-    """Configure the root logger once, for the CLI's ``serve``."""
+def setup(level: str = "INFO", fmt: str = "json", supervisor_log: str = "") -> None:
+    """Configure the root logger once, for the CLI's ``serve``.
+
+    ``supervisor_log``: a file that receives, as JSON lines, every record of the supervisors
+    (each restart, give-up and escalation with supervisor, child, kind, reason, exception,
+    attempt and backoff), in addition to the main log.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -40,3 +46,12 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    sup = logging.getLogger("dtms.supervisor")
+    for old in [h for h in sup.handlers if isinstance(h, logging.FileHandler)]:
+        sup.removeHandler(old)
+        old.close()
+    if supervisor_log:
+        Path(supervisor_log).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(supervisor_log, encoding="utf-8")
+        file_handler.setFormatter(JsonFormatter())
+        sup.addHandler(file_handler)

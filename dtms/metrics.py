@@ -29,6 +29,8 @@ REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict
                         "owned_elsewhere", "not_ready", "error")
 RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
              "OWNED_ELSEWHERE", "OVERLOADED", "INTERNAL")
+ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metrics", "core")
+SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "rates", "positions",
                      "deals_for_position", "deals_between", "send")
 
@@ -51,8 +53,15 @@ class Metrics:
                                    ["from_state", "to_state"], registry=r)
         self.trades_closed = Counter("dtms_trades_closed_total", "Trades closed, by reason",
                                      ["reason"], registry=r)
-        self.actor_restarts = Counter("dtms_actor_restarts_total", "Supervised restarts",
-                                      ["supervisor", "action"], registry=r)
+        self.actor_restarts = Counter("dtms_actor_restarts_total",
+                                      "Actors restarted by their supervisor, by kind of actor",
+                                      ["kind"], registry=r)
+        self.actor_giveups = Counter("dtms_actor_giveups_total",
+                                     "Actors given up after crashing past their own limit",
+                                     ["kind"], registry=r)
+        self.escalations = Counter("dtms_supervisor_escalations_total",
+                                   "Supervisors that exceeded their restart intensity",
+                                   ["supervisor"], registry=r)
         self.mailbox_depth = Gauge("dtms_mailbox_depth", "Messages queued in an actor's mailbox",
                                    ["actor"], registry=r)
         self.rpc_requests = Counter("dtms_rpc_requests_total", "RPC requests by method and code",
@@ -93,6 +102,11 @@ class Metrics:
             self.broker_latency.labels(op)
             for outcome in ("ok", "error", "disconnected", "timeout"):
                 self.broker_requests.labels(op, outcome)
+        for kind in ACTOR_KINDS:
+            self.actor_restarts.labels(kind)
+            self.actor_giveups.labels(kind)
+        for sup in SUPERVISORS:
+            self.escalations.labels(sup)
         for cls in ("success", "retry", "uncertain", "reject"):
             self.broker_retcodes.labels(cls)
         for outcome in ("ok", "error"):

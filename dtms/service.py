@@ -167,7 +167,12 @@ class Service:
                         retry_after=self.settings.broker.connect_retry_s)
 
     def _on_restart(self, event: RestartEvent) -> None:
-        self.metrics.actor_restarts.labels(event.supervisor, event.action).inc()
+        if event.action == "restart":
+            self.metrics.actor_restarts.labels(event.kind).inc()
+        elif event.action == "give_up":
+            self.metrics.actor_giveups.labels(event.kind).inc()
+        elif event.action == "escalate":
+            self.metrics.escalations.labels(event.supervisor).inc()
         # never block the supervisor's control loop on the store
         try:
             self.store.tell_nowait(AddRestart(event))
@@ -326,6 +331,10 @@ class Service:
                 "transitions": await self.store.ask(ListTransitions(ticket, limit))}
 
     async def _restarts(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"limit"})
+        _only(args, {"limit", "since", "kind"})
         limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        return {"restarts": await self.store.ask(ListRestarts(limit))}
+        since = args.get("since", 0.0)
+        if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
+            raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
+        kind = _str_arg(args, "kind")
+        return {"restarts": await self.store.ask(ListRestarts(limit, float(since), kind))}

@@ -134,6 +134,7 @@ class ChildSpec:
     restart: Restart = Restart.PERMANENT
     shutdown_timeout: float = 5.0
     stop: Callable[[], Awaitable[None]] | None = None
+    kind: str = ""  # what sort of child, for the restart history and metrics; "" -> its id
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class RestartEvent:
     attempt: int
     backoff_s: float
     at: float
+    kind: str = ""
 
 
 class SupervisorEscalation(Exception):
@@ -275,10 +277,14 @@ def _admit(window: deque[float], now: float, intensity: Intensity) -> bool:
     return len(window) <= intensity.max_restarts
 
 
-def _describe(error: BaseException | None) -> str:
+def _innermost(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]  # Actor.run's task group wraps the real crash
-    return "" if error is None else repr(error)
+    return error
+
+
+def _describe(error: BaseException | None) -> str:
+    return "" if error is None else repr(_innermost(error))
 
 
 class _Supervision:
@@ -564,12 +570,14 @@ class _Supervision:
     async def _report(self, child: _Child, action: str, reason: str, error: BaseException | None,
                       attempt: int, backoff_s: float) -> None:
         event = RestartEvent(self.name, child.spec.id, action, reason, _describe(error), attempt,
-                             backoff_s, time.time())
+                             backoff_s, time.time(), child.spec.kind or child.spec.id)
         level = {"restart": logging.WARNING, "shutdown": logging.INFO}.get(action, logging.ERROR)
         log.log(level, "supervisor %s: %s child %s (%s) attempt=%d backoff=%.3fs %s",
                 self.name, action, event.child, reason, attempt, backoff_s, event.exception,
-                extra={"supervisor": self.name, "child": event.child, "action": action,
-                       "reason": reason, "exception": event.exception, "attempt": attempt,
+                extra={"supervisor": self.name, "child": event.child, "kind": event.kind,
+                       "event": action, "reason": reason,
+                       "exception_type": type(_innermost(error)).__name__ if error else "",
+                       "exception": event.exception, "attempt": attempt,
                        "backoff_s": backoff_s})
         if self._on_event is None:
             return

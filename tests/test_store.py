@@ -26,13 +26,28 @@ def trade(ticket: int, **kw) -> Trade:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 1
-        assert await migrate(db) == 1  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 2
+        assert await migrate(db) == 2  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1]
+    assert [r[0] for r in rows] == [1, 2]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts"}
+
+
+async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v1.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO restarts (at, supervisor, child, action, reason, exception, attempt,"
+               " backoff_s) VALUES (5.0, 'trades', '42', 'restart', 'crash', 'E()', 1, 0.1)")
+    db.close()
+    async with aiosqlite.connect(path, isolation_level=None) as adb:
+        assert await migrate(adb) == 2
+        rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
+    assert [tuple(r) for r in rows] == [("42", "", "restart")]
 
 
 async def test_a_newer_schema_is_refused(tmp_path):

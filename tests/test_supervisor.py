@@ -420,10 +420,11 @@ async def test_each_decision_is_one_structured_log_line_and_a_failing_on_event_i
         for n in (2, 3):
             a.crash()
             await until(lambda n=n: a.starts == n and a.running)
-    lines = [r for r in caplog.records if getattr(r, "action", None) == "restart"]
-    assert [(r.supervisor, r.child, r.reason, r.exception, r.attempt, r.backoff_s)  # type: ignore[attr-defined]
-            for r in lines] == [("s", "a", "crash", "Boom('a')", 1, 0.0),
-                                ("s", "a", "crash", "Boom('a')", 2, 0.0)]
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "restart"]
+    assert [(r.supervisor, r.child, r.kind, r.reason, r.exception_type, r.exception,  # type: ignore[attr-defined]
+             r.attempt, r.backoff_s) for r in lines] == [  # type: ignore[attr-defined]
+        ("s", "a", "a", "crash", "Boom", "Boom('a')", 1, 0.0),
+        ("s", "a", "a", "crash", "Boom", "Boom('a')", 2, 0.0)]
     failures = [r for r in caplog.records if "on_event failed" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info for r in failures)
 

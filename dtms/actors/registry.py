@@ -123,7 +123,8 @@ class RegistryActor(Actor):
         assert self.supervisor is not None
         await self.supervisor.start_child(ChildSpec(
             str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
-            shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, stop=actor.stop))
+            shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, stop=actor.stop,
+            kind="trade"))
         self.trades[trade.ticket] = actor
         await self.watcher.tell(Watch(trade.ticket, actor))
 

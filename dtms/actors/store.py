@@ -75,6 +75,11 @@ MIGRATIONS: list[str] = [
         exception TEXT NOT NULL, attempt INTEGER NOT NULL, backoff_s REAL NOT NULL
     );
     """,
+    # v2: the kind of child in the restart history (trade, store, broker...), queried by time
+    """
+    ALTER TABLE restarts ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+    CREATE INDEX restarts_at ON restarts(at);
+    """,
 ]
 
 
@@ -115,7 +120,10 @@ class ListTransitions:
 
 @dataclass(frozen=True, slots=True)
 class ListRestarts:
+    """Newest first; ``since`` is a wall-clock timestamp, ``kind`` e.g. "trade" or "store"."""
     limit: int = 100
+    since: float = 0.0
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +265,10 @@ class StoreActor(Actor):
         elif isinstance(msg, AddRestart):
             e = msg.event
             await self.db.execute(
-                "INSERT INTO restarts (at, supervisor, child, action, reason, exception, attempt, "
-                "backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.at, e.supervisor, e.child, e.action, e.reason, e.exception, e.attempt,
-                 e.backoff_s))
+                "INSERT INTO restarts (at, supervisor, child, kind, action, reason, exception, "
+                "attempt, backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.at, e.supervisor, e.child, e.kind or e.child, e.action, e.reason, e.exception,
+                 e.attempt, e.backoff_s))
 
     async def _read(self, env: Envelope) -> None:
         try:
@@ -308,8 +316,11 @@ class StoreActor(Actor):
                                    (message.ticket, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, ListRestarts):
-            rows = await self._all("SELECT * FROM restarts ORDER BY id DESC LIMIT ?",
-                                   (message.limit,))
+            sql, params = "SELECT * FROM restarts WHERE at >= ?", [message.since]
+            if message.kind:
+                sql += " AND kind = ?"
+                params.append(message.kind)
+            rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, CountByState):
             rows = await self._all("SELECT state, COUNT(*) AS n FROM trades GROUP BY state")
