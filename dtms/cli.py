@@ -5,9 +5,11 @@ positions in the simulated terminal and registers them through the protocol). Th
 commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transitions``,
 ``restarts``) read the same settings as the server, so they find it on the same port.
 
-Exit codes: 0 success; 1 the service answered an error (printed as its error map) or is not
-ready; 2 the service cannot be reached or the arguments are wrong; 3 startup failed or timed
-out; 4 the root supervisor gave up (restart intensity exceeded).
+Exit codes (also in ``--help``): 0 ok; 2 usage (bad arguments or configuration); 3 not ready
+(the service answered NOT_READY, cannot be reached, or -- for ``serve`` -- failed to start or
+to become ready within ``service.startup_timeout_s``); 4 not found (unknown ticket); 1 anything
+else, including ``serve`` stopping because the root supervisor exceeded its restart intensity.
+Errors from the service are printed to stderr as their error map.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ from dtms.errors import DtmsError
 
 log = logging.getLogger("dtms.cli")
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_READY, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 DEMO_SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "BTCUSD")
 DEMO_MAGIC = 1001
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dtms", description="Defensive Trade Management System")
+    p = argparse.ArgumentParser(
+        prog="dtms", description="Defensive Trade Management System",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 ok, 2 usage, 3 not ready (or serve failed to start), "
+               "4 not found, 1 anything else")
     p.add_argument("--version", action="version", version=f"dtms {__version__}")
     p.add_argument("--config", help="TOML config file (default: $DTMS_CONFIG or config/dtms.toml)")
     p.add_argument("--host", help="rpc host (default from config: 127.0.0.1)")
@@ -77,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("ticket", type=int)
     rs = sub.add_parser("restarts", help="restart history of the supervision tree")
     rs.add_argument("--limit", type=int, default=50)
+    rs.add_argument("--kind", help="trade, store, broker, positions, registry, rpc, metrics, core")
+    rs.add_argument("--since", type=float, help="unix timestamp")
+    for name, text in (("pause", "stop acting on a trade (it is still followed)"),
+                       ("resume", "resume a paused trade, or a SUSPENDED one")):
+        sub.add_parser(name, help=text).add_argument("ticket", type=int)
     return p
 
 
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
     except config.ConfigError as exc:
         print(f"dtms: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.command == "serve":
         return serve(settings, demo=args.demo)
     return client_command(settings, args)
@@ -125,12 +137,12 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
                settings.service.supervisor_log)
     if demo and settings.broker.backend != "sim":
         print("dtms: --demo needs the simulated terminal (broker.backend = sim)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         service = Service(settings)
     except (RuntimeError, ValueError) as exc:
         print(f"dtms: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_READY
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:
@@ -152,10 +164,10 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
             raise
         if isinstance(fatal, StartupTimeout | StartupFailed):
             print(f"dtms: {fatal}", file=sys.stderr)
-            return 3
+            return EXIT_NOT_READY
         log.critical("root supervisor gave up: %s", fatal, exc_info=fatal)
         print(f"dtms: giving up after repeated crashes: {fatal}", file=sys.stderr)
-        return 4
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 0
     return 0
@@ -222,7 +234,7 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
             if cmd == "health":
                 h = client.health()
                 _print_json(h)
-                return 0 if h.get("ready") else 1
+                return EXIT_OK if h.get("ready") else EXIT_NOT_READY
             if cmd == "status":
                 _print_json(client.status())
             elif cmd == "register":
@@ -249,15 +261,22 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
             elif cmd == "transitions":
                 _print_json(client.call("transitions", {"ticket": args.ticket}))
             elif cmd == "restarts":
-                _print_json(client.call("restarts", {"limit": args.limit}))
+                query: dict[str, Any] = {"limit": args.limit}
+                if args.kind:
+                    query["kind"] = args.kind
+                if args.since is not None:
+                    query["since"] = args.since
+                _print_json(client.call("restarts", query))
+            elif cmd in ("pause", "resume"):
+                _print_json(client.call(cmd, {"ticket": args.ticket}))
     except DtmsError as err:
         _print_json(err.to_wire(), stream=sys.stderr)
-        return 1
+        return {"NOT_READY": EXIT_NOT_READY, "NOT_FOUND": EXIT_NOT_FOUND}.get(err.code, EXIT_ERROR)
     except (ClientError, ConnectionError, TimeoutError) as exc:
         print(f"dtms: cannot reach DTMS at {settings.rpc.host}:{settings.rpc.port}: {exc}",
               file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_NOT_READY
+    return EXIT_OK
 
 
 def _print_json(value: Any, stream: Any = None) -> None:

@@ -153,6 +153,7 @@ class FlushReport:
     dead: list[Buried] = field(default_factory=list)
     pending: int = 0
     stopped_by: str | None = None
+    error: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 class _Transient(Exception):
@@ -202,6 +203,8 @@ class Outbox:
         async with self._lock():
             if await self._db_call(self._count):
                 report = await self._flush_locked()
+                if isinstance(report.error, Unauthenticated):
+                    raise report.error
                 if report.pending:
                     why = (f"queued behind {report.pending} pending registration(s): "
                            f"{report.stopped_by}")
@@ -301,7 +304,7 @@ class Outbox:
                 reply = await self._deliver(json.loads(payload))
             except _Transient as exc:
                 await self._db_call(self._failed, entry_id, str(exc))
-                report.stopped_by = str(exc)
+                report.stopped_by, report.error = str(exc), exc.cause
                 break
             except _Refused as exc:
                 await self._db_call(self._bury, entry_id, exc.error)
@@ -376,7 +379,9 @@ def _encode(trade: dict[str, Any]) -> str:
 
 def _ticket(trade: dict[str, Any]) -> int | None:
     ticket = trade.get("ticket")
-    return ticket if isinstance(ticket, int) and not isinstance(ticket, bool) else None
+    if isinstance(ticket, bool) or not isinstance(ticket, int):
+        return None
+    return ticket if -(2**63) <= ticket < 2**63 else None  # what an SQLite INTEGER holds
 
 
 def _describe(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ from dtms import __version__
 from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
 from dtms.actors.positions import PositionWatcher
-from dtms.actors.registry import Register, RegistryActor
+from dtms.actors.registry import Pause, Register, RegistryActor, Resume
 from dtms.actors.store import (
     AddRestart,
     CountByState,
@@ -123,6 +123,7 @@ class Service:
             "health": self._health, "status": self._status, "register": self._register,
             "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,
             "transitions": self._transitions, "restarts": self._restarts,
+            "pause": self._pause, "resume": self._resume,
         }
 
     # -- readiness -----------------------------------------------------------------------------
@@ -322,6 +323,16 @@ class Service:
         trades = await self.store.ask(ListTrades(state, symbol, open_only, limit, offset))
         return {"trades": [t.view() for t in trades], "count": len(trades), "offset": offset,
                 "limit": limit}
+
+    async def _pause(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket"})
+        return await self.registry.ask(Pause(_int_arg(args, "ticket", low=1)),
+                                       timeout=self.settings.registry.ask_timeout_s)
+
+    async def _resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket"})
+        return await self.registry.ask(Resume(_int_arg(args, "ticket", low=1)),
+                                       timeout=self.settings.registry.ask_timeout_s)
 
     async def _transitions(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"ticket", "limit"})

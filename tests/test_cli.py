@@ -68,8 +68,14 @@ def test_serve_demo_then_client_commands(env, tmp_path):
         assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
 
         missing = dtms("trade", "123", env=env)
-        assert missing.returncode == 1
+        assert missing.returncode == 4
         assert json.loads(missing.stderr)["code"] == "NOT_FOUND"
+        paused = dtms("pause", str(ticket), env=env)
+        assert paused.returncode == 0 and json.loads(paused.stdout)["paused"] is True
+        resumed = dtms("resume", str(ticket), env=env)
+        assert resumed.returncode == 0 and json.loads(resumed.stdout)["paused"] is False
+        usage = dtms("trade", "not-a-number", env=env)
+        assert usage.returncode == 2
         bad = dtms("register", "77", "--direction", "buy", "--volume", "-1", env=env)
         assert bad.returncode == 1
         assert json.loads(bad.stderr)["field"] == "volume"
@@ -80,16 +86,16 @@ def test_serve_demo_then_client_commands(env, tmp_path):
     assert code == 0, (tmp_path / "serve.log").read_text()
 
 
-def test_client_command_without_service_exits_2(env):
+def test_client_command_without_service_exits_3(env):
     result = dtms("health", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "cannot reach DTMS" in result.stderr
 
 
-def test_unknown_terminal_module_exits_2(env):
+def test_unknown_terminal_module_exits_3(env):
     env = dict(env, DTMS_BROKER_BACKEND="module:dtms_no_such_terminal")
     result = dtms("serve", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "broker module 'dtms_no_such_terminal' cannot be imported" in result.stderr
 
 

@@ -3,9 +3,14 @@ others carry on; restarts land in the restart history; the root past its intensi
 
 from __future__ import annotations
 
+import random
+
 import anyio
 import pytest
 
+from dtms.actors.trade import GetView
+from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
+from dtms.errors import Conflict, NotFound
 from dtms.service import Service
 from dtms.supervisor import SupervisorEscalation
 from tests.conftest import client_for, eventually, running
@@ -39,6 +44,92 @@ async def test_poisoned_trade_is_suspended_and_others_keep_being_managed(setting
         closed = await eventually(lambda: _state(c, good, "CLOSED"))
         assert closed["close_reason"] == "SL"
         assert (await c.health())["ready"] is True
+        m = svc.metrics
+        assert m.actor_restarts.labels("trade")._value.get() == 3
+        assert m.actor_giveups.labels("trade")._value.get() == 1
+        assert m.trades.labels("SUSPENDED")._value.get() == 1
+        # resumable: back to its state before suspension, followed again
+        with pytest.raises(Conflict):
+            await c.call("pause", {"ticket": bad})  # not while suspended
+        resumed = await c.call("resume", {"ticket": bad})
+        assert (resumed["state"], resumed["managed"]) == ("HEALTHY", True)
+        assert bad in svc.registry.trades
+        assert m.trades.labels("SUSPENDED")._value.get() == 0
+        sim.close_position_manually(bad)
+        assert (await eventually(lambda: _state(c, bad, "CLOSED")))["close_reason"] == "MANUAL"
+        states = [t["to_state"] for t in
+                  (await c.call("transitions", {"ticket": bad}))["transitions"]]
+        assert states == ["HEALTHY", "SUSPENDED", "HEALTHY", "CLOSED"]
+        with pytest.raises(Conflict):
+            await c.call("resume", {"ticket": bad})  # closed
+        with pytest.raises(NotFound):
+            await c.call("resume", {"ticket": 424242})
+
+
+async def test_pause_and_resume_are_persisted_and_survive_restart(settings, sim):
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        await c.register({"ticket": ticket})
+        assert (await c.call("pause", {"ticket": ticket}))["paused"] is True
+        assert (await c.call("pause", {"ticket": ticket}))["paused"] is True  # idempotent
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        assert (await c.trade(ticket))["paused"] is True
+        assert (await c.call("resume", {"ticket": ticket}))["paused"] is False
+        assert (await c.trade(ticket))["paused"] is False
+
+
+async def test_crash_storm_of_trade_actors_others_keep_answering(settings):
+    """1,000 trade actors; 150 of them crash at random moments while all of them are asked for
+    their view. Every ask is answered (queued asks survive a restart: the mailbox belongs to the
+    actor, not to one incarnation), only the crashed actors restart, exactly once per crash, and
+    the restart history holds exactly those crashes."""
+    settings = settings.replace(supervisor={"trades_max_restarts": 100_000,
+                                            "min_backoff_s": 0.001, "max_backoff_s": 0.01},
+                                trades={"max_restarts": 10})
+    sim = SimTerminal(SimConfig(seed=7, balance=10_000_000.0), clock=ManualClock())
+    tickets = [sim.open_position("EURUSD", "BUY" if i % 2 else "SELL", 0.01) for i in range(1000)]
+    rng = random.Random(3)
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        for start in range(0, 1000, 250):
+            reply = await c.register_batch([{"ticket": t} for t in tickets[start:start + 250]])
+            assert reply["created"] == 250
+        actors = dict(svc.registry.trades)
+        assert len(actors) == 1000
+        crashes = {t: rng.randint(1, 3) for t in rng.sample(tickets, 150)}
+        answered: list[int] = []
+
+        async def crash(ticket: int, times: int) -> None:
+            for _ in range(times):
+                await anyio.sleep(rng.random() * 0.2)
+                await actors[ticket].tell("poison")
+
+        async def ask_all(round_: int) -> None:
+            for t in tickets:
+                view = await actors[t].ask(GetView(), timeout=30)
+                assert view["ticket"] == t
+                answered.append(t)
+
+        async with anyio.create_task_group() as tg:
+            for t, n in crashes.items():
+                tg.start_soon(crash, t, n)
+            for r in range(3):
+                tg.start_soon(ask_all, r)
+        assert len(answered) == 3000
+        await eventually(lambda: all(actors[t].incarnation == 1 + n for t, n in crashes.items()))
+        assert all(a.incarnation == 1 for t, a in actors.items() if t not in crashes)
+        history = await eventually(lambda: _history_has(c, sum(crashes.values())))
+        assert sorted(int(r["child"]) for r in history) == sorted(
+            t for t, n in crashes.items() for _ in range(n))
+        assert {(r["supervisor"], r["kind"], r["action"], r["reason"]) for r in history} == {
+            ("trades", "trade", "restart", "crash")}
+        assert all(r["exception"].startswith("TypeError(") for r in history)
+        assert svc.metrics.actor_restarts.labels("trade")._value.get() == sum(crashes.values())
+        assert len(svc.registry.trades) == 1000 and (await c.health())["ready"] is True
+
+
+async def _history_has(c, n):
+    rows = (await c.call("restarts", {"kind": "trade", "limit": 1000}))["restarts"]
+    return rows if len(rows) == n else None
 
 
 async def test_core_crash_storm_escalates_to_the_root_and_the_service_stops(settings, sim):

@@ -31,8 +31,8 @@ from typing import Any
 
 from dtms.actors.base import Actor
 from dtms.actors.positions import Unwatch, Watch
-from dtms.actors.store import CountByState, GetTrade, ListTrades, PutTrade
-from dtms.actors.trade import TradeActor, TradeClosed
+from dtms.actors.store import CountByState, GetTrade, ListTrades, ListTransitions, PutTrade
+from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
 from dtms.config import Settings
 from dtms.errors import BrokerError, Conflict, NotFound, NotReady, OwnedElsewhere
 from dtms.metrics import Metrics
@@ -45,6 +45,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Register:
     registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Unpause a paused trade, or bring a SUSPENDED trade back under management."""
+    ticket: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,9 @@ class RegistryActor(Actor):
     async def on_stop(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop()
+        # the next incarnation makes new trade actors: fail what is queued here, never hang it
+        for ticket, actor in self.trades.items():
+            actor.close(f"registry restarting; trade {ticket} is reloaded from the store")
         self.trades.clear()
 
     async def _recover(self) -> None:
@@ -142,6 +156,10 @@ class RegistryActor(Actor):
             return await self._suspend(message.ticket, message.error)
         if isinstance(message, Count):
             return len(self.trades)
+        if isinstance(message, Pause):
+            return await self._set_paused(message.ticket, True)
+        if isinstance(message, Resume):
+            return await self._resume(message.ticket)
         raise TypeError(f"registry cannot handle {message!r}")
 
     def _forget(self, ticket: int) -> None:
@@ -149,6 +167,44 @@ class RegistryActor(Actor):
         if actor is not None:
             self.watcher.tell_nowait(Unwatch(ticket))
             actor.close(f"trade {ticket} no longer managed")
+
+    async def _stored(self, ticket: int) -> Trade:
+        trade = await self.store.ask(GetTrade(ticket))
+        if trade is None:
+            raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
+        if trade.state is TradeState.CLOSED:
+            raise Conflict(f"trade {ticket} is closed ({trade.close_reason})", field="ticket",
+                           state=trade.state.value)
+        return trade
+
+    async def _set_paused(self, ticket: int, paused: bool) -> dict[str, Any]:
+        actor = self.trades.get(ticket)
+        if actor is None:
+            trade = await self._stored(ticket)
+            raise Conflict(f"trade {ticket} is {trade.state.value}; resume it first",
+                           field="ticket", state=trade.state.value)
+        return await actor.ask(SetPaused(paused), timeout=self.settings.registry.ask_timeout_s)
+
+    async def _resume(self, ticket: int) -> dict[str, Any]:
+        if ticket in self.trades:
+            return await self._set_paused(ticket, False)
+        trade = await self._stored(ticket)
+        if trade.state is not TradeState.SUSPENDED:
+            raise Conflict(f"trade {ticket} is {trade.state.value} without an actor",
+                           field="ticket", state=trade.state.value)
+        history = await self.store.ask(ListTransitions(ticket, limit=10_000))
+        previous = next((TradeState(t["from_state"]) for t in reversed(history)
+                         if t["to_state"] == TradeState.SUSPENDED.value), TradeState.HEALTHY)
+        now = self.clock()
+        resumed = trade.copy(state=previous, state_since=now, updated_at=now, paused=False)
+        await self.store.ask(PutTrade(resumed, Transition(
+            ticket, now, TradeState.SUSPENDED.value, previous.value, "resumed by request")))
+        self.metrics.trades.labels(TradeState.SUSPENDED.value).dec()
+        self.metrics.trades.labels(previous.value).inc()
+        await self._spawn(resumed)
+        log.info("trade %s resumed from SUSPENDED to %s", ticket, previous.value,
+                 extra={"ticket": ticket, "to_state": previous.value})
+        return resumed.view()
 
     async def _suspend(self, ticket: int, error: str) -> None:
         self._forget(ticket)

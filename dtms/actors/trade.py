@@ -40,6 +40,17 @@ class PositionGone:
 
 
 @dataclass(frozen=True, slots=True)
+class SetPaused:
+    """Pause (no actions sent; the position is still followed) or resume the trade."""
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GetView:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class TradeClosed:
     """Told to the registry when a trade has closed and its actor is about to exit."""
     ticket: int
@@ -79,11 +90,22 @@ class TradeActor(Actor):
 
     async def handle(self, message: Any) -> Any:
         if self.trade.state is TradeState.CLOSED:
+            if isinstance(message, GetView | SetPaused):
+                return self.trade.view()
             return None  # late messages after close change nothing
         if isinstance(message, PositionUpdate):
             return await self._follow(message.position)
         if isinstance(message, PositionGone):
             return await self._close_if_gone()
+        if isinstance(message, SetPaused):
+            if message.paused != self.trade.paused:
+                await self._persist(self.trade.copy(paused=message.paused,
+                                                    updated_at=self.clock()))
+                log.info("trade %s %s", self.ticket, "paused" if message.paused else "resumed",
+                         extra={"ticket": self.ticket, "paused": message.paused})
+            return self.trade.view()
+        if isinstance(message, GetView):
+            return self.trade.view()
         raise TypeError(f"trade actor cannot handle {message!r}")
 
     async def _follow(self, p: Position) -> None:
