@@ -3,6 +3,7 @@ others carry on; restarts land in the restart history; the root past its intensi
 
 from __future__ import annotations
 
+import logging
 import random
 
 import anyio
@@ -78,7 +79,7 @@ async def test_pause_and_resume_are_persisted_and_survive_restart(settings, sim)
         assert (await c.trade(ticket))["paused"] is False
 
 
-async def test_crash_storm_of_trade_actors_others_keep_answering(settings):
+async def test_crash_storm_of_trade_actors_others_keep_answering(settings, caplog):
     """1,000 trade actors; 150 of them crash at random moments while all of them are asked for
     their view. Every ask is answered (queued asks survive a restart: the mailbox belongs to the
     actor, not to one incarnation), only the crashed actors restart, exactly once per crash, and
@@ -89,6 +90,7 @@ async def test_crash_storm_of_trade_actors_others_keep_answering(settings):
     sim = SimTerminal(SimConfig(seed=7, balance=10_000_000.0), clock=ManualClock())
     tickets = [sim.open_position("EURUSD", "BUY" if i % 2 else "SELL", 0.01) for i in range(1000)]
     rng = random.Random(3)
+    caplog.set_level(logging.WARNING, logger="dtms.supervisor")
     async with running(settings, sim) as svc, client_for(svc) as c:
         for start in range(0, 1000, 250):
             reply = await c.register_batch([{"ticket": t} for t in tickets[start:start + 250]])
@@ -124,6 +126,10 @@ async def test_crash_storm_of_trade_actors_others_keep_answering(settings):
             ("trades", "trade", "restart", "crash")}
         assert all(r["exception"].startswith("TypeError(") for r in history)
         assert svc.metrics.actor_restarts.labels("trade")._value.get() == sum(crashes.values())
+        lines = [r for r in caplog.records
+                 if r.name == "dtms.supervisor" and getattr(r, "event", "") == "restart"]
+        assert sorted(int(r.child) for r in lines) == sorted(int(r["child"]) for r in history)
+        assert {(r.kind, r.exception_type) for r in lines} == {("trade", "TypeError")}
         assert len(svc.registry.trades) == 1000 and (await c.health())["ready"] is True
 
 
