@@ -257,3 +257,23 @@ async def test_plain_msgpack_client_talks_to_dtms(settings, sim):
 async def _closed(c, ticket):
     t = await c.trade(ticket)
     return t if t["state"] == "CLOSED" else None
+
+
+async def test_broker_disconnect_gives_not_ready_then_reconnects_with_backoff(settings, sim):
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(settings, sim) as svc, client_for(svc, retries=1) as c:
+        await c.register({"ticket": ticket})
+        sim.disconnect()
+        sim.fail_next(4, function="initialize", error=(-10003, "IPC initialize failed"))
+        await eventually(lambda: not svc.broker.connected)
+        with pytest.raises(NotReady) as err:
+            await c.call("trades", {})
+        assert "terminal is not connected" in err.value.message
+        assert svc.metrics.broker_connected._value.get() == 0
+        await c.wait_ready(timeout=10)
+        assert svc.broker.reconnect_attempts == 4  # one per failed initialize, then connected
+        assert svc.metrics.broker_connected._value.get() == 1
+        assert (await c.trade(ticket))["state"] == "HEALTHY"  # nothing closed meanwhile
+        # the delays it waited between those attempts grow: Backoff(min=connect_retry_s)
+        b = svc.broker.backoff
+        assert [b.delay(n, 0.0) for n in range(4)] == [0.05, 0.1, 0.2, 0.4]

@@ -1,9 +1,10 @@
 """The broker actor: the one owner of the terminal connection.
 
 Every terminal call in DTMS is a message to this actor, which runs it on a worker thread, one
-at a time, with a timeout. It connects on start (retrying every ``connect_retry_s``) and keeps
-``connected`` current: a call failing with a link-level ``last_error`` marks it disconnected and
-the next call reconnects first. Callers get :class:`~dtms.errors.NotReady` while the terminal is
+at a time, with a timeout. It connects on start and keeps ``connected`` current: a call failing
+with a link-level ``last_error`` (or timing out) marks it disconnected, and a background loop
+reconnects with exponential backoff and jitter (the supervisor's ``Backoff``, starting at
+``connect_retry_s``, capped at 30 s). Callers get :class:`~dtms.errors.NotReady` while the terminal is
 unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
 
 Usage: ``positions = await broker.call("positions", ticket=123)``.
@@ -12,6 +13,7 @@ Usage: ``positions = await broker.call("positions", ticket=123)``.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from dtms.brokers.mt5 import DISCONNECTED_CODES, MT5Adapter
 from dtms.errors import BrokerError, DtmsError, NotReady
 from dtms.metrics import Metrics
 from dtms.model import Account
+from dtms.supervisor import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +48,6 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Reconnect:
-    pass
-
-
 class BrokerActor(Actor):
     reply_errors = (DtmsError, BrokerError)
 
@@ -64,6 +62,9 @@ class BrokerActor(Actor):
         self.connected = False
         self.account: Account | None = None
         self._on_connected = on_connected
+        self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
+        self.reconnect_attempts = 0
+        self._reconnecting = False
 
     async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask the terminal; waits for the call's turn and its result."""
@@ -76,6 +77,9 @@ class BrokerActor(Actor):
             self.metrics.broker_connected.set(1 if value else 0)
             if self._on_connected is not None:
                 self._on_connected(value)
+        if not value and self._tg is not None and not self._reconnecting:
+            self._reconnecting = True
+            self.spawn(self._keep_connected)
 
     async def _run_blocking(self, operation: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -109,12 +113,21 @@ class BrokerActor(Actor):
         return True
 
     async def _keep_connected(self) -> None:
-        while not self.connected:
-            if await self._connect():
-                return
-            await anyio.sleep(self.connect_retry_s)
+        """Reconnect with exponential backoff and jitter until the terminal answers."""
+        self._reconnecting = True
+        try:
+            n = 0
+            while not self.connected:
+                if await self._connect():
+                    return
+                self.reconnect_attempts += 1
+                await anyio.sleep(self.backoff.delay(n, random.random()))
+                n += 1
+        finally:
+            self._reconnecting = False
 
     async def on_start(self) -> None:
+        self._reconnecting = False
         self.spawn(self._keep_connected)
 
     async def on_stop(self) -> None:
@@ -126,12 +139,10 @@ class BrokerActor(Actor):
         self._set_connected(False)
 
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Reconnect):
-            self._set_connected(False)
-            return await self._connect()
         if not isinstance(message, Call) or message.operation not in OPERATIONS:
             raise TypeError(f"broker cannot handle {message!r}")
-        if not self.connected and not await self._connect():
+        if not self.connected:
+            # the reconnect loop owns reconnecting; callers are told to come back
             raise NotReady("the trading terminal is not connected",
                            retry_after=self.connect_retry_s)
         method = getattr(self.adapter, message.operation)
