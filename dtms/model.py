@@ -33,13 +33,18 @@ class TradeState(enum.StrEnum):
     WARNING_L2 = "WARNING_L2"
     HEDGED = "HEDGED"
     RECOVERING = "RECOVERING"
-    SUSPENDED = "SUSPENDED"
+    SUSPENDED = "SUSPENDED"  # its actor crashed past its limit; `resume` brings it back
+    RELEASED = "RELEASED"    # unregistered: DTMS no longer manages it; the position stays open
     CLOSED = "CLOSED"
 
 
 #: States in which DTMS is actively defending the trade; other managers should stand aside.
 DEFENSIVE_STATES = frozenset({TradeState.WARNING_L1, TradeState.WARNING_L2, TradeState.HEDGED,
                               TradeState.RECOVERING})
+
+
+#: States in which no actor manages the trade.
+UNMANAGED_STATES = frozenset({TradeState.SUSPENDED, TradeState.RELEASED, TradeState.CLOSED})
 
 
 class CloseReason(enum.StrEnum):
@@ -204,7 +209,7 @@ class Trade:
         d["direction"] = self.direction.value
         d["state"] = self.state.value
         d["defensive"] = self.defensive
-        d["managed"] = self.state not in (TradeState.CLOSED, TradeState.SUSPENDED)
+        d["managed"] = self.state not in UNMANAGED_STATES
         return d
 
     def copy(self, **changes: Any) -> Trade:

@@ -33,11 +33,12 @@ from dtms import __version__
 from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
 from dtms.actors.positions import PositionWatcher
-from dtms.actors.registry import Pause, Register, RegistryActor, Resume
+from dtms.actors.registry import Pause, Register, RegistryActor, Resume, Unregister
 from dtms.actors.store import (
     AddRestart,
     CountByState,
     GetTrade,
+    ListActions,
     ListRestarts,
     ListTrades,
     ListTransitions,
@@ -46,6 +47,7 @@ from dtms.actors.store import (
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
 from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
+from dtms.events import EVENTS, EventBus
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import TradeState, parse_registration
 from dtms.rpc.server import Connection, RpcServer
@@ -107,7 +109,8 @@ class Service:
         self.ready_event = anyio.Event()
 
         bs = settings.broker
-        self.store = StoreActor(settings.store, self.metrics)
+        self.events = EventBus()
+        self.store = StoreActor(settings.store, self.metrics, events=self.events)
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s)
@@ -123,8 +126,10 @@ class Service:
             "health": self._health, "status": self._status, "register": self._register,
             "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,
             "transitions": self._transitions, "restarts": self._restarts,
-            "pause": self._pause, "resume": self._resume,
+            "pause": self._pause, "resume": self._resume, "unregister": self._unregister,
+            "actions": self._actions,
         }
+        self.connection_methods = {"subscribe": self._subscribe}
 
     # -- readiness -----------------------------------------------------------------------------
     def _on_recovered(self) -> None:
@@ -236,14 +241,32 @@ class Service:
     # -- rpc -----------------------------------------------------------------------------------
     async def dispatch(self, method: str, args: dict[str, Any], conn: Connection) -> Any:
         fn = self.methods.get(method)
-        if fn is None:
-            raise NotFound(f"unknown method {method!r}; methods: {', '.join(sorted(self.methods))}",
+        if fn is None and method not in self.connection_methods:
+            known = sorted([*self.methods, *self.connection_methods])
+            raise NotFound(f"unknown method {method!r}; methods: {', '.join(known)}",
                            field="method")
         if method != "health" and not self.ready:
             if method in ("register", "register_batch"):
                 self.metrics.registrations.labels("not_ready").inc()
             raise self._not_ready()
+        if fn is None:
+            return await self.connection_methods[method](args, conn)
         return await fn(args)
+
+    async def _subscribe(self, args: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        _only(args, {"tickets", "events"})
+        tickets = args.get("tickets")
+        if tickets is not None and (not isinstance(tickets, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tickets)):
+            raise InvalidArgument("must be an array of tickets (integers > 0)", field="tickets")
+        events = args.get("events")
+        if events is not None and (not isinstance(events, list) or not set(events) <= EVENTS):
+            raise InvalidArgument(f"must be an array of {', '.join(sorted(EVENTS))}",
+                                  field="events")
+        sub = self.events.subscribe(conn, tickets=set(tickets) if tickets else None,
+                                    events=set(events) if events else None)
+        return {"subscribed": True, "id": sub.id, "events": sorted(sub.events),
+                "tickets": sorted(sub.tickets) if sub.tickets else None}
 
     async def _health(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.health()
@@ -333,6 +356,17 @@ class Service:
         _only(args, {"ticket"})
         return await self.registry.ask(Resume(_int_arg(args, "ticket", low=1)),
                                        timeout=self.settings.registry.ask_timeout_s)
+
+    async def _unregister(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket"})
+        return await self.registry.ask(Unregister(_int_arg(args, "ticket", low=1)),
+                                       timeout=self.settings.registry.ask_timeout_s)
+
+    async def _actions(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"ticket", "limit"})
+        ticket = _int_arg(args, "ticket", low=1) if "ticket" in args else None
+        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
+        return {"actions": await self.store.ask(ListActions(ticket, limit))}
 
     async def _transitions(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"ticket", "limit"})

@@ -36,7 +36,14 @@ from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
 from dtms.config import Settings
 from dtms.errors import BrokerError, Conflict, NotFound, NotReady, OwnedElsewhere
 from dtms.metrics import Metrics
-from dtms.model import Registration, Trade, TradeState, Transition, normalize_symbol
+from dtms.model import (
+    UNMANAGED_STATES,
+    Registration,
+    Trade,
+    TradeState,
+    Transition,
+    normalize_symbol,
+)
 from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,12 @@ class Pause:
 @dataclass(frozen=True, slots=True)
 class Resume:
     """Unpause a paused trade, or bring a SUSPENDED trade back under management."""
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    """Stop managing a trade; its record stays (RELEASED) and ``register`` adopts it again."""
     ticket: int
 
 
@@ -117,7 +130,7 @@ class RegistryActor(Actor):
             batch = await self.store.ask(ListTrades(open_only=True, limit=page, offset=offset),
                                          timeout=60.0)
             for trade in batch:
-                if trade.state is not TradeState.SUSPENDED:
+                if trade.state not in UNMANAGED_STATES:
                     await self._spawn(trade)
             if len(batch) < page:
                 break
@@ -160,6 +173,8 @@ class RegistryActor(Actor):
             return await self._set_paused(message.ticket, True)
         if isinstance(message, Resume):
             return await self._resume(message.ticket)
+        if isinstance(message, Unregister):
+            return await self._unregister(message.ticket)
         raise TypeError(f"registry cannot handle {message!r}")
 
     def _forget(self, ticket: int) -> None:
@@ -206,6 +221,25 @@ class RegistryActor(Actor):
                  extra={"ticket": ticket, "to_state": previous.value})
         return resumed.view()
 
+    async def _unregister(self, ticket: int) -> dict[str, Any]:
+        trade = await self._stored(ticket)
+        if trade.state is TradeState.RELEASED:
+            return trade.view()
+        if ticket in self.trades:
+            assert self.supervisor is not None
+            await self.supervisor.terminate_child(str(ticket))
+            self._forget(ticket)
+            trade = await self._stored(ticket)  # the actor's last word is in the store
+        now = self.clock()
+        released = trade.copy(state=TradeState.RELEASED, state_since=now, updated_at=now)
+        await self.store.ask(PutTrade(released, Transition(
+            ticket, now, trade.state.value, TradeState.RELEASED.value, "unregistered by request")))
+        self.metrics.trades.labels(trade.state.value).dec()
+        self.metrics.trades.labels(TradeState.RELEASED.value).inc()
+        log.info("trade %s unregistered (was %s)", ticket, trade.state.value,
+                 extra={"ticket": ticket, "from_state": trade.state.value})
+        return released.view()
+
     async def _suspend(self, ticket: int, error: str) -> None:
         self._forget(ticket)
         trade = await self.store.ask(GetTrade(ticket))
@@ -223,7 +257,7 @@ class RegistryActor(Actor):
 
     async def _register(self, reg: Registration) -> dict[str, Any]:
         existing = await self.store.ask(GetTrade(reg.ticket))
-        if existing is not None:
+        if existing is not None and existing.state is not TradeState.RELEASED:
             self.metrics.registrations.labels("existing").inc()
             log.info("duplicate registration of %s", reg.ticket, extra={"ticket": reg.ticket})
             return {"created": False, "trade": existing.view(), "adjusted": {}}
@@ -272,9 +306,15 @@ class RegistryActor(Actor):
                       state_since=now, strategy_type=reg.strategy_type, owner=reg.owner,
                       magic=p.magic, comment=reg.comment or p.comment, policy=dict(reg.policy),
                       created_at=now, updated_at=now)
+        transition = Transition(trade.ticket, now, "", "HEALTHY", "registered")
+        if existing is not None:  # RELEASED earlier: adopted again, its history kept
+            trade = trade.copy(initial_volume=existing.initial_volume,
+                               initial_sl=existing.initial_sl, created_at=existing.created_at)
+            transition = Transition(trade.ticket, now, existing.state.value, "HEALTHY",
+                                    "registered again")
+            self.metrics.trades.labels(existing.state.value).dec()
         # durable first, acknowledged after
-        await self.store.ask(PutTrade(trade, Transition(trade.ticket, now, "", "HEALTHY",
-                                                        "registered")), timeout=30.0)
+        await self.store.ask(PutTrade(trade, transition), timeout=30.0)
         self.metrics.trades.labels(TradeState.HEALTHY.value).inc()
         await self._spawn(trade)
         self.metrics.registrations.labels("created").inc()

@@ -32,6 +32,7 @@ import anyio
 from dtms.actors.base import Actor, Envelope, _Stop
 from dtms.config import StoreSettings
 from dtms.errors import Internal, NotReady
+from dtms.events import EventBus
 from dtms.metrics import Metrics
 from dtms.model import Direction, Trade, TradeState, Transition
 from dtms.supervisor import RestartEvent
@@ -131,6 +132,12 @@ class CountByState:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ListActions:
+    ticket: int | None = None
+    limit: int = 100
+
+
 WRITES = (PutTrade, AddRestart)
 
 
@@ -158,10 +165,12 @@ _UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
 
 
 class StoreActor(Actor):
-    def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192):
+    def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192,
+                 events: EventBus | None = None):
         super().__init__("store", mailbox_size)
         self.settings = settings
         self.metrics = metrics
+        self.events = events
         self.db: aiosqlite.Connection | None = None
         self.schema_version = 0
 
@@ -252,6 +261,21 @@ class StoreActor(Actor):
         for env in writes:
             if env.reply is not None:
                 env.reply.set(True)
+        if self.events is not None and len(self.events):
+            for env in writes:
+                if isinstance(env.message, PutTrade):
+                    self._publish(env.message)
+
+    def _publish(self, put: PutTrade) -> None:
+        assert self.events is not None
+        view = put.trade.view()
+        t = put.transition
+        if t is not None:
+            self.events.publish("trade.state", {"ticket": t.ticket, "from_state": t.from_state,
+                                                "to_state": t.to_state, "reason": t.reason,
+                                                "at": t.at, "trade": view})
+        else:
+            self.events.publish("trade.updated", {"ticket": put.trade.ticket, "trade": view})
 
     async def _apply(self, msg: Any) -> None:
         assert self.db is not None
@@ -320,6 +344,13 @@ class StoreActor(Actor):
             if message.kind:
                 sql += " AND kind = ?"
                 params.append(message.kind)
+            rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
+            return [dict(r) for r in rows]
+        if isinstance(message, ListActions):
+            sql, params = "SELECT * FROM actions", []
+            if message.ticket is not None:
+                sql += " WHERE ticket = ?"
+                params.append(message.ticket)
             rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, CountByState):

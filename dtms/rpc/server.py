@@ -162,6 +162,10 @@ class Connection:
         return self._inflight
 
     async def notify(self, method: str, params: Any) -> None:
+        """Async spelling of :meth:`notify_nowait` (it never blocks either)."""
+        self.notify_nowait(method, params)
+
+    def notify_nowait(self, method: str, params: Any) -> None:
         """Queue ``[2, method, params]`` for this connection without blocking.
 
         If the queue is full the subscriber is too slow: the connection is closed (logged and
