@@ -86,8 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--limit", type=int, default=50)
     rs.add_argument("--kind", help="trade, store, broker, positions, registry, rpc, metrics, core")
     rs.add_argument("--since", type=float, help="unix timestamp")
+    w = sub.add_parser("watch", help="live view of trades, state changes, actions and restarts")
+    w.add_argument("--limit", type=int, default=40, help="trades shown at most")
     for name, text in (("pause", "stop acting on a trade (it is still followed)"),
-                       ("resume", "resume a paused trade, or a SUSPENDED one")):
+                       ("resume", "resume a paused trade, or a SUSPENDED one"),
+                       ("unregister", "stop managing a trade (the position stays open)")):
         sub.add_parser(name, help=text).add_argument("ticket", type=int)
     return p
 
@@ -229,6 +232,8 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
     from dtms.client import ClientError, SyncClient
 
     cmd = args.command
+    if cmd == "watch":
+        return watch(settings, limit=args.limit)
     try:
         with SyncClient.from_settings(settings, retries=1) as client:
             if cmd == "health":
@@ -267,7 +272,7 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                 if args.since is not None:
                     query["since"] = args.since
                 _print_json(client.call("restarts", query))
-            elif cmd in ("pause", "resume"):
+            elif cmd in ("pause", "resume", "unregister"):
                 _print_json(client.call(cmd, {"ticket": args.ticket}))
     except DtmsError as err:
         _print_json(err.to_wire(), stream=sys.stderr)
@@ -279,6 +284,72 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def watch(settings: config.Settings, *, limit: int = 40) -> int:
+    """Redraw a live view on every event until interrupted."""
+    from dtms.client import Client, ClientError
+
+    async def run() -> None:
+        async with Client.from_settings(settings) as client:
+            await client.wait_ready(timeout=settings.client.timeout_s * 6)
+            listed = await client.trades(open_only=True, limit=1000)
+            trades = {t["ticket"]: t for t in listed["trades"]}
+            events: list[str] = []
+            actions = (await client.call("actions", {"limit": 5}))["actions"]
+            restarts = (await client.call("restarts", {"limit": 5}))["restarts"]
+            screen = WatchScreen(f"{settings.rpc.host}:{settings.rpc.port}", limit)
+            screen.draw(trades, events, actions, restarts)
+            async for method, params in client.subscribe():
+                trade = params.get("trade")
+                if trade is not None:
+                    trades[trade["ticket"]] = trade
+                if method == "trade.state":
+                    events.append(f"{params['ticket']}: {params['from_state'] or 'new'} -> "
+                                  f"{params['to_state']} ({params['reason']})")
+                elif method == "trade.updated":
+                    events.append(f"{params['ticket']}: updated")
+                screen.draw(trades, events[-8:], actions, restarts)
+
+    try:
+        anyio.run(run)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except DtmsError as err:
+        _print_json(err.to_wire(), stream=sys.stderr)
+        return EXIT_NOT_READY if err.code == "NOT_READY" else EXIT_ERROR
+    except (ClientError, ConnectionError, TimeoutError) as exc:
+        print(f"dtms: lost DTMS at {settings.rpc.host}:{settings.rpc.port}: {exc}",
+              file=sys.stderr)
+        return EXIT_NOT_READY
+    return EXIT_OK
+
+
+class WatchScreen:
+    """Draws the watch view: clear, then trades by state, latest events, actions, restarts."""
+
+    def __init__(self, address: str, limit: int, stream: Any = None) -> None:
+        self.address = address
+        self.limit = limit
+        self.stream = stream or sys.stdout
+
+    def draw(self, trades: dict[int, dict[str, Any]], events: list[str],
+             actions: list[dict[str, Any]], restarts: list[dict[str, Any]]) -> None:
+        live = [t for t in trades.values() if t["state"] not in ("CLOSED", "RELEASED")]
+        by_state: dict[str, int] = {}
+        for t in trades.values():
+            by_state[t["state"]] = by_state.get(t["state"], 0) + 1
+        out = ["\x1b[H\x1b[2J", f"DTMS watch  {self.address}  "
+               + "  ".join(f"{k}={v}" for k, v in sorted(by_state.items())), ""]
+        shown = sorted(live, key=lambda t: (t["state"], t["ticket"]))[: self.limit]
+        out.append(format_trades(shown))
+        out += ["", "latest events:"] + ([f"  {e}" for e in events] or ["  (none)"])
+        out += ["", "latest actions:"] + ([f"  {a['ticket']} {a['kind']} {a['status']}"
+                                           for a in actions] or ["  (none)"])
+        out += ["", "recent restarts:"] + ([f"  {r['supervisor']}/{r['child']} {r['action']} "
+                                            f"{r['exception']}" for r in restarts] or ["  (none)"])
+        self.stream.write("\n".join(out) + "\n")
+        self.stream.flush()
+
+
 def _print_json(value: Any, stream: Any = None) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
 
@@ -287,7 +358,8 @@ def format_trades(trades: list[dict[str, Any]]) -> str:
     """A fixed-width table of trades for people."""
     cols = [("TICKET", "ticket", "{}"), ("SYMBOL", "symbol", "{}"), ("DIR", "direction", "{}"),
             ("VOLUME", "volume", "{:g}"), ("ENTRY", "entry_price", "{:g}"), ("SL", "sl", "{:g}"),
-            ("TP", "tp", "{:g}"), ("STATE", "state", "{}"), ("DEFENSIVE", "defensive", "{}"),
+            ("TP", "tp", "{:g}"), ("STATE", "state", "{}"), ("SCORE", "score", "{:g}"),
+            ("DEFENSIVE", "defensive", "{}"),
             ("CLOSE", "close_reason", "{}"), ("OWNER", "owner", "{}")]
     rows = [[h for h, _, _ in cols]]
     rows += [[fmt.format(t.get(k, "")) if t.get(k, "") != "" else "-" for _, k, fmt in cols]

@@ -116,3 +116,53 @@ def test_unusable_database_is_a_startup_failure_exit_3(env, tmp_path):
     result = dtms("serve", env=env)
     assert result.returncode == 3, result.stderr
     assert "dtms: cannot start: FileExistsError" in result.stderr
+
+
+def test_watch_renders_a_live_view_in_a_terminal(env, tmp_path):
+    """`dtms watch` under a pseudo-terminal: the screen shows the trades and then the events."""
+    import pty
+    import select
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - held by the child process
+    server = subprocess.Popen([sys.executable, "-m", "dtms", "serve", "--demo", "2"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    master, slave = pty.openpty()
+    watcher = None
+    try:
+        deadline = time.monotonic() + 60
+        while json.loads(dtms("trades", "--json", env=env).stdout or '{"count": 0}')["count"] < 2:
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.3)
+        watcher = subprocess.Popen([sys.executable, "-m", "dtms", "watch"], stdin=slave,
+                                   stdout=slave, stderr=slave, env=env, close_fds=True)
+        screen = b""
+
+        def read_until(needle: bytes) -> bytes:
+            nonlocal screen
+            end = time.monotonic() + 30
+            while needle not in screen:
+                assert time.monotonic() < end, screen.decode(errors="replace")[-2000:]
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    screen += os.read(master, 65536)
+            return screen
+
+        read_until(b"(2 trades)")
+        assert b"\x1b[2J" in screen  # it redraws the screen
+        assert b"DTMS watch" in screen and b"HEALTHY=2" in screen
+        ticket = json.loads(dtms("trades", "--json", env=env).stdout)["trades"][0]["ticket"]
+        assert dtms("pause", str(ticket), env=env).returncode == 0
+        read_until(f"{ticket}: updated".encode())
+        assert dtms("unregister", str(ticket), env=env).returncode == 0
+        text = read_until(f"{ticket}: HEALTHY -> RELEASED".encode()).decode(errors="replace")
+        last = text.rsplit("DTMS watch", 1)[1]
+        assert "(1 trade)" in last and "RELEASED=1" in last
+    finally:
+        if watcher is not None:
+            watcher.send_signal(signal.SIGINT)
+            watcher.wait(timeout=10)
+        os.close(master)
+        os.close(slave)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
