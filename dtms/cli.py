@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health", help="readiness of the service (exit 0 when ready)")
     sub.add_parser("status", help="service status, trades by state, broker")
+    ac = sub.add_parser("actions", help="the action journal, newest first")
+    ac.add_argument("--ticket", type=int)
+    ac.add_argument("--limit", type=int, default=50)
 
     r = sub.add_parser("register", help="register an open position")
     r.add_argument("ticket", type=int)
@@ -92,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("resume", "resume a paused trade, or a SUSPENDED one"),
                        ("unregister", "stop managing a trade (the position stays open)")):
         sub.add_parser(name, help=text).add_argument("ticket", type=int)
+    for name, command in sub.choices.items():
+        if name not in ("serve", "watch", "trades"):  # trades has its own --json (table otherwise)
+            command.add_argument("--json", action="store_true",
+                                 help="JSON output (the default for this command)")
     return p
 
 
@@ -272,6 +279,11 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                 if args.since is not None:
                     query["since"] = args.since
                 _print_json(client.call("restarts", query))
+            elif cmd == "actions":
+                query = {"limit": args.limit}
+                if args.ticket is not None:
+                    query["ticket"] = args.ticket
+                _print_json(client.call("actions", query))
             elif cmd in ("pause", "resume", "unregister"):
                 _print_json(client.call(cmd, {"ticket": args.ticket}))
     except DtmsError as err:

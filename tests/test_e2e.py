@@ -10,7 +10,15 @@ import anyio
 import msgpack
 import pytest
 
-from dtms.errors import Conflict, InvalidArgument, NotFound, NotReady
+from dtms.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    Overloaded,
+    OwnedElsewhere,
+    Unauthenticated,
+)
 from tests.conftest import client_for, eventually, running
 
 pytestmark = pytest.mark.anyio
@@ -277,3 +285,58 @@ async def test_broker_disconnect_gives_not_ready_then_reconnects_with_backoff(se
         # the delays it waited between those attempts grow: Backoff(min=connect_retry_s)
         b = svc.broker.backoff
         assert [b.delay(n, 0.0) for n in range(4)] == [0.05, 0.1, 0.2, 0.4]
+
+
+async def test_trade_of_another_manager_is_owned_elsewhere(settings, sim):
+    settings = settings.replace(registry={"owned_elsewhere_strategies": ["scalper"],
+                                          "owned_elsewhere_owners": ["universal-manager"]})
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        with pytest.raises(OwnedElsewhere) as err:
+            await c.register({"ticket": ticket, "strategy_type": "SCALPER"})
+        assert (err.value.details["field"], err.value.to_wire()["status"]) == ("strategy_type", 409)
+        with pytest.raises(OwnedElsewhere) as err:
+            await c.register({"ticket": ticket, "owner": "Universal-Manager"})
+        assert err.value.details["field"] == "owner"
+        assert (await c.trades())["trades"] == []
+        assert (await c.register({"ticket": ticket, "owner": "dtms-bot"}))["created"] is True
+
+
+async def test_token_is_required_when_configured(settings, sim):
+    settings = settings.replace(rpc={"token": "s3cret"})
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(settings, sim) as svc:
+        async with client_for(svc, retries=1) as anonymous:
+            assert (await anonymous.health())["ready"] is True  # health always answers
+            with pytest.raises(Unauthenticated):
+                await anonymous.register({"ticket": ticket})
+        async with client_for(svc, token="wrong", retries=1) as wrong:
+            with pytest.raises(Unauthenticated):
+                await wrong.call("trades", {})
+        async with client_for(svc, token="s3cret") as c:
+            assert (await c.register({"ticket": ticket}))["created"] is True
+
+
+async def test_a_saturated_registry_answers_overloaded(settings, sim):
+    settings = settings.replace(registry={"mailbox_size": 2})
+    tickets = [sim.open_position("EURUSD", "BUY", 0.01) for _ in range(30)]
+    async with running(settings, sim) as svc, client_for(svc, retries=1) as c:
+        sim.set_latency(0.02)  # each broker call takes a while: registrations queue up
+        outcomes: list[str] = []
+
+        async def one(t: int) -> None:
+            try:
+                await c.register({"ticket": t}, verify=False)
+                outcomes.append("ok")
+            except Overloaded as err:
+                assert err.details["retry_after"] == 0.5
+                assert err.to_wire()["status"] == 429
+                outcomes.append("overloaded")
+
+        async with anyio.create_task_group() as tg:
+            for t in tickets:
+                tg.start_soon(one, t)
+        sim.set_latency(0.0)
+        assert outcomes.count("ok") >= 1 and outcomes.count("overloaded") >= 1
+        assert len(svc.registry.trades) == outcomes.count("ok")  # refused ones stored nothing
+        assert len((await c.trades(limit=100))["trades"]) == outcomes.count("ok")
