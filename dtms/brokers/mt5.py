@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -61,8 +62,13 @@ def sim_terminal(settings: Settings) -> Any:
     s = settings.sim
     margin_mode = (c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING if s.account == "hedging"
                    else c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
+    # A real server never reuses a ticket. The embedded terminal forgets its positions when the
+    # process ends while the database remembers trades, so each run starts its tickets after the
+    # previous run's (milliseconds since 2026-01-01): a stored ticket never names a new position.
+    first = 50_000_001 + max(0, int((time.time() - 1_767_225_600) * 1000))
     config = SimConfig(seed=s.seed, balance=s.balance, margin_mode=margin_mode,
-                       symbol_suffix=s.symbol_suffix, tick_interval=s.tick_interval_s)
+                       symbol_suffix=s.symbol_suffix, tick_interval=s.tick_interval_s,
+                       first_ticket=first, first_deal=first)
     return SimTerminal(config, clock=RealtimeClock(speed=s.speed))
 
 

@@ -74,15 +74,16 @@ class PendingOrder:
 class Ledger:
     """Balance, open positions, active orders and the deal/order history."""
 
-    def __init__(self, balance: float) -> None:
+    def __init__(self, balance: float, first_order: int = ORDER_TICKET_START,
+                 first_deal: int = DEAL_TICKET_START) -> None:
         self.balance = float(balance)
         self.credit = 0.0
         self.positions: dict[int, Position] = {}
         self.orders: dict[int, PendingOrder] = {}
         self.history_orders: list[TradeOrder] = []
         self.deals: list[TradeDeal] = []
-        self._order_tickets = itertools.count(ORDER_TICKET_START)
-        self._deal_tickets = itertools.count(DEAL_TICKET_START)
+        self._order_tickets = itertools.count(first_order)
+        self._deal_tickets = itertools.count(first_deal)
         self._request_ids = itertools.count(1)
 
     def next_order_ticket(self) -> int:

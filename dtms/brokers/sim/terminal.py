@@ -92,7 +92,8 @@ class SimTerminal(SimControls):
                               self.config.symbol_overrides)
         start = self.clock.now()
         self._market = Market(self.config, specs, start)
-        self._ledger = Ledger(0.0 if self.config.initial_deposit_deal else self.config.balance)
+        self._ledger = Ledger(0.0 if self.config.initial_deposit_deal else self.config.balance,
+                              self.config.first_ticket, self.config.first_deal)
         self._engine = TradeEngine(self.config, self._market, self._ledger)
         self._initialized = False
         self._last_error: tuple[int, str] = OK

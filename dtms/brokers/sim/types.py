@@ -129,4 +129,6 @@ class SimConfig:
     history_days: float = 14.0  # M1 history generated before the start time
     initial_deposit_deal: bool = True  # a DEAL_TYPE_BALANCE deal for the deposit
     regime_mean_seconds: float = 7_200.0  # mean lifetime of a price regime
+    first_ticket: int = 50_000_001  # first order/position ticket (deals have their own counter)
+    first_deal: int = 40_000_001
     stop_out: bool = True  # close the worst position when margin level < margin_so_so

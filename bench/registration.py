@@ -1,0 +1,384 @@
+"""Registration benchmark: registrations/s and p50/p99 latency over TCP, against a transport floor.
+
+For every configuration -- clients in (1, 16, 64) x mode in (sequential, pipelined) -- it
+
+1. starts a fresh DTMS in its own process (``python -m bench.registration --serve``): an embedded
+   SimTerminal on a ManualClock (prices never move) with ``count`` freshly opened positions, a new
+   SQLite file with ``store.synchronous = FULL``, every other setting at its default, JSON logs at
+   INFO to a file as ``dtms serve`` would write them;
+2. registers every position once (each registration a distinct ticket) from this process with
+   ``Client.register(..., verify=False)``, ``clients`` connections, each keeping 1 (sequential)
+   or 32 (pipelined) requests in flight;
+3. sends the same number of the same request frames through the same ``Client`` to a bare anyio
+   TCP server in its own process (``--echo``) that answers each request at once with a canned
+   register reply: the transport floor. ``ratio`` is DTMS's rate over the floor's.
+
+Server and load generator are separate processes so they do not share an event loop (or, on a
+2-core machine, a core). A configuration is measured ``reps`` times (DTMS then floor, alternating)
+and the repetition with the median DTMS rate is quoted, next to the median-rate floor run.
+
+Example::
+
+    python -m bench registration --quick
+    python -m bench registration --json /tmp/registration.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+from anyio.abc import SocketAttribute
+
+CLIENTS = (1, 16, 64)
+MODES = {"sequential": 1, "pipelined": 32}  # requests in flight per connection
+QUICK_COUNT, DEFAULT_COUNT = 2_000, 10_000
+QUICK_REPS, DEFAULT_REPS = 1, 3
+SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+VOLUME = 0.01  # the minimum lot of every SYMBOLS entry
+CALL_TIMEOUT_S = 120.0  # generous: a slow reply is a data point, not a client-side error
+STARTUP_TIMEOUT_S = 300.0
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One measured pass of ``count`` registrations against one target ("dtms" or "floor")."""
+
+    target: str
+    clients: int
+    mode: str
+    count: int
+    ok: int
+    errors: dict[str, int]
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One configuration: the median-rate DTMS run, the median-rate floor run, every run."""
+
+    clients: int
+    mode: str
+    dtms: Run
+    floor: Run
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.dtms.rate / self.floor.rate if self.floor.rate > 0 else 0.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def open_positions(sim: Any, n: int) -> list[dict[str, Any]]:
+    """Open ``n`` small positions in ``sim``; returns the registration map for each.
+
+    Setup only: SimTerminal checks free margin by summing over every open position, which makes
+    opening n positions O(n^2) (10,000 take over a minute). With the huge balance the bench uses
+    the check always passes, so it is bypassed while opening and restored afterwards.
+    """
+    engine = getattr(sim, "_engine", None)
+    patched = engine is not None and hasattr(engine, "market")
+    if patched:
+        engine.check_margin = lambda symbol, volume, price: engine.market.margin(
+            symbol, volume, price)
+    try:
+        out = []
+        for i in range(n):
+            symbol, direction = SYMBOLS[i % len(SYMBOLS)], ("BUY", "SELL")[i // len(SYMBOLS) % 2]
+            ticket = sim.open_position(symbol, direction, VOLUME, magic=4242, comment="bench")
+            out.append({"ticket": ticket, "symbol": symbol, "direction": direction,
+                        "volume": VOLUME, "strategy_type": "bench", "owner": "bench"})
+        return out
+    finally:
+        if patched:
+            vars(engine).pop("check_margin", None)
+
+
+async def serve_dtms(count: int, db_path: str, out_path: str) -> None:
+    """Run a DTMS with ``count`` open positions until killed; write port + payloads to out_path."""
+    from dtms import logs
+    from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
+    from dtms.config import Settings
+    from dtms.service import Service
+
+    logs.setup("INFO", "json")
+    sim = SimTerminal(SimConfig(seed=7, balance=1e12), clock=ManualClock())
+    payloads = open_positions(sim, count)
+    settings = Settings().replace(rpc={"port": 0}, metrics={"port": 0},
+                                  store={"path": db_path, "synchronous": "FULL"})
+    service = Service(settings, module=sim)
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        with anyio.fail_after(STARTUP_TIMEOUT_S):
+            await service.ready_event.wait()
+        _write_atomic(out_path, {"port": service.rpc.port, "metrics_port": service.metrics_server.port,
+                                "payloads": payloads})
+        await anyio.sleep_forever()
+
+
+def canned_reply() -> bytes:
+    """A packed ``register`` result shaped like DTMS's (created, full trade view, adjusted)."""
+    from dtms.model import Direction, Trade
+
+    now = time.time()
+    trade = Trade(ticket=1_000_001, symbol="EURUSD", direction=Direction.BUY, entry_price=1.08512,
+                  volume=0.01, initial_volume=0.01, sl=0.0, tp=0.0, initial_sl=0.0,
+                  state_since=now, strategy_type="bench", owner="bench", magic=4242,
+                  comment="bench", created_at=now, updated_at=now)
+    return msgpack.packb({"created": True, "trade": trade.view(), "adjusted": {}},
+                         use_bin_type=True)
+
+
+async def serve_echo(out_path: str) -> None:
+    """A bare msgpack-rpc responder: each request gets ``[1, msgid, nil, canned]`` at once."""
+    result = canned_reply()
+
+    async def handle(stream: Any) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                async for data in stream:
+                    unpacker.feed(data)
+                    out = [b"\x94\x01" + msgpack.packb(msg[1]) + b"\xc0" + result
+                           for msg in unpacker]
+                    if out:
+                        await stream.send(b"".join(out))
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+    _write_atomic(out_path, {"port": port})
+    await listener.serve(handle)
+
+
+def _write_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], workdir: Path, name: str) -> Iterator[dict[str, Any]]:
+    """Start ``python -m bench.registration ARGS --out F``; yield F's JSON once written."""
+    out = workdir / f"{name}.json"
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.registration", *args,
+                                 "--out", str(out)], stdout=log_file, stderr=log_file,
+                                cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} server did not start (exit {proc.poll()}): {tail}")
+            time.sleep(0.02)
+        yield json.loads(out.read_text())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- load side
+
+
+async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: int) -> tuple[
+        int, Counter[str], float, list[float]]:
+    """Register every payload over ``clients`` connections, ``window`` in flight on each.
+
+    Returns (ok, errors by code, seconds, ascending latencies in seconds of the ok calls).
+    """
+    from dtms.client import Client, ClientError
+    from dtms.errors import DtmsError
+
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def worker(client: Client, items: Iterator[dict[str, Any]]) -> None:
+        for payload in items:  # workers of one client share the iterator: no ticket twice
+            started = time.perf_counter()
+            try:
+                await client.register(payload, verify=False)
+            except DtmsError as exc:
+                errors[exc.code] += 1
+                continue
+            except ClientError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(Client(
+            "127.0.0.1", port, timeout=CALL_TIMEOUT_S, retries=1, breaker_failures=2**31,
+            verify=False)) for _ in range(clients)]
+        for client in conns:
+            await client.call("health")  # connect before the clock starts
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i, client in enumerate(conns):
+                items = iter(payloads[i::clients])
+                for _ in range(min(window, len(payloads[i::clients]))):
+                    tg.start_soon(worker, client, items)
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return len(latencies), errors, seconds, latencies
+
+
+def measure(target: str, port: int, payloads: list[dict[str, Any]], clients: int,
+            mode: str) -> Run:
+    ok, errors, seconds, lat = anyio.run(load, port, payloads, clients, MODES[mode])
+    return Run(target, clients, mode, len(payloads), ok, dict(errors), seconds,
+               percentile(lat, 0.50) * 1000, percentile(lat, 0.99) * 1000)
+
+
+def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
+              modes: tuple[str, ...] = tuple(MODES), progress: bool = True) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="dtms-bench-") as tmp:
+        work = Path(tmp)
+        with server_process(["--echo"], work, "echo") as echo:
+            for n_clients in clients:
+                for mode in modes:
+                    runs: list[Run] = []
+                    for rep in range(reps):
+                        name = f"dtms-{n_clients}-{mode}-{rep}"
+                        with server_process(["--serve", "--count", str(count), "--db",
+                                             str(work / f"{name}.sqlite3")], work, name) as srv:
+                            runs.append(measure("dtms", srv["port"], srv["payloads"],
+                                                n_clients, mode))
+                            payloads = srv["payloads"]
+                        runs.append(measure("floor", echo["port"], payloads, n_clients, mode))
+                        if progress:
+                            d, f = runs[-2], runs[-1]
+                            print(f"  {n_clients:>3} {mode:<10} rep {rep + 1}/{reps}: "
+                                  f"{d.rate:,.0f} reg/s (floor {f.rate:,.0f}/s)",
+                                  file=sys.stderr, flush=True)
+                    rows.append(Row(n_clients, mode,
+                                    median_run([r for r in runs if r.target == "dtms"]),
+                                    median_run([r for r in runs if r.target == "floor"]), runs))
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+COLUMNS = (("clients", 7), ("mode", 10), ("count", 6), ("ok", 6), ("err", 5), ("seconds", 8),
+           ("reg/s", 8), ("p50 ms", 8), ("p99 ms", 8), ("floor/s", 8), ("floor p50", 9),
+           ("floor p99", 9), ("ratio", 6))
+
+
+def format_table(rows: list[Row], *, count: int, reps: int) -> str:
+    head = (f"DTMS registration bench  {time.strftime('%Y-%m-%d %H:%M')}  "
+            f"{os.cpu_count()} cores  Python {platform.python_version()}  "
+            f"store.synchronous=FULL  {count} registrations/config, median of {reps}")
+    lines = [head, "  ".join(f"{name:<{w}}" if name == "mode" else f"{name:>{w}}"
+                             for name, w in COLUMNS)]
+    for r in rows:
+        d, f = r.dtms, r.floor
+        cells = (str(r.clients), r.mode, str(d.count), str(d.ok), str(sum(d.errors.values())),
+                 f"{d.seconds:.2f}", f"{d.rate:,.0f}", f"{d.p50_ms:.2f}", f"{d.p99_ms:.2f}",
+                 f"{f.rate:,.0f}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", f"{r.ratio:.3f}")
+        lines.append("  ".join(f"{c:<{w}}" if name == "mode" else f"{c:>{w}}"
+                               for c, (name, w) in zip(cells, COLUMNS, strict=True)))
+    errors = Counter[str]()
+    for r in rows:
+        errors.update(r.dtms.errors)
+    if errors:
+        lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
+    return "\n".join(lines)
+
+
+def to_json(rows: list[Row], *, count: int, reps: int) -> dict[str, Any]:
+    def run(r: Run) -> dict[str, Any]:
+        return {**asdict(r), "rate": r.rate}
+
+    return {"bench": "registration", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "synchronous": "FULL", "count": count, "reps": reps,
+            "rows": [{"clients": r.clients, "mode": r.mode, "ratio": r.ratio,
+                      "dtms": run(r.dtms), "floor": run(r.floor),
+                      "runs": [run(x) for x in r.runs]} for r in rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench registration [--quick] [--count N] [--reps N] [--json PATH]``."""
+    p = argparse.ArgumentParser(prog="python -m bench registration", description=__doc__.split(
+        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_COUNT} registrations per configuration, {QUICK_REPS} repetition")
+    p.add_argument("--count", type=int, help="registrations per configuration")
+    p.add_argument("--reps", type=int, help="repetitions per configuration (median quoted)")
+    p.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+    args = p.parse_args(argv)
+    count = args.count or (QUICK_COUNT if args.quick else DEFAULT_COUNT)
+    reps = args.reps or (QUICK_REPS if args.quick else DEFAULT_REPS)
+    if count < 1 or reps < 1:
+        p.error("--count and --reps must be >= 1")
+    rows = run_bench(count, reps)
+    print(format_table(rows, count=count, reps=reps), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(rows, count=count, reps=reps), indent=2))
+    return 0
+
+
+def _server_main(argv: list[str]) -> int:
+    """The child processes: ``--serve --count N --db PATH --out F`` or ``--echo --out F``."""
+    p = argparse.ArgumentParser(prog="python -m bench.registration")
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--echo", action="store_true")
+    p.add_argument("--count", type=int, default=0)
+    p.add_argument("--db")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        if args.serve:
+            anyio.run(serve_dtms, args.count, args.db, args.out)
+        else:
+            anyio.run(serve_echo, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_server_main(sys.argv[1:]) if {"--serve", "--echo"} & set(sys.argv[1:])
+             else main(sys.argv[1:]))
