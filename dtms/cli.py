@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import signal
 import sys
@@ -289,6 +290,10 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
     except DtmsError as err:
         _print_json(err.to_wire(), stream=sys.stderr)
         return {"NOT_READY": EXIT_NOT_READY, "NOT_FOUND": EXIT_NOT_FOUND}.get(err.code, EXIT_ERROR)
+    except BrokenPipeError:
+        # our stdout was closed early (e.g. `dtms trades | head`): not a connection problem
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (ClientError, ConnectionError, TimeoutError) as exc:
         print(f"dtms: cannot reach DTMS at {settings.rpc.host}:{settings.rpc.port}: {exc}",
               file=sys.stderr)
