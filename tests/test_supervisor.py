@@ -628,24 +628,42 @@ async def test_crash_storm_escalates_exactly_when_the_window_first_overflows(
 
     journal: list[str] = []
     children = probes(journal)
+    temporary = Probe("t", journal)  # never crashed itself; siblings' deaths may take it down
     events: list[RestartEvent] = []
     clock = FakeClock()
-    sup = Supervisor("storm", [p.spec() for p in children], strategy=strategy, clock=clock,
+    sup = Supervisor("storm", [p.spec() for p in children] + [temporary.spec(
+                     restart=Restart.TEMPORARY)], strategy=strategy, clock=clock,
                      intensity=Intensity(max_restarts, period), backoff=FAST,
                      on_event=events.append)
+
+    def settled() -> bool:
+        return all(state == "running" for id, state in sup.which_children() if id != "t")
+
     escalated_at = None
     async with supervising(sup) as outcome:
         for step, (victim, dt) in enumerate(storm):
             clock.now += dt
-            await until(lambda: all_running(sup))
+            await until(settled)
             crashes = sum(e.reason == "crash" for e in events)
+            survivors = [p.id for p in [*children, temporary]
+                         if p.running and p is not children[victim]]
+            mark = len(journal)
             children[victim].crash()
             await until(lambda c=crashes: "escalation" in outcome
                         or sum(e.reason == "crash" for e in events) == c + 1)
             if "escalation" in outcome:
                 escalated_at = step
                 break
+        if escalated_at is None:
+            await until(settled)
+            survivors = [p.id for p in [*children, temporary] if p.running]
+            mark = len(journal)
+    # invariants: escalation exactly when the window first overflows; a temporary child is
+    # never restarted; the final teardown stops children in reverse start order
     assert escalated_at == expected
+    assert temporary.starts == 1
+    teardown = [e.split(":")[1] for e in journal[mark:] if e.split(":")[0] in ("stop", "cancel")]
+    assert teardown == list(reversed(survivors))
     if expected is not None:
         assert not any(p.running for p in children)
         assert events[-1].action == "escalate"
