@@ -166,3 +166,22 @@ def test_watch_renders_a_live_view_in_a_terminal(env, tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
+
+
+def test_root_escalation_exits_1_with_the_reason_and_closes_the_database(env, tmp_path):
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(env, DTMS_BROKER_BACKEND="module:terminal_crashing",
+               DTMS_SUPERVISOR_MIN_BACKOFF_S="0.01", DTMS_SUPERVISOR_MAX_BACKOFF_S="0.05",
+               DTMS_SERVICE_SUPERVISOR_LOG=str(tmp_path / "supervisor.log"),
+               PYTHONPATH=os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")]))
+    result = dtms("serve", env=env, timeout=60)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "dtms: giving up after repeated crashes" in result.stderr
+    assert "store closed" in result.stderr
+    events = [json.loads(line) for line in (tmp_path / "supervisor.log").read_text().splitlines()]
+    decisions = [e for e in events if "event" in e]  # other lines: stop/start warnings
+    escalations = [e["supervisor"] for e in decisions if e["event"] == "escalate"]
+    assert escalations[-1] == "root" and "core" in escalations
+    crashes = {(e["child"], e["exception_type"]) for e in decisions
+               if e["event"] == "restart" and e["reason"] == "crash"}
+    assert ("broker", "RuntimeError") in crashes
