@@ -137,10 +137,11 @@ class Service:
 
     @property
     def initialized(self) -> bool:
-        return self.store.db is not None and self._recovered_mark is not None
+        return self.store.db is not None and self.registry.recovered
 
     @property
     def monitoring_active(self) -> bool:
+        """A position poll has completed since this registry incarnation recovered."""
         return (self.initialized and self._recovered_mark is not None
                 and self.watcher.polls_ok > self._recovered_mark)
 
@@ -165,7 +166,7 @@ class Service:
             why = "the store is not open"
         elif not self.broker.connected:
             why = "the trading terminal is not connected"
-        elif self._recovered_mark is None:
+        elif not self.registry.recovered:
             why = "stored trades are being recovered"
         else:
             why = "stored trades are being reconciled with the broker"

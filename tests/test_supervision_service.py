@@ -162,3 +162,30 @@ def _contains(exc: BaseException, kind: type) -> bool:
     if isinstance(exc, kind):
         return True
     return isinstance(exc, BaseExceptionGroup) and any(_contains(e, kind) for e in exc.exceptions)
+
+
+async def test_not_ready_while_the_core_restarts_then_ready_with_trades_resumed(settings, sim):
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(settings, sim) as svc, client_for(svc, retries=1) as c:
+        await c.register({"ticket": ticket})
+        await c.call("pause", {"ticket": ticket})
+        seen_not_ready = False
+
+        async def watch_readiness() -> None:
+            nonlocal seen_not_ready
+            while True:
+                if not svc.ready:
+                    seen_not_ready = True
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_readiness)
+            await svc.registry.tell("garbage")  # the registry crashes; rest_for_one restarts it
+            await eventually(lambda: seen_not_ready)
+            await eventually(lambda: svc.ready and ticket in svc.registry.trades)
+            tg.cancel_scope.cancel()
+        assert svc.registry.incarnation == 2
+        t = await c.trade(ticket)
+        assert (t["state"], t["paused"]) == ("HEALTHY", True)  # resumed exactly as stored
+        rows = (await c.call("restarts", {"kind": "registry"}))["restarts"]
+        assert [(r["action"], r["reason"]) for r in rows] == [("restart", "crash")]

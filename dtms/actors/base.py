@@ -148,7 +148,7 @@ class Actor:
                 await self._send.send(Envelope(message, reply))
                 return await reply.wait()
         except TimeoutError as exc:
-            if isinstance(exc, AskTimeout | DtmsError):
+            if isinstance(exc, AskTimeout):  # a timeout further down, answered to us
                 raise
             raise AskTimeout(f"{self.name} did not answer {type(message).__name__} "
                              f"within {timeout}s") from exc

@@ -98,12 +98,14 @@ class RegistryActor(Actor):
         self._on_event = on_event
         self._on_recovered = on_recovered
         self.supervisor: DynamicSupervisor | None = None
+        self.recovered = False  # this incarnation has reloaded every stored open trade
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
         sup = self.settings.supervisor
         t = self.settings.trades
         self.trades.clear()
+        self.recovered = False
         self.supervisor = DynamicSupervisor(
             "trades", intensity=Intensity(sup.trades_max_restarts, sup.trades_period_s),
             backoff=Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter),
@@ -117,6 +119,7 @@ class RegistryActor(Actor):
         await self._tg.start(fn)
 
     async def on_stop(self) -> None:
+        self.recovered = False
         if self.supervisor is not None:
             await self.supervisor.stop()
         # the next incarnation makes new trade actors: fail what is queued here, never hang it
@@ -140,6 +143,7 @@ class RegistryActor(Actor):
             self.metrics.trades.labels(state.value).set(counts.get(state.value, 0))
         log.info("registry recovered %d open trades", len(self.trades),
                  extra={"trades": len(self.trades)})
+        self.recovered = True
         if self._on_recovered is not None:
             self._on_recovered()
 
