@@ -160,7 +160,8 @@ class RegistryActor(Actor):
         await self.watcher.tell(Watch(trade.ticket, actor))
 
     async def _give_up(self, child_id: str, exc: BaseException | None) -> None:
-        await self.tell(GiveUp(int(child_id), repr(exc)))
+        # called from the trades supervisor's control loop: never wait on our own mailbox there
+        self.spawn(self.tell, GiveUp(int(child_id), repr(exc)))
 
     # -- messages ------------------------------------------------------------------------------
     async def handle(self, message: Any) -> Any:
@@ -218,8 +219,6 @@ class RegistryActor(Actor):
         resumed = trade.copy(state=previous, state_since=now, updated_at=now, paused=False)
         await self.store.ask(PutTrade(resumed, Transition(
             ticket, now, TradeState.SUSPENDED.value, previous.value, "resumed by request")))
-        self.metrics.trades.labels(TradeState.SUSPENDED.value).dec()
-        self.metrics.trades.labels(previous.value).inc()
         await self._spawn(resumed)
         log.info("trade %s resumed from SUSPENDED to %s", ticket, previous.value,
                  extra={"ticket": ticket, "to_state": previous.value})
@@ -238,8 +237,6 @@ class RegistryActor(Actor):
         released = trade.copy(state=TradeState.RELEASED, state_since=now, updated_at=now)
         await self.store.ask(PutTrade(released, Transition(
             ticket, now, trade.state.value, TradeState.RELEASED.value, "unregistered by request")))
-        self.metrics.trades.labels(trade.state.value).dec()
-        self.metrics.trades.labels(TradeState.RELEASED.value).inc()
         log.info("trade %s unregistered (was %s)", ticket, trade.state.value,
                  extra={"ticket": ticket, "from_state": trade.state.value})
         return released.view()
@@ -254,8 +251,6 @@ class RegistryActor(Actor):
             trade.copy(state=TradeState.SUSPENDED, state_since=now, updated_at=now),
             Transition(ticket, now, trade.state.value, TradeState.SUSPENDED.value,
                        f"actor gave up after repeated crashes: {error}")))
-        self.metrics.trades.labels(trade.state.value).dec()
-        self.metrics.trades.labels(TradeState.SUSPENDED.value).inc()
         log.error("trade %s SUSPENDED: its actor kept crashing (%s)", ticket, error,
                   extra={"ticket": ticket, "error": error})
 
@@ -316,10 +311,8 @@ class RegistryActor(Actor):
                                initial_sl=existing.initial_sl, created_at=existing.created_at)
             transition = Transition(trade.ticket, now, existing.state.value, "HEALTHY",
                                     "registered again")
-            self.metrics.trades.labels(existing.state.value).dec()
         # durable first, acknowledged after
         await self.store.ask(PutTrade(trade, transition), timeout=30.0)
-        self.metrics.trades.labels(TradeState.HEALTHY.value).inc()
         await self._spawn(trade)
         self.metrics.registrations.labels("created").inc()
         log.info("registered trade %s %s %s %.2f", trade.ticket, trade.symbol,

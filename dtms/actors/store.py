@@ -261,10 +261,19 @@ class StoreActor(Actor):
         for env in writes:
             if env.reply is not None:
                 env.reply.set(True)
+            if isinstance(env.message, PutTrade) and env.message.transition is not None:
+                self._count(env.message.transition)
         if self.events is not None and len(self.events):
             for env in writes:
                 if isinstance(env.message, PutTrade):
                     self._publish(env.message)
+
+    def _count(self, t: Transition) -> None:
+        """Every committed transition passes here: the one place that keeps state metrics."""
+        self.metrics.transitions.labels(t.from_state or "NEW", t.to_state).inc()
+        if t.from_state:
+            self.metrics.trades.labels(t.from_state).dec()
+        self.metrics.trades.labels(t.to_state).inc()
 
     def _publish(self, put: PutTrade) -> None:
         assert self.events is not None

@@ -79,9 +79,6 @@ class TradeActor(Actor):
     async def _persist(self, trade: Trade, transition: Transition | None = None) -> None:
         await self.store.ask(PutTrade(trade, transition), timeout=30.0)
         if transition is not None:
-            self.metrics.transitions.labels(transition.from_state, transition.to_state).inc()
-            self.metrics.trades.labels(transition.from_state).dec()
-            self.metrics.trades.labels(transition.to_state).inc()
             log.info("trade %s %s -> %s (%s)", self.ticket, transition.from_state,
                      transition.to_state, transition.reason,
                      extra={"ticket": self.ticket, "from_state": transition.from_state,
