@@ -33,9 +33,23 @@ ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metr
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "rates", "positions",
                      "deals_for_position", "deals_between", "send")
+#: Protective actions a trade actor takes, and how each attempt ended.
+ACTION_KINDS = ("breakeven", "trail", "tighten", "partial_close", "hedge", "close")
+ACTION_OUTCOMES = ("success", "retry", "uncertain", "reject", "deferred")
+RETCODE_CLASSES = ("success", "retry", "uncertain", "reject")
+#: Actors whose mailbox depth is exported (trade actors are per ticket, so they are not).
+MAILBOX_ACTORS = ("store", "broker", "positions", "registry")
 
+# Buckets (upper bounds in seconds), chosen for each histogram's expected range:
+#: rpc requests and store commits: in-process work plus one SQLite commit, 100 us .. 1 s.
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: terminal calls: an IPC round trip to the terminal, 1 ms .. the 10 s call timeout.
 _SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: an action, from the decision to the broker's retcode (retries included): 1 ms .. 30 s.
+_ACTION = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: a tick's arrival to the trade actor's decision: pure in-process work, 10 us .. 1 s.
+_DECISION = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+             0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class Metrics:
@@ -88,6 +102,15 @@ class Metrics:
         self.store_errors = Counter("dtms_store_errors_total", "Database errors", registry=r)
         self.position_polls = Counter("dtms_position_polls_total", "Position polls by outcome",
                                       ["outcome"], registry=r)
+        self.actions = Counter("dtms_actions_total",
+                               "Protective action attempts by kind and outcome", ["kind", "outcome"],
+                               registry=r)
+        self.action_latency = Histogram("dtms_action_duration_seconds",
+                                        "Action latency, from the decision to the broker's retcode",
+                                        ["kind"], buckets=_ACTION, registry=r)
+        self.tick_to_decision = Histogram("dtms_tick_to_decision_seconds",
+                                          "Latency from a tick's arrival to the trade's decision",
+                                          buckets=_DECISION, registry=r)
         self.unknown_positions = Gauge("dtms_unknown_positions",
                                        "Open positions with DTMS's magic that DTMS does not manage",
                                        registry=r)
@@ -107,8 +130,15 @@ class Metrics:
             self.actor_giveups.labels(kind)
         for sup in SUPERVISORS:
             self.escalations.labels(sup)
-        for cls in ("success", "retry", "uncertain", "reject"):
+        for cls in RETCODE_CLASSES:
             self.broker_retcodes.labels(cls)
+        for kind in ACTION_KINDS:
+            self.action_latency.labels(kind)
+            for outcome in ACTION_OUTCOMES:
+                self.actions.labels(kind, outcome)
+        for actor in MAILBOX_ACTORS:
+            self.mailbox_depth.labels(actor).set(0)
+        self.rpc_connections.set(0)
         for outcome in ("ok", "error"):
             self.position_polls.labels(outcome)
         self.ready.set(0)
@@ -164,6 +194,7 @@ class MetricsServer:
             if parts[0] not in (b"GET", b"HEAD"):
                 status, ctype, body = 405, "text/plain", b"method not allowed\n"
             elif path == b"/metrics":
+                self._refresh()
                 status, ctype, body = 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
             elif path == b"/health":
                 h = self.health()
@@ -179,6 +210,13 @@ class MetricsServer:
                 await stream.send(head + (b"" if parts[0] == b"HEAD" else body))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 log.debug("metrics: client went away: %r", exc)
+
+    def _refresh(self) -> None:
+        """Sample the gauges that are read, not pushed (readiness, mailbox depth) before a scrape."""
+        try:
+            self.health()
+        except Exception:  # a scrape must still answer with what is there
+            log.exception("metrics: refreshing gauges from health() failed")
 
     @staticmethod
     async def _read_head(stream: SocketStream) -> bytes:
