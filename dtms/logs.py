@@ -1,16 +1,28 @@
 """Structured logging: one JSON object per line (or plain text), with each record's context.
 
 Whatever a call passes in ``extra=`` (ticket, supervisor, child, reason, ...) becomes keys of
-the JSON line, so logs can be filtered by ticket or by actor without parsing sentences.
+the JSON line, so logs can be filtered by ticket or by actor without parsing sentences; the
+current ``trace_id`` is added to every line logged while a request or message is handled.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
+
+#: The trace id of the work in progress: set per rpc request, carried by actor messages
+#: (``dtms.actors.base``), so one id follows a registration from the socket to the database.
+TRACE_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dtms_trace_id", default="")
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex[:16]
+
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -23,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        trace = TRACE_ID.get()
+        if trace:
+            out["trace_id"] = trace
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value

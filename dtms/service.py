@@ -48,6 +48,7 @@ from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
 from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
 from dtms.events import EVENTS, EventBus
+from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import TradeState, parse_registration
 from dtms.rpc.server import Connection, RpcServer
@@ -241,6 +242,7 @@ class Service:
 
     # -- rpc -----------------------------------------------------------------------------------
     async def dispatch(self, method: str, args: dict[str, Any], conn: Connection) -> Any:
+        TRACE_ID.set(new_trace_id())  # this request's task only; actors carry it onwards
         fn = self.methods.get(method)
         if fn is None and method not in self.connection_methods:
             known = sorted([*self.methods, *self.connection_methods])

@@ -340,3 +340,37 @@ async def test_a_saturated_registry_answers_overloaded(settings, sim):
         assert outcomes.count("ok") >= 1 and outcomes.count("overloaded") >= 1
         assert len(svc.registry.trades) == outcomes.count("ok")  # refused ones stored nothing
         assert len((await c.trades(limit=100))["trades"]) == outcomes.count("ok")
+
+
+async def test_each_request_logs_under_its_own_trace_id(settings, sim):
+    import json
+    import logging
+
+    from dtms import logs
+
+    lines: list[dict] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(logs.JsonFormatter().format(record)))
+
+    handler = Capture()
+    actors_log = logging.getLogger("dtms.actors")
+    level = actors_log.level
+    actors_log.setLevel(logging.INFO)
+    actors_log.addHandler(handler)
+    try:
+        a = sim.open_position("EURUSD", "BUY", 0.10)
+        b = sim.open_position("EURUSD", "SELL", 0.10)
+        async with running(settings, sim) as svc, client_for(svc) as c:
+            await c.register({"ticket": a})
+            await c.register({"ticket": b})
+            await c.call("pause", {"ticket": a})
+    finally:
+        actors_log.removeHandler(handler)
+        actors_log.setLevel(level)
+    registered = [x for x in lines if x["msg"].startswith("registered trade")]
+    paused = [x for x in lines if x["msg"] == f"trade {a} paused"]
+    assert [x["ticket"] for x in registered] == [a, b]
+    traces = [x["trace_id"] for x in registered + paused]
+    assert len(set(traces)) == 3 and all(len(t) == 16 for t in traces)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from dtms import logs
 
 
@@ -42,3 +44,57 @@ def test_json_lines_carry_the_context_and_the_supervisor_file_gets_restarts(tmp_
         "supervisor": "trades", "child": "7", "kind": "trade", "event": "restart",
         "reason": "crash", "exception_type": "TypeError", "exception": "TypeError('x')",
         "attempt": 1, "backoff_s": 0.1}
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logs.JsonFormatter())
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.mark.anyio
+async def test_trace_id_follows_a_message_from_actor_to_actor():
+    import anyio
+
+    from dtms.actors.base import Actor
+
+    log = logging.getLogger("dtms.test.trace")
+
+    class Second(Actor):
+        async def handle(self, message):
+            log.warning("second handles %s", message)
+
+    class First(Actor):
+        def __init__(self, second):
+            super().__init__("first")
+            self.second = second
+
+        async def handle(self, message):
+            log.warning("first handles %s", message)
+            await self.second.tell(message)
+
+    capture = _Capture()
+    log.addHandler(capture)
+    try:
+        second = Second("second")
+        first = First(second)
+        async with anyio.create_task_group() as tg:
+            await tg.start(second.run)
+            await tg.start(first.run)
+            token = logs.TRACE_ID.set("abc123")
+            await first.ask("one")
+            logs.TRACE_ID.reset(token)
+            await first.ask("two")  # no trace in the sender: the actor starts a new one
+            while len(capture.lines) < 4:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    finally:
+        log.removeHandler(capture)
+    traces = {line["msg"]: line["trace_id"] for line in capture.lines}
+    assert traces["first handles one"] == traces["second handles one"] == "abc123"
+    assert traces["first handles two"] == traces["second handles two"]
+    assert len(traces["first handles two"]) == 16 and traces["first handles two"] != "abc123"

@@ -40,13 +40,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from dtms.errors import DtmsError, Internal
+from dtms.logs import TRACE_ID, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Reply:
 class Envelope:
     message: Any
     reply: Reply | None = None
+    #: the sender's trace id, restored while the message is handled
+    trace_id: str = field(default_factory=TRACE_ID.get)
 
 
 class Actor:
@@ -222,6 +225,7 @@ class Actor:
                 if env.message.incarnation == self.incarnation:
                     return
                 continue
+            token = TRACE_ID.set(env.trace_id or new_trace_id())
             try:
                 result = await self.handle(env.message)
             except self.reply_errors as err:
@@ -235,6 +239,8 @@ class Actor:
                     env.reply.fail(Internal(f"{self.name} crashed handling "
                                             f"{type(env.message).__name__}: {exc!r}"))
                 raise
+            finally:
+                TRACE_ID.reset(token)
             if env.reply is not None:
                 env.reply.set(result)
 
