@@ -91,6 +91,8 @@ class StoreSettings:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 5000
     max_batch: int = 512
+    retention_days: float = 30.0
+    archive_interval_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,15 @@ import aiosqlite
 import anyio
 import pytest
 
-from dtms.actors.store import MIGRATIONS, GetTrade, ListTrades, PutTrade, StoreActor, migrate
+from dtms.actors.store import (
+    MIGRATIONS,
+    Archive,
+    GetTrade,
+    ListTrades,
+    PutTrade,
+    StoreActor,
+    migrate,
+)
 from dtms.config import StoreSettings
 from dtms.metrics import Metrics
 from dtms.model import Direction, Trade, TradeState, Transition
@@ -26,13 +34,14 @@ def trade(ticket: int, **kw) -> Trade:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 2
-        assert await migrate(db) == 2  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 3
+        assert await migrate(db) == 3  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2]
-    assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts"}
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
+                                      "trades_archive"}
 
 
 async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
@@ -45,7 +54,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
                " backoff_s) VALUES (5.0, 'trades', '42', 'restart', 'crash', 'E()', 1, 0.1)")
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 2
+        assert await migrate(adb) == 3
         rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
     assert [tuple(r) for r in rows] == [("42", "", "restart")]
 
@@ -75,8 +84,8 @@ async def test_writes_are_group_committed_and_durable_when_acknowledged(tmp_path
         commits = metrics.store_batch.collect()[0]
         count = next(s.value for s in commits.samples if s.name.endswith("_count"))
         total = next(s.value for s in commits.samples if s.name.endswith("_sum"))
-        assert total == 200
-        assert count < 200  # grouped: fewer transactions than writes
+        assert total == 201  # 200 writes + the archive pass the store makes when it opens
+        assert count < 201  # grouped: fewer transactions than writes
         t = await store.ask(GetTrade(7))
         assert t == trade(7)
         await store.ask(PutTrade(t.copy(state=TradeState.CLOSED, close_reason="SL")))
@@ -85,3 +94,29 @@ async def test_writes_are_group_committed_and_durable_when_acknowledged(tmp_path
         assert [x.ticket for x in await store.ask(ListTrades(state="CLOSED"))] == [7]
         await store.stop()
     assert store.db is None  # closed on the way out
+
+
+async def test_closed_trades_past_retention_are_archived_and_open_ones_never(tmp_path):
+    store = StoreActor(StoreSettings(path=str(tmp_path / "r.sqlite3"), retention_days=30.0,
+                                     archive_interval_s=3600.0), Metrics())
+    day = 86400.0
+    now = 100 * day
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        old_closed = trade(1, state=TradeState.CLOSED, closed_at=now - 31 * day, close_reason="SL")
+        new_closed = trade(2, state=TradeState.CLOSED, closed_at=now - 29 * day)
+        old_open = trade(3, created_at=now - 90 * day)  # open for 90 days: stays
+        suspended = trade(4, state=TradeState.SUSPENDED, created_at=now - 90 * day)
+        for t in (old_closed, new_closed, old_open, suspended):
+            await store.ask(PutTrade(t))
+        await store.ask(Archive(before=now - 30 * day, now=now))
+        live = await store.ask(ListTrades(limit=100))
+        assert [t.ticket for t in live] == [2, 3, 4]
+        assert await store.ask(GetTrade(1)) == old_closed  # still answers by ticket
+        db = sqlite3.connect(tmp_path / "r.sqlite3")
+        assert db.execute("SELECT ticket, archived_at FROM trades_archive").fetchall() == [
+            (1, now)]
+        db.close()
+        await store.ask(Archive(before=now - 30 * day, now=now))  # idempotent
+        assert [t.ticket for t in await store.ask(ListTrades(limit=100))] == [2, 3, 4]
+        await store.stop()

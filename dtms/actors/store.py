@@ -81,6 +81,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE restarts ADD COLUMN kind TEXT NOT NULL DEFAULT '';
     CREATE INDEX restarts_at ON restarts(at);
     """,
+    # v3: closed trades past their retention move here (still readable by ticket)
+    """
+    CREATE TABLE trades_archive AS SELECT *, 0.0 AS archived_at FROM trades WHERE 0;
+    CREATE UNIQUE INDEX trades_archive_ticket ON trades_archive(ticket);
+    """,
 ]
 
 
@@ -97,6 +102,13 @@ class PutTrade:
 class AddRestart:
     """One row of the restart history."""
     event: RestartEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Archive:
+    """Move trades CLOSED before ``before`` (epoch seconds) to ``trades_archive``."""
+    before: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +150,7 @@ class ListActions:
     limit: int = 100
 
 
-WRITES = (PutTrade, AddRestart)
+WRITES = (PutTrade, AddRestart, Archive)
 
 
 def trade_from_row(row: sqlite3.Row) -> Trade:
@@ -192,7 +204,14 @@ class StoreActor(Actor):
                 await db.close()
             raise
         self.db = db
+        self.spawn(self._archive_periodically)
         log.info("store open", extra={"path": str(path), "schema_version": self.schema_version})
+
+    async def _archive_periodically(self) -> None:
+        while True:
+            now = time.time()
+            await self.tell(Archive(now - self.settings.retention_days * 86400.0, now))
+            await anyio.sleep(self.settings.archive_interval_s)
 
     async def on_stop(self) -> None:
         if self.db is not None:
@@ -295,6 +314,16 @@ class StoreActor(Actor):
                 await self.db.execute(
                     "INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
                     "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
+        elif isinstance(msg, Archive):
+            # only CLOSED rows, by construction: an open trade is never archived or deleted
+            where = "state = 'CLOSED' AND closed_at > 0 AND closed_at < ?"
+            cur = await self.db.execute(
+                f"INSERT OR REPLACE INTO trades_archive SELECT *, ? FROM trades WHERE {where}",
+                (msg.now, msg.before))
+            moved = cur.rowcount
+            await self.db.execute(f"DELETE FROM trades WHERE {where}", (msg.before,))
+            if moved:
+                log.info("archived %d closed trades", moved, extra={"archived": moved})
         elif isinstance(msg, AddRestart):
             e = msg.event
             await self.db.execute(
@@ -327,6 +356,9 @@ class StoreActor(Actor):
     async def handle(self, message: Any) -> Any:
         if isinstance(message, GetTrade):
             rows = await self._all("SELECT * FROM trades WHERE ticket = ?", (message.ticket,))
+            if not rows:  # archived trades still answer `trade` and idempotent `register`
+                rows = await self._all("SELECT * FROM trades_archive WHERE ticket = ?",
+                                       (message.ticket,))
             return trade_from_row(rows[0]) if rows else None
         if isinstance(message, ListTrades):
             where, params = [], []
