@@ -75,10 +75,11 @@ def test_every_public_terminal_method_is_allowlisted():
     assert public - {"connected"} == set(ALLOWED)
 
 
-async def test_remote_matches_local_sim(sim):
+async def test_remote_matches_local_sim(sim, request):
     remote_sim = new_sim()
     async with served(remote_sim) as port:
         rt = RemoteTerminal(port=port)
+        request.addfinalizer(rt.close)
         assert await call(rt.initialize) is True and sim.initialize() is True
         assert rt.TRADE_RETCODE_DONE == 10009 and rt.DEAL_REASON_SL == 4
         assert await call(rt.last_error) == (1, "Success")
@@ -107,9 +108,10 @@ async def test_remote_matches_local_sim(sim):
         assert await call(rt.history_deals_get, *span) == remote_sim.history_deals_get(*span)
 
 
-async def test_control_errors_and_allowlist():
+async def test_control_errors_and_allowlist(request):
     async with served(new_sim()) as port:
         rt = RemoteTerminal(port=port)
+        request.addfinalizer(rt.close)
         await call(rt.set_market_open, "EURUSD", False)
         with pytest.raises(SimTradeRejected) as info:
             await call(rt.open_position, "EURUSD", "BUY", 0.1)
@@ -129,8 +131,9 @@ async def test_control_errors_and_allowlist():
 async def test_dtms_service_over_tcp_sees_stop_loss_close(settings):
     async with served(new_sim()) as port:
         control = RemoteTerminal(port=port)
+        remote = RemoteTerminal(port=port)
         ticket = await call(control.open_position, "EURUSD", "BUY", 0.10, sl=1.08)
-        async with running(settings, RemoteTerminal(port=port)) as svc, client_for(svc) as c_:
+        async with running(settings, remote) as svc, client_for(svc) as c_:
             await c_.register({"ticket": ticket})
             await call(control.set_price, "EURUSD", 1.0799)
 
@@ -140,6 +143,8 @@ async def test_dtms_service_over_tcp_sees_stop_loss_close(settings):
 
             t = await eventually(closed)
             assert (t["close_reason"], t["close_price"]) == ("SL", 1.0799)
+        control.close()
+        remote.close()
 
 
 async def test_server_gone_looks_like_dead_terminal():
@@ -152,6 +157,7 @@ async def test_server_gone_looks_like_dead_terminal():
     assert await call(rt.initialize) is False
     with pytest.raises(ConnectionError):
         await call(rt.set_price, "EURUSD", 1.0)
+    rt.close()
 
 
 def _start_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -166,6 +172,14 @@ def _start_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
         assert time.monotonic() < deadline, "terminal process never became ready"
         time.sleep(0.02)
     return proc, json.loads(ready.read_text())["port"]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 async def test_positions_outlive_the_client_in_a_separate_process(tmp_path):
@@ -186,9 +200,7 @@ async def test_positions_outlive_the_client_in_a_separate_process(tmp_path):
         assert second.positions_get() is None
         assert second.last_error() == NO_IPC
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 async def test_killed_process_means_no_ipc_connection(tmp_path):
@@ -202,6 +214,4 @@ async def test_killed_process_means_no_ipc_connection(tmp_path):
         assert rt.last_error() == NO_IPC
         assert rt.account_info() is None and rt.last_error()[0] == -10004
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)

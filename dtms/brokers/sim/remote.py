@@ -207,6 +207,12 @@ class RemoteTerminal:
         with self._lock:
             self._drop()
 
+    def __enter__(self) -> RemoteTerminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _drop(self) -> None:
         if self._sock is not None:
             self._sock.close()
