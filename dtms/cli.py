@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="open N positions in the simulated terminal and register them")
     s.add_argument("--log-format", choices=("json", "text"))
 
+    st = sub.add_parser("sim-terminal",
+                        help="run the simulated terminal in its own process (backend sim-remote)")
+    st.add_argument("--ready-file", help='write {"port": P} here once listening')
     sub.add_parser("health", help="readiness of the service (exit 0 when ready)")
     sub.add_parser("status", help="service status, trades by state, broker")
     ac = sub.add_parser("actions", help="the action journal, newest first")
@@ -97,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("unregister", "stop managing a trade (the position stays open)")):
         sub.add_parser(name, help=text).add_argument("ticket", type=int)
     for name, command in sub.choices.items():
-        if name not in ("serve", "watch", "trades"):  # trades has its own --json (table otherwise)
+        if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
                                  help="JSON output (the default for this command)")
     return p
@@ -134,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "serve":
         return serve(settings, demo=args.demo)
+    if args.command == "sim-terminal":
+        from dtms.brokers.sim import remote
+
+        sim = settings.sim
+        argv_sim = ["--host", sim.remote_host, "--port", str(sim.remote_port), "--seed",
+                    str(sim.seed), "--speed", str(sim.speed)]
+        if sim.account == "netting":
+            argv_sim.append("--netting")
+        if args.ready_file:
+            argv_sim += ["--ready-file", args.ready_file]
+        return remote.main(argv_sim) or EXIT_OK
     return client_command(settings, args)
 
 
@@ -146,8 +160,9 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
 
     logs.setup(settings.service.log_level, settings.service.log_format,
                settings.service.supervisor_log)
-    if demo and settings.broker.backend != "sim":
-        print("dtms: --demo needs the simulated terminal (broker.backend = sim)", file=sys.stderr)
+    if demo and settings.broker.backend not in ("sim", "sim-remote"):
+        print("dtms: --demo needs a simulated terminal (broker.backend = sim or sim-remote)",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         service = Service(settings)

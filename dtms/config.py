@@ -83,6 +83,8 @@ class SimSettings:
     balance: float = 10_000.0
     symbol_suffix: str = ""
     tick_interval_s: float = 1.0
+    remote_host: str = "127.0.0.1"
+    remote_port: int = 8002
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +218,10 @@ def _validate(s: Settings) -> None:
     for name, port in (("rpc.port", s.rpc.port), ("metrics.port", s.metrics.port)):
         if not 0 <= port <= 65535:
             problems.append(f"{name}: must be 0..65535, got {port}")
-    if s.broker.backend not in ("sim", "mt5") and not s.broker.backend.startswith("module:"):
-        problems.append(f"broker.backend: must be sim, mt5 or module:NAME, got {s.broker.backend!r}")
+    if (s.broker.backend not in ("sim", "sim-remote", "mt5")
+            and not s.broker.backend.startswith("module:")):
+        problems.append("broker.backend: must be sim, sim-remote, mt5 or module:NAME, got "
+                        f"{s.broker.backend!r}")
     if s.sim.account not in ("hedging", "netting"):
         problems.append(f"sim.account: must be hedging or netting, got {s.sim.account!r}")
     if s.store.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):

@@ -185,3 +185,51 @@ def test_root_escalation_exits_1_with_the_reason_and_closes_the_database(env, tm
     crashes = {(e["child"], e["exception_type"]) for e in decisions
                if e["event"] == "restart" and e["reason"] == "crash"}
     assert ("broker", "RuntimeError") in crashes
+
+
+def test_dtms_killed_while_the_terminal_process_lives_on_resumes_its_trades(env, tmp_path):
+    env = dict(env, DTMS_SIM_REMOTE_PORT=str(free_port()), DTMS_BROKER_BACKEND="sim-remote")
+    ready = tmp_path / "terminal.json"
+    terminal = subprocess.Popen([sys.executable, "-m", "dtms", "sim-terminal", "--ready-file",
+                                 str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env)
+    servers: list[subprocess.Popen] = []
+
+    def serve(*extra: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "dtms", "serve", *extra],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        servers.append(p)
+        return p
+
+    def trades_when(predicate) -> list[dict]:
+        deadline = time.monotonic() + 60
+        while True:
+            out = dtms("trades", "--json", env=env)
+            if out.returncode == 0 and predicate(listed := json.loads(out.stdout)["trades"]):
+                return listed
+            assert time.monotonic() < deadline, out.stderr
+            time.sleep(0.3)
+
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert terminal.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        first = serve("--demo", "3")
+        before = trades_when(lambda t: len(t) == 3)
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+        serve()  # no demo: everything it knows comes from the database and the terminal
+        after = trades_when(lambda t: len(t) == 3 and dtms("health", env=env).returncode == 0)
+        assert [(t["ticket"], t["state"], t["volume"], t["sl"]) for t in after] == [
+            (t["ticket"], t["state"], t["volume"], t["sl"]) for t in before]
+        assert all(t["state"] == "HEALTHY" for t in after)
+        again = dtms("register", str(before[0]["ticket"]), env=env)
+        assert json.loads(again.stdout)["created"] is False
+    finally:
+        for p in servers:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+        terminal.send_signal(signal.SIGTERM)
+        terminal.wait(timeout=10)

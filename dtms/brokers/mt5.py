@@ -41,6 +41,9 @@ def load_module(settings: Settings) -> Any:
     backend = settings.broker.backend
     if backend == "sim":
         return sim_terminal(settings)
+    if backend == "sim-remote":
+        from dtms.brokers.sim.remote import RemoteTerminal
+        return RemoteTerminal(settings.sim.remote_host, settings.sim.remote_port)
     name = settings.broker.module if backend == "mt5" else backend.split(":", 1)[1]
     module_name, _, attr = name.partition(":")
     try:
