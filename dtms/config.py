@@ -33,7 +33,6 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     startup_timeout_s: float = 60.0
-    data_dir: str = "data"
     log_level: str = "INFO"
     log_format: str = "json"
     supervisor_log: str = "data/supervisor.log"

@@ -374,3 +374,16 @@ async def test_each_request_logs_under_its_own_trace_id(settings, sim):
     assert [x["ticket"] for x in registered] == [a, b]
     traces = [x["trace_id"] for x in registered + paused]
     assert len(set(traces)) == 3 and all(len(t) == 16 for t in traces)
+
+
+async def test_registrations_beyond_max_trades_are_overloaded_and_store_nothing(settings, sim):
+    settings = settings.replace(registry={"max_trades": 2})
+    tickets = [sim.open_position("EURUSD", "BUY", 0.01) for _ in range(3)]
+    async with running(settings, sim) as svc, client_for(svc, retries=1) as c:
+        await c.register({"ticket": tickets[0]})
+        await c.register({"ticket": tickets[1]})
+        with pytest.raises(Overloaded) as err:
+            await c.register({"ticket": tickets[2]})
+        assert (err.value.details["field"], err.value.details["retry_after"]) == ("ticket", 60.0)
+        assert [t["ticket"] for t in (await c.trades())["trades"]] == tickets[:2]
+        assert (await c.register({"ticket": tickets[0]}))["created"] is False  # still idempotent

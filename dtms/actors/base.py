@@ -225,24 +225,28 @@ class Actor:
                 if env.message.incarnation == self.incarnation:
                     return
                 continue
-            token = TRACE_ID.set(env.trace_id or new_trace_id())
-            try:
-                result = await self.handle(env.message)
-            except self.reply_errors as err:
-                if env.reply is not None:
-                    env.reply.fail(err)
-                else:
-                    log.warning("%s: told %s failed: %r", self.name, type(env.message).__name__, err)
-                continue
-            except Exception as exc:
-                if env.reply is not None:
-                    env.reply.fail(Internal(f"{self.name} crashed handling "
-                                            f"{type(env.message).__name__}: {exc!r}"))
-                raise
-            finally:
-                TRACE_ID.reset(token)
+            await self._deliver(env)
+
+    async def _deliver(self, env: Envelope) -> None:
+        """Handle one message under its trace id and answer its asker (any loop uses this)."""
+        token = TRACE_ID.set(env.trace_id or new_trace_id())
+        try:
+            result = await self.handle(env.message)
+        except self.reply_errors as err:
             if env.reply is not None:
-                env.reply.set(result)
+                env.reply.fail(err)
+            else:
+                log.warning("%s: told %s failed: %r", self.name, type(env.message).__name__, err)
+            return
+        except Exception as exc:
+            if env.reply is not None:
+                env.reply.fail(Internal(f"{self.name} crashed handling "
+                                        f"{type(env.message).__name__}: {exc!r}"))
+            raise
+        finally:
+            TRACE_ID.reset(token)
+        if env.reply is not None:
+            env.reply.set(result)
 
     # -- hooks ---------------------------------------------------------------------------------
     async def on_start(self) -> None:

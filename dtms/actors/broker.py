@@ -52,8 +52,7 @@ class BrokerActor(Actor):
     reply_errors = (DtmsError, BrokerError)
 
     def __init__(self, adapter: MT5Adapter, *, metrics: Metrics, call_timeout_s: float = 10.0,
-                 connect_retry_s: float = 2.0, on_connected: Callable[[bool], None] | None = None,
-                 mailbox_size: int = 4096) -> None:
+                 connect_retry_s: float = 2.0, mailbox_size: int = 4096) -> None:
         super().__init__("broker", mailbox_size)
         self.adapter = adapter
         self.metrics = metrics
@@ -61,7 +60,6 @@ class BrokerActor(Actor):
         self.connect_retry_s = connect_retry_s
         self.connected = False
         self.account: Account | None = None
-        self._on_connected = on_connected
         self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
         self.reconnect_attempts = 0
         self._reconnecting = False
@@ -75,8 +73,6 @@ class BrokerActor(Actor):
         if value != self.connected:
             self.connected = value
             self.metrics.broker_connected.set(1 if value else 0)
-            if self._on_connected is not None:
-                self._on_connected(value)
         if not value and self._tg is not None and not self._reconnecting:
             self._reconnecting = True
             self.spawn(self._keep_connected)

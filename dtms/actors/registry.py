@@ -34,7 +34,7 @@ from dtms.actors.positions import Unwatch, Watch
 from dtms.actors.store import CountByState, GetTrade, ListTrades, ListTransitions, PutTrade
 from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
 from dtms.config import Settings
-from dtms.errors import BrokerError, Conflict, NotFound, NotReady, OwnedElsewhere
+from dtms.errors import BrokerError, Conflict, NotFound, NotReady, Overloaded, OwnedElsewhere
 from dtms.metrics import Metrics
 from dtms.model import (
     UNMANAGED_STATES,
@@ -75,11 +75,6 @@ class Unregister:
 class GiveUp:
     ticket: int
     error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    pass
 
 
 class RegistryActor(Actor):
@@ -172,8 +167,6 @@ class RegistryActor(Actor):
             return None
         if isinstance(message, GiveUp):
             return await self._suspend(message.ticket, message.error)
-        if isinstance(message, Count):
-            return len(self.trades)
         if isinstance(message, Pause):
             return await self._set_paused(message.ticket, True)
         if isinstance(message, Resume):
@@ -271,6 +264,9 @@ class RegistryActor(Actor):
             self.metrics.registrations.labels("owned_elsewhere").inc()
             raise OwnedElsewhere(f"owner {reg.owner!r} is another manager", field="owner")
 
+        if len(self.trades) >= rs.max_trades:
+            raise Overloaded(f"DTMS manages its maximum of {rs.max_trades} trades",
+                             retry_after=60.0, field="ticket")
         try:
             positions = await self.broker.call("positions", ticket=reg.ticket)
         except (BrokerError, NotReady, TimeoutError) as exc:

@@ -31,7 +31,7 @@ import anyio
 
 from dtms.actors.base import Actor, Envelope, _Stop
 from dtms.config import StoreSettings
-from dtms.errors import Internal, NotReady
+from dtms.errors import NotReady
 from dtms.events import EventBus
 from dtms.metrics import Metrics
 from dtms.model import Direction, Trade, TradeState, Transition
@@ -249,7 +249,7 @@ class StoreActor(Actor):
                     await self._commit(batch[i:j])
                     i = j
                 else:
-                    await self._read(batch[i])
+                    await self._deliver(batch[i])
                     i += 1
 
     def _is_stop(self, env: Envelope) -> bool:
@@ -332,26 +332,15 @@ class StoreActor(Actor):
                 (e.at, e.supervisor, e.child, e.kind or e.child, e.action, e.reason, e.exception,
                  e.attempt, e.backoff_s))
 
-    async def _read(self, env: Envelope) -> None:
-        try:
-            result = await self.handle(env.message)
-        except sqlite3.Error as exc:
-            self.metrics.store_errors.inc()
-            log.error("store read failed: %s", exc)
-            if env.reply is not None:
-                env.reply.fail(Internal(f"database read failed: {exc}"))
-            raise
-        except Exception as exc:
-            if env.reply is not None:
-                env.reply.fail(Internal(f"store crashed: {exc!r}"))
-            raise
-        if env.reply is not None:
-            env.reply.set(result)
-
     async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         assert self.db is not None
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        try:
+            async with self.db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:  # a broken database is a crash: the supervisor decides
+            self.metrics.store_errors.inc()
+            log.error("store read failed: %s", exc, extra={"sql": sql.split(" WHERE")[0]})
+            raise
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, GetTrade):
