@@ -113,6 +113,65 @@ class TradeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """Rule parameters of SPEC section 5; a trade's ``policy`` map overrides any of them."""
+    l1_score: float = -2.0            # HEALTHY -> WARNING_L1 at or below
+    l2_score: float = -4.0            # WARNING_L1 -> WARNING_L2 at or below
+    hedge_score: float = -6.0         # WARNING_L2 -> HEDGED at or below
+    l1_exit_score: float = 0.0        # WARNING_L1 -> HEALTHY at or above (hysteresis)
+    l2_exit_score: float = -2.0       # WARNING_L2 -> WARNING_L1 at or above
+    recovery_score: float = 1.0       # RECOVERING -> HEALTHY after the recovery timer
+    flat_timer_min: float = 75.0      # started in WARNING_L1; HEDGED past it -> close all
+    recovery_min: float = 30.0
+    l1_tighten_r: float = 0.3         # WARNING_L1: SL this many R behind price
+    l2_close_fraction: float = 0.5    # WARNING_L2: close this part
+    hedge_ratio: float = 0.5          # HEDGED: hedge this part of the volume
+    breakeven_r: float = 1.0          # profit in R that moves the SL to breakeven
+    breakeven_buffer_spreads: float = 1.0
+    trail_activation_r: float = 1.5   # profit in R from which the ATR trail runs
+    trail_atr_mult: float = 2.0
+    trail_step_points: float = 10.0   # smallest SL improvement worth a request
+    partial_levels_r: tuple[float, ...] = ()     # profit ladder, e.g. [1.5, 2.5]
+    partial_fractions: tuple[float, ...] = ()    # of the initial volume, e.g. [0.25, 0.25]
+    time_stop_min: float = 0.0        # close a HEALTHY trade after this long; 0 = off
+    score_cooldown_s: float = 60.0    # fast (tick) re-scoring at most this often
+    requote_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSettings:
+    weight_structure: float = 3.0
+    weight_vwap: float = 2.0
+    weight_momentum: float = 2.0
+    weight_ema: float = 1.5
+    weight_delta: float = 1.0
+    weight_candle: float = 1.0
+    atr_period: int = 14
+    atr_baseline_bars: int = 96       # ATR ratio = ATR now / its mean over these bars
+    vol_low_ratio: float = 0.7
+    vol_high_ratio: float = 1.3
+    bb_period: int = 20
+    bb_stddev: float = 2.0
+    range_bb_width: float = 0.004     # Bollinger width / middle below this = range
+    confluence_ratio: float = 0.70
+    swing_strength: int = 2           # bars each side of a swing high/low
+    server_utc_offset_h: float = 0.0  # broker server time minus UTC, for sessions and VWAP
+    session_multipliers: dict[str, float] = field(default_factory=lambda: {
+        "asia": 1.2, "london": 1.0, "overlap": 0.9, "newyork": 1.0, "late": 1.2})
+    volatility_multipliers: dict[str, float] = field(default_factory=lambda: {
+        "low": 0.85, "normal": 1.0, "high": 1.25})
+    symbol_multipliers: dict[str, float] = field(default_factory=lambda: {
+        "XAUUSD": 1.2, "BTCUSD": 1.5})
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSettings:
+    bars: int = 300                   # closed M5/M15 bars kept per symbol
+    tick_poll_s: float = 0.25         # how often each symbol's tick is read
+    gap_bars: int = 2                 # a tick this many bars after the last one is a gap
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorSettings:
     root_max_restarts: int = 2
     root_period_s: float = 10.0
@@ -143,6 +202,9 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     trades: TradeSettings = field(default_factory=TradeSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    signals: SignalSettings = field(default_factory=SignalSettings)
+    market: MarketSettings = field(default_factory=MarketSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
 
@@ -163,7 +225,18 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(str(v) for v in value)
+        item = typing.get_args(kind)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if isinstance(value, str):  # env form: "XAUUSD=1.2,BTCUSD=1.5"
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError(f"{where}: expected KEY=VALUE pairs, got {value!r}")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        item = typing.get_args(kind)[1]
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -188,6 +261,29 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def override(section: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of one settings section with some keys changed, each coerced to its type.
+
+    Raises ConfigError naming every unknown or invalid key (``problems`` maps key -> reason).
+    """
+    field_types = typing.get_type_hints(type(section))
+    current = _as_dict(section)
+    problems: dict[str, str] = {}
+    for key, value in values.items():
+        if key not in field_types:
+            problems[key] = "unknown setting"
+            continue
+        try:
+            current[key] = _coerce(value, field_types[key], key)
+        except ConfigError as exc:
+            problems[key] = str(exc).split(": ", 1)[-1]
+    if problems:
+        err = ConfigError("; ".join(f"{k}: {v}" for k, v in problems.items()))
+        err.problems = problems  # type: ignore[attr-defined]
+        raise err
+    return type(section)(**current)
 
 
 def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) -> Settings:

@@ -111,6 +111,12 @@ class Metrics:
         self.tick_to_decision = Histogram("dtms_tick_to_decision_seconds",
                                           "Latency from a tick's arrival to the trade's decision",
                                           buckets=_DECISION, registry=r)
+        self.market_gaps = Counter("dtms_market_gaps_total",
+                                   "Gaps in a symbol's ticks longer than market.gap_bars bars",
+                                   ["symbol"], registry=r)
+        self.market_bar_seconds = Histogram("dtms_market_bar_close_duration_seconds",
+                                            "Reloading bars and computing a symbol's signals "
+                                            "on a bar close", buckets=_FAST, registry=r)
         self.unknown_positions = Gauge("dtms_unknown_positions",
                                        "Open positions with DTMS's magic that DTMS does not manage",
                                        registry=r)

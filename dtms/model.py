@@ -162,6 +162,54 @@ def normalize_symbol(symbol: str) -> str:
     return m.group(1) if m else s.upper()
 
 
+# -- actions ---------------------------------------------------------------------------------
+
+class ActionKind(enum.StrEnum):
+    MODIFY_SL = "MODIFY_SL"          # TRADE_ACTION_SLTP on the trade; the TP is kept
+    PARTIAL_CLOSE = "PARTIAL_CLOSE"  # close part of the trade (also the netting "hedge")
+    CLOSE = "CLOSE"                  # close the whole trade
+    HEDGE = "HEDGE"                  # open an opposite position (hedging accounts)
+    CLOSE_HEDGE = "CLOSE_HEDGE"      # close the hedge position
+
+
+@dataclass(frozen=True, slots=True)
+class ActionIntent:
+    """What the policy wants done to a trade; ``execution`` turns it into an MT5 request.
+
+    ``obligation`` names the duty it fulfils (``"L2:partial"``, ``"breakeven"``...): the policy
+    never emits a second intent for an obligation that is pending or done.
+    """
+    kind: ActionKind
+    obligation: str
+    reason: str
+    sl: float = 0.0      # MODIFY_SL: the new stop
+    volume: float = 0.0  # PARTIAL_CLOSE / HEDGE: lots wanted (execution floors to the step)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One row of the action journal: an intent, then what became of it.
+
+    ``status``: pending (journaled, not yet sent) -> sent -> done / failed / uncertain (the
+    terminal did not say; resolved against the broker before anything is resent), or deferred /
+    skipped when no request was sent. ``(ticket, seq)`` names it; the order's comment carries it.
+    """
+    ticket: int
+    seq: int
+    kind: str
+    obligation: str
+    reason: str
+    status: str
+    created_at: float
+    resolved_at: float = 0.0
+    request: dict[str, Any] = field(default_factory=dict)
+    retcode: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def copy(self, **changes: Any) -> ActionRecord:
+        return dataclasses.replace(self, **changes)
+
+
 # -- the trade -------------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -193,6 +241,14 @@ class Trade:
     close_reason: str = ""
     close_price: float = 0.0
     profit: float = 0.0
+    # engine state; the *_at/_since timers below are market (broker) time, not wall time
+    opened_at: float = 0.0        # the position's open time at the broker
+    flat_since: float = 0.0       # flat timer: started on entering WARNING_L1, 0 = stopped
+    recovery_since: float = 0.0   # recovery timer: started on entering RECOVERING
+    hedge_volume: float = 0.0
+    layers: dict[str, float] = field(default_factory=dict)   # the last score, per layer
+    obligations: dict[str, str] = field(default_factory=dict)  # duty -> pending/done/failed...
+    action_seq: int = 0           # last action number; (ticket, seq) names a journal row
 
     @property
     def defensive(self) -> bool:

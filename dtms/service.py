@@ -21,6 +21,7 @@ root supervisor past its restart intensity raises ``SupervisorEscalation`` (the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from anyio.abc import TaskStatus
 from dtms import __version__
 from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
+from dtms.actors.market import MarketHub
 from dtms.actors.positions import PositionWatcher
 from dtms.actors.registry import Pause, Register, RegistryActor, Resume, Unregister
 from dtms.actors.store import (
@@ -51,6 +53,7 @@ from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import TradeState, parse_registration
+from dtms.policy.lifecycle import resolve_policy
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
@@ -115,10 +118,14 @@ class Service:
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s)
+        self.market = MarketHub(broker=self.broker, settings=settings, metrics=self.metrics,
+                                on_event=self._on_restart)
         self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
-                                       interval_s=bs.poll_interval_s, dtms_magic=bs.magic)
+                                       interval_s=bs.poll_interval_s, dtms_magic=bs.magic,
+                                       comment_tag=bs.comment_tag)
         self.registry = RegistryActor(settings, store=self.store, broker=self.broker,
-                                      watcher=self.watcher, metrics=self.metrics,
+                                      watcher=self.watcher, market=self.market,
+                                      metrics=self.metrics,
                                       on_event=self._on_restart, on_recovered=self._on_recovered)
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
@@ -153,7 +160,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         ready = self.ready
         self.metrics.ready.set(1 if ready else 0)
-        for actor in (self.store, self.broker, self.watcher, self.registry):
+        for actor in (self.store, self.broker, self.market, self.watcher, self.registry):
             self.metrics.mailbox_depth.labels(actor.name).set(actor.mailbox_depth)
         return {"ready": ready, "initialized": self.initialized,
                 "monitoring_active": self.monitoring_active,
@@ -199,7 +206,8 @@ class Service:
         backoff = Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter)
         intensity = Intensity(sup.root_max_restarts, sup.root_period_s)
         core = Supervisor("core", [self._spec(a) for a in
-                                   (self.store, self.broker, self.watcher, self.registry)],
+                                   (self.store, self.broker, self.market, self.watcher,
+                                    self.registry)],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]
@@ -291,6 +299,7 @@ class Service:
     async def _register_one(self, args: Any) -> dict[str, Any]:
         try:
             reg = parse_registration(args)
+            resolve_policy(self.settings.policy, reg.policy)  # names every bad policy.<key>
         except InvalidArgument:
             self.metrics.registrations.labels("invalid").inc()
             raise
@@ -366,10 +375,12 @@ class Service:
                                        timeout=self.settings.registry.ask_timeout_s)
 
     async def _actions(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket", "limit"})
+        _only(args, {"ticket", "limit", "since"})
         ticket = _int_arg(args, "ticket", low=1) if "ticket" in args else None
         limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        return {"actions": await self.store.ask(ListActions(ticket, limit))}
+        since = _since_arg(args)
+        rows = await self.store.ask(ListActions(ticket, since, limit))
+        return {"actions": [dataclasses.asdict(a) for a in rows]}
 
     async def _transitions(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"ticket", "limit"})
@@ -381,8 +392,13 @@ class Service:
     async def _restarts(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"limit", "since", "kind"})
         limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        since = args.get("since", 0.0)
-        if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
-            raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
+        since = _since_arg(args)
         kind = _str_arg(args, "kind")
-        return {"restarts": await self.store.ask(ListRestarts(limit, float(since), kind))}
+        return {"restarts": await self.store.ask(ListRestarts(limit, since, kind))}
+
+
+def _since_arg(args: dict[str, Any]) -> float:
+    since = args.get("since", 0.0)
+    if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
+        raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
+    return float(since)

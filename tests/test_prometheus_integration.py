@@ -165,7 +165,7 @@ async def check_series(prom: Prometheus, target: str, *, n_created: int) -> None
         'count(dtms_action_duration_seconds_count{job="dtms"})': 6,
         'count(dtms_actor_giveups_total{job="dtms"})': 8,
         'sum(dtms_actor_giveups_total{job="dtms"})': 0,
-        'count(dtms_mailbox_depth{job="dtms"})': 4,
+        'count(dtms_mailbox_depth{job="dtms"})': 5,  # store, broker, market, positions, registry
         'count(dtms_trades{job="dtms"})': 8,
         'dtms_tick_to_decision_seconds_bucket{job="dtms", le="+Inf"}': None,  # present
         'dtms_unknown_positions{job="dtms"}': 0,

@@ -16,6 +16,7 @@ from dtms.actors.store import (
     PutTrade,
     StoreActor,
     migrate,
+    trade_from_row,
 )
 from dtms.config import StoreSettings
 from dtms.metrics import Metrics
@@ -34,12 +35,12 @@ def trade(ticket: int, **kw) -> Trade:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 3
-        assert await migrate(db) == 3  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 4
+        assert await migrate(db) == 4  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3]
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
                                       "trades_archive"}
 
@@ -52,11 +53,24 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
     db.execute("INSERT INTO schema_version VALUES (1)")
     db.execute("INSERT INTO restarts (at, supervisor, child, action, reason, exception, attempt,"
                " backoff_s) VALUES (5.0, 'trades', '42', 'restart', 'crash', 'E()', 1, 0.1)")
+    db.execute("INSERT INTO trades (ticket, symbol, direction, entry_price, volume, "
+               "initial_volume, sl, tp, initial_sl, state, state_since, created_at, updated_at) "
+               "VALUES (7, 'EURUSD', 'BUY', 1.1, 0.1, 0.1, 1.09, 0, 1.09, 'WARNING_L2', 3.0, "
+               "1.0, 2.0)")
+    db.execute("INSERT INTO actions (ticket, kind, status, created_at) "
+               "VALUES (7, 'MODIFY_SL', 'sent', 2.5)")
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 3
+        assert await migrate(adb) == 4
+        adb.row_factory = sqlite3.Row
         rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
+        trades = await (await adb.execute("SELECT * FROM trades")).fetchall()
+        actions = await (await adb.execute("SELECT * FROM actions")).fetchall()
     assert [tuple(r) for r in rows] == [("42", "", "restart")]
+    restored = trade_from_row(trades[0])
+    assert (restored.state, restored.state_since, restored.obligations, restored.flat_since,
+            restored.action_seq) == (TradeState.WARNING_L2, 3.0, {}, 0.0, 0)
+    assert (actions[0]["seq"], actions[0]["status"], actions[0]["obligation"]) == (1, "sent", "")
 
 
 async def test_a_newer_schema_is_refused(tmp_path):

@@ -16,6 +16,7 @@ The poll is a message the watcher sends itself, so all its state changes happen 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,14 @@ class Poll:
 
 
 class PositionWatcher(Actor):
-    def __init__(self, broker: Any, *, metrics: Metrics, interval_s: float, dtms_magic: int) -> None:
+    def __init__(self, broker: Any, *, metrics: Metrics, interval_s: float, dtms_magic: int,
+                 comment_tag: str = "DTMS") -> None:
         super().__init__("positions", mailbox_size=0)  # unbounded: Watch must never block
         self.broker = broker
         self.metrics = metrics
         self.interval_s = interval_s
         self.dtms_magic = dtms_magic
+        self.comment_tag = comment_tag
         self.watched: dict[int, Actor] = {}
         self.last_seen: dict[int, tuple[float, float, float]] = {}
         self.gone_reported: set[int] = set()
@@ -84,6 +87,7 @@ class PositionWatcher(Actor):
         raise TypeError(f"position watcher cannot handle {message!r}")
 
     async def _poll(self) -> None:
+        polled_at = time.perf_counter()
         try:
             positions: list[Position] = await self.broker.call("positions")
         except (BrokerError, NotReady) as exc:
@@ -106,11 +110,19 @@ class PositionWatcher(Actor):
                 seen = (p.volume, p.sl, p.tp)
                 if self.last_seen.get(ticket) != seen:
                     self.last_seen[ticket] = seen
-                    await actor.tell(PositionUpdate(p))
+                    await actor.tell(PositionUpdate(p, polled_at))
             except ActorStopped:
                 self.watched.pop(ticket, None)
                 self.last_seen.pop(ticket, None)
         self.unknown = sorted(t for t, p in by_ticket.items()
-                              if p.magic == self.dtms_magic and t not in self.watched)
+                              if p.magic == self.dtms_magic and t not in self.watched
+                              and self._hedged_trade(p) not in self.watched)
         self.metrics.unknown_positions.set(len(self.unknown))
         self.polls_ok += 1
+
+    def _hedged_trade(self, p: Position) -> int:
+        """The trade a DTMS hedge belongs to, from its comment ``TAG:<ticket>:<seq>``; else 0."""
+        parts = p.comment.split(":")
+        if len(parts) == 3 and parts[0] == self.comment_tag and parts[1].isdigit():
+            return int(parts[1])
+        return 0

@@ -79,7 +79,7 @@ class GiveUp:
 
 class RegistryActor(Actor):
     def __init__(self, settings: Settings, *, store: Actor, broker: Any, watcher: Actor,
-                 metrics: Metrics, on_event: Callable[..., Any] | None = None,
+                 market: Actor, metrics: Metrics, on_event: Callable[..., Any] | None = None,
                  on_recovered: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__("registry", settings.registry.mailbox_size)
@@ -87,6 +87,7 @@ class RegistryActor(Actor):
         self.store = store
         self.broker = broker
         self.watcher = watcher
+        self.market = market
         self.metrics = metrics
         self.clock = clock
         self.trades: dict[int, TradeActor] = {}
@@ -144,8 +145,8 @@ class RegistryActor(Actor):
 
     async def _spawn(self, trade: Trade) -> None:
         actor = TradeActor(trade, store=self.store, broker=self.broker, registry=self,
-                           metrics=self.metrics, dtms_magic=self.settings.broker.magic,
-                           mailbox_size=self.settings.trades.mailbox_size, clock=self.clock)
+                           market=self.market, metrics=self.metrics, settings=self.settings,
+                           clock=self.clock)
         assert self.supervisor is not None
         await self.supervisor.start_child(ChildSpec(
             str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
@@ -300,7 +301,7 @@ class RegistryActor(Actor):
                       sl=p.sl, tp=p.tp, initial_sl=p.sl, state=TradeState.HEALTHY,
                       state_since=now, strategy_type=reg.strategy_type, owner=reg.owner,
                       magic=p.magic, comment=reg.comment or p.comment, policy=dict(reg.policy),
-                      created_at=now, updated_at=now)
+                      created_at=now, updated_at=now, opened_at=float(p.time))
         transition = Transition(trade.ticket, now, "", "HEALTHY", "registered")
         if existing is not None:  # RELEASED earlier: adopted again, its history kept
             trade = trade.copy(initial_volume=existing.initial_volume,

@@ -34,7 +34,7 @@ from dtms.config import StoreSettings
 from dtms.errors import NotReady
 from dtms.events import EventBus
 from dtms.metrics import Metrics
-from dtms.model import Direction, Trade, TradeState, Transition
+from dtms.model import ActionRecord, Direction, Trade, TradeState, Transition
 from dtms.supervisor import RestartEvent
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,30 @@ MIGRATIONS: list[str] = [
     CREATE TABLE trades_archive AS SELECT *, 0.0 AS archived_at FROM trades WHERE 0;
     CREATE UNIQUE INDEX trades_archive_ticket ON trades_archive(ticket);
     """,
+    # v4: the engine's state per trade (timers, hedge size, score layers, obligations) and a
+    # journal row named by (ticket, seq), which the order comment carries
+    """
+    ALTER TABLE trades ADD COLUMN opened_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades ADD COLUMN flat_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades ADD COLUMN recovery_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades ADD COLUMN hedge_volume REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades ADD COLUMN layers TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE trades ADD COLUMN obligations TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE trades ADD COLUMN action_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE trades_archive ADD COLUMN opened_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades_archive ADD COLUMN flat_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades_archive ADD COLUMN recovery_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades_archive ADD COLUMN hedge_volume REAL NOT NULL DEFAULT 0;
+    ALTER TABLE trades_archive ADD COLUMN layers TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE trades_archive ADD COLUMN obligations TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE trades_archive ADD COLUMN action_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE actions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE actions ADD COLUMN obligation TEXT NOT NULL DEFAULT '';
+    ALTER TABLE actions ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    UPDATE actions SET seq = id;
+    CREATE UNIQUE INDEX actions_ticket_seq ON actions(ticket, seq);
+    CREATE INDEX actions_open ON actions(status) WHERE status IN ('pending', 'sent', 'uncertain');
+    """,
 ]
 
 
@@ -93,9 +117,11 @@ MIGRATIONS: list[str] = [
 
 @dataclass(frozen=True, slots=True)
 class PutTrade:
-    """Insert or update a trade's full row, with the transition that led there if any."""
+    """Insert or update a trade's full row, with the transition that led there if any, and
+    journal rows (inserted or updated by ``(ticket, seq)``), all in the same commit."""
     trade: Trade
     transition: Transition | None = None
+    actions: tuple[ActionRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +172,11 @@ class CountByState:
 
 @dataclass(frozen=True, slots=True)
 class ListActions:
+    """Newest first; ``since`` is the journal time (created_at) from which to list."""
     ticket: int | None = None
+    since: float = 0.0
     limit: int = 100
+    unresolved: bool = False   # only pending, sent or uncertain rows
 
 
 WRITES = (PutTrade, AddRestart, Archive)
@@ -159,7 +188,17 @@ def trade_from_row(row: sqlite3.Row) -> Trade:
     d["state"] = TradeState(d["state"])
     d["policy"] = json.loads(d["policy"])
     d["paused"] = bool(d["paused"])
+    d["layers"] = json.loads(d["layers"])
+    d["obligations"] = json.loads(d["obligations"])
     return Trade(**d)
+
+
+def action_from_row(row: sqlite3.Row) -> ActionRecord:
+    return ActionRecord(ticket=row["ticket"], seq=row["seq"], kind=row["kind"],
+                        obligation=row["obligation"], reason=row["reason"], status=row["status"],
+                        created_at=row["created_at"], resolved_at=row["resolved_at"],
+                        request=json.loads(row["request"]), retcode=row["retcode"],
+                        result=json.loads(row["result"]))
 
 
 def _trade_params(t: Trade) -> tuple:
@@ -168,7 +207,23 @@ def _trade_params(t: Trade) -> tuple:
     d["state"] = t.state.value
     d["policy"] = json.dumps(t.policy, sort_keys=True)
     d["paused"] = int(t.paused)
+    d["layers"] = json.dumps(t.layers, sort_keys=True)
+    d["obligations"] = json.dumps(t.obligations, sort_keys=True)
     return tuple(d[k] for k in TRADE_COLUMNS)
+
+
+_ACTION_UPSERT = (
+    "INSERT INTO actions (ticket, seq, kind, obligation, reason, status, created_at, "
+    "resolved_at, request, retcode, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(ticket, seq) DO UPDATE SET status=excluded.status, "
+    "resolved_at=excluded.resolved_at, request=excluded.request, retcode=excluded.retcode, "
+    "result=excluded.result")
+
+
+def _action_params(a: ActionRecord) -> tuple:
+    return (a.ticket, a.seq, a.kind, a.obligation, a.reason, a.status, a.created_at,
+            a.resolved_at, json.dumps(a.request, sort_keys=True, default=str), a.retcode,
+            json.dumps(a.result, sort_keys=True, default=str))
 
 
 _UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
@@ -314,11 +369,14 @@ class StoreActor(Actor):
                 await self.db.execute(
                     "INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
                     "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
+            for a in msg.actions:
+                await self.db.execute(_ACTION_UPSERT, _action_params(a))
         elif isinstance(msg, Archive):
             # only CLOSED rows, by construction: an open trade is never archived or deleted
             where = "state = 'CLOSED' AND closed_at > 0 AND closed_at < ?"
             cur = await self.db.execute(
-                f"INSERT OR REPLACE INTO trades_archive SELECT *, ? FROM trades WHERE {where}",
+                f"INSERT OR REPLACE INTO trades_archive ({', '.join(TRADE_COLUMNS)}, archived_at) "
+                f"SELECT {', '.join(TRADE_COLUMNS)}, ? FROM trades WHERE {where}",
                 (msg.now, msg.before))
             moved = cur.rowcount
             await self.db.execute(f"DELETE FROM trades WHERE {where}", (msg.before,))
@@ -377,12 +435,14 @@ class StoreActor(Actor):
             rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, ListActions):
-            sql, params = "SELECT * FROM actions", []
+            sql, params = "SELECT * FROM actions WHERE created_at >= ?", [message.since]
             if message.ticket is not None:
-                sql += " WHERE ticket = ?"
+                sql += " AND ticket = ?"
                 params.append(message.ticket)
+            if message.unresolved:
+                sql += " AND status IN ('pending', 'sent', 'uncertain')"
             rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
-            return [dict(r) for r in rows]
+            return [action_from_row(r) for r in rows]
         if isinstance(message, CountByState):
             rows = await self._all("SELECT state, COUNT(*) AS n FROM trades GROUP BY state")
             return {r["state"]: r["n"] for r in rows}

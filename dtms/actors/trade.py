@@ -1,15 +1,24 @@
-"""The trade actor: one per registered position.
+"""The trade actor: one per registered position. It feeds the policy and acts on its decisions.
 
-It owns its :class:`~dtms.model.Trade` while the trade is managed. It follows the position as
-the position watcher reports it: changes made outside DTMS (volume reduced, SL/TP moved) are
-adopted, persisted and logged; when the position disappears at the broker, it confirms the
-absence with the broker, reads the deal history to learn why (SL, TP, manual, stop-out...),
-persists the trade as CLOSED with that reason, tells the registry, and exits normally (it is a
-transient child: a normal exit is not restarted).
+It owns its :class:`~dtms.model.Trade` while the trade is managed:
 
-Every change is written to the store and acknowledged (durable) before the actor moves on, so a
-restart resumes from exactly the last state. On every (re)start the actor reloads its trade from
-the store: a crash never leaves it with a half-applied state.
+* **Market events.** It subscribes to its symbol's market actor. On a bar close it scores the
+  trade (``trade_score``) and runs ``lifecycle.decide``; on a price event (a level or time it
+  asked to be told about) it runs ``decide`` without a new score. After every evaluation it
+  leaves its next one-shot watch (levels and a time) with the market actor.
+* **Intent before action.** The new trade state, the transition and every intent (a journal
+  row, ``pending``) are committed together before anything is sent; the row becomes ``sent``
+  (with the request) before ``order_send``, then ``done``/``failed``/``deferred``/``skipped``.
+  Requotes are retried with a fresh price. An uncertain result (``None``, a timeout, 10012,
+  10031, 10011) becomes ``uncertain`` and is resolved by reading the broker -- position volume
+  and SL, deals carrying our magic and the row's comment -- before anything is resent; while
+  it cannot be resolved the trade takes no new action. On every (re)start the journal's
+  unresolved rows for this ticket are resolved first, the same way.
+* **Following the position.** Changes made outside DTMS (volume, SL, TP) are adopted and
+  persisted; the policy only ever tightens from the adopted stop, so a stop someone else
+  tightened is never loosened. A position poll older than DTMS's own last action is ignored.
+* **Closing.** When the position is gone at the broker it confirms the absence, closes the
+  hedge if one is open, reads the deal history for the reason, persists CLOSED and exits.
 """
 
 from __future__ import annotations
@@ -20,18 +29,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dtms.actors.base import Actor
-from dtms.actors.store import GetTrade, PutTrade
+from dtms.actors.base import Actor, ActorStopped, MailboxFull
+from dtms.actors.market import (
+    BarClose,
+    MarketOf,
+    MarketView,
+    PriceEvent,
+    Subscribe,
+    Unsubscribe,
+    WatchLevels,
+)
+from dtms.actors.store import GetTrade, ListActions, PutTrade
+from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
-from dtms.model import Position, Trade, TradeState, Transition, close_reason_from_deals
+from dtms.model import (
+    DEAL_ENTRY_OUT,
+    ActionIntent,
+    ActionKind,
+    ActionRecord,
+    Position,
+    Trade,
+    TradeState,
+    Transition,
+    close_reason_from_deals,
+)
+from dtms.policy.execution import Deferred, RetcodeClass, Skipped, Target, build_request, classify
+from dtms.policy.lifecycle import Snapshot, Watch, after_fill, decide, resolve_policy
+from dtms.policy.signals import trade_score
 
 log = logging.getLogger(__name__)
+
+#: journal status -> the obligation's status in the trade
+_OBLIGATION = {"done": "done", "failed": "failed", "deferred": "deferred", "skipped": "skipped",
+               "uncertain": "pending", "sent": "pending", "pending": "pending"}
+UNRESOLVED = frozenset({"pending", "sent", "uncertain"})
 
 
 @dataclass(frozen=True, slots=True)
 class PositionUpdate:
     position: Position
+    polled_at: float = 0.0   # perf_counter when the poll started
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +79,7 @@ class PositionGone:
 
 @dataclass(frozen=True, slots=True)
 class SetPaused:
-    """Pause (no actions sent; the position is still followed) or resume the trade."""
+    """Pause (no actions sent; the position is still followed and scored) or resume."""
     paused: bool
 
 
@@ -58,26 +96,52 @@ class TradeClosed:
 
 class TradeActor(Actor):
     def __init__(self, trade: Trade, *, store: Actor, broker: Any, registry: Actor,
-                 metrics: Metrics, dtms_magic: int, mailbox_size: int = 64,
+                 market: Actor, metrics: Metrics, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
-        super().__init__(f"trade-{trade.ticket}", mailbox_size)
+        super().__init__(f"trade-{trade.ticket}", settings.trades.mailbox_size)
         self.ticket = trade.ticket
         self.trade = trade
         self.store = store
         self.broker = broker
         self.registry = registry
+        self.hub = market
         self.metrics = metrics
-        self.dtms_magic = dtms_magic
+        self.settings = settings
         self.clock = clock
+        self.market: Actor | None = None
+        self.view: MarketView | None = None
+        self.deferred: dict[str, Deferred] = {}
+        self.unresolved: list[ActionRecord] = []
+        self.acted_at = 0.0   # perf_counter when DTMS last changed the position
 
+    # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
         stored = await self.store.ask(GetTrade(self.ticket))
         if stored is None:
             raise LookupError(f"trade {self.ticket} is not in the store")
         self.trade = stored
+        self.policy = resolve_policy(self.settings.policy, stored.policy)
+        self.deferred.clear()
+        self.unresolved = [a for a in await self.store.ask(ListActions(self.ticket, limit=1000,
+                                                                      unresolved=True))]
+        self.unresolved.sort(key=lambda a: a.seq)
+        self.market = await self.hub.ask(MarketOf(stored.symbol), timeout=60.0)
+        self.view = await self.market.ask(Subscribe(self.ticket, self), timeout=60.0)
+        if self.unresolved:
+            await self._resolve_journal()
+        if self.view is not None:
+            await self.tell(PriceEvent(self.view, time.perf_counter()))
 
-    async def _persist(self, trade: Trade, transition: Transition | None = None) -> None:
-        await self.store.ask(PutTrade(trade, transition), timeout=30.0)
+    async def on_stop(self) -> None:
+        if self.market is not None:
+            try:
+                self.market.tell_nowait(Unsubscribe(self.ticket))
+            except (MailboxFull, ActorStopped) as exc:
+                log.warning("trade %s: unsubscribe not delivered: %r", self.ticket, exc)
+
+    async def _persist(self, trade: Trade, transition: Transition | None = None,
+                       actions: tuple[ActionRecord, ...] = ()) -> None:
+        await self.store.ask(PutTrade(trade, transition, actions), timeout=30.0)
         if transition is not None:
             log.info("trade %s %s -> %s (%s)", self.ticket, transition.from_state,
                      transition.to_state, transition.reason,
@@ -90,8 +154,11 @@ class TradeActor(Actor):
             if isinstance(message, GetView | SetPaused):
                 return self.trade.view()
             return None  # late messages after close change nothing
+        if isinstance(message, BarClose | PriceEvent):
+            self.view = message.view
+            return await self._evaluate(message.view, isinstance(message, BarClose), message.seen)
         if isinstance(message, PositionUpdate):
-            return await self._follow(message.position)
+            return await self._follow(message)
         if isinstance(message, PositionGone):
             return await self._close_if_gone()
         if isinstance(message, SetPaused):
@@ -105,8 +172,191 @@ class TradeActor(Actor):
             return self.trade.view()
         raise TypeError(f"trade actor cannot handle {message!r}")
 
-    async def _follow(self, p: Position) -> None:
+    # -- evaluation ----------------------------------------------------------------------------
+    async def _evaluate(self, view: MarketView, fresh: bool, seen: float) -> None:
+        if self.unresolved and not await self._resolve_journal():
+            self._watch(view, Watch(at=(view.tick.time + 5) if view.tick else None))
+            return  # nothing new is sent while an earlier action is unresolved
+        if view.tick is None:
+            return
+        signals = view.signals
+        score = trade_score(signals, self.trade.direction) if fresh and signals else None
+        snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
+                        spec=view.spec, hedging=view.hedging,
+                        atr=signals.atr if signals else 0.0, score=score)
+        d = decide(self.trade, snap, self.policy)
+        self.metrics.tick_to_decision.observe(time.perf_counter() - seen)
+        now = self.clock()
+        trade, records = d.trade, []
+        for intent in d.intents:
+            trade = trade.copy(action_seq=trade.action_seq + 1)
+            records.append(ActionRecord(self.ticket, trade.action_seq, intent.kind.value,
+                                        intent.obligation, intent.reason, "pending", now))
+        transition = Transition(self.ticket, now, *d.transition) if d.transition else None
+        if trade is not self.trade or records:
+            await self._persist(trade.copy(updated_at=now), transition, tuple(records))
+        for intent, record in zip(d.intents, records, strict=True):
+            self.deferred.pop(intent.obligation, None)
+            await self._execute(intent, record, view)
+        self._watch(view, d.watch)
+
+    def _watch(self, view: MarketView, watch: Watch) -> None:
+        above = [x for x in (watch.above, *(d.resume_above for d in self.deferred.values()))
+                 if x is not None]
+        below = [x for x in (watch.below, *(d.resume_below for d in self.deferred.values()))
+                 if x is not None]
+        if self.market is None or not (above or below or watch.at is not None):
+            return
+        try:
+            self.market.tell_nowait(WatchLevels(self.ticket, min(above, default=None),
+                                                max(below, default=None), watch.at))
+        except (MailboxFull, ActorStopped) as exc:  # the next bar close re-evaluates anyway
+            log.warning("trade %s: watch not delivered: %r", self.ticket, exc)
+
+    # -- execution -----------------------------------------------------------------------------
+    def _comment(self, seq: int) -> str:
+        return f"{self.settings.broker.comment_tag}:{self.ticket}:{seq}"
+
+    def _target(self, view: MarketView) -> Target:
         t = self.trade
+        return Target(ticket=t.ticket, symbol=t.symbol, direction=t.direction, volume=t.volume,
+                      sl=t.sl, tp=t.tp, hedge_ticket=t.hedge_ticket, hedge_volume=t.hedge_volume,
+                      hedging_account=view.hedging)
+
+    async def _execute(self, intent: ActionIntent, record: ActionRecord,
+                       view: MarketView) -> None:
+        started = time.perf_counter()
+        tick = view.tick
+        assert tick is not None
+        bs = self.settings.broker
+        for attempt in range(self.policy.requote_retries + 1):
+            built = build_request(intent, self._target(view), view.spec, tick, magic=bs.magic,
+                                  comment=self._comment(record.seq),
+                                  deviation=bs.deviation_points)
+            if isinstance(built, Deferred):
+                self.deferred[intent.obligation] = built
+                await self._settle(record, "deferred", result={"reason": built.reason})
+                return
+            if isinstance(built, Skipped):
+                await self._settle(record, "skipped", result={"reason": built.reason})
+                return
+            record = record.copy(status="sent", request=dict(built.fields, note=built.note,
+                                                             market_time=tick.time))
+            await self._persist(self.trade, actions=(record,))
+            try:
+                result = await self.broker.call("send", request=built.fields)
+            except NotReady as exc:  # refused before sending: nothing reached the terminal
+                await self._settle(record, "failed", result={"error": str(exc)})
+                return
+            except (BrokerError, TimeoutError) as exc:
+                result = None
+                log.warning("trade %s: order_send gave no result: %s", self.ticket, exc,
+                            extra={"ticket": self.ticket, "seq": record.seq})
+            cls = classify(result.retcode if result else None, intent.kind)
+            self.metrics.action_latency.labels(intent.kind.value).observe(
+                time.perf_counter() - started)
+            outcome = {"retcode": result.retcode, "order": result.order, "deal": result.deal,
+                       "volume": result.volume, "price": result.price,
+                       "comment": result.comment} if result else {"retcode": None}
+            if cls is RetcodeClass.SUCCESS:
+                hedge = result.order if intent.kind is ActionKind.HEDGE else 0
+                changes = after_fill(self.trade, intent, volume=built.volume, hedge_ticket=hedge,
+                                     sl=built.fields.get("sl"), hedging=view.hedging)
+                await self._settle(record, "done", changes, result.retcode, outcome)
+                return
+            if cls is RetcodeClass.RETRY and attempt < self.policy.requote_retries:
+                self.metrics.actions.labels(intent.kind.value, "retry").inc()
+                log.info("trade %s: %s requoted (%s); retrying with a fresh price", self.ticket,
+                         intent.kind.value, result.retcode if result else None,
+                         extra={"ticket": self.ticket, "seq": record.seq})
+                try:
+                    tick = await self.broker.call("tick", name=self.trade.symbol)
+                except (BrokerError, NotReady) as exc:
+                    await self._settle(record, "failed", result={"error": str(exc), **outcome})
+                    return
+                continue
+            if cls is RetcodeClass.UNCERTAIN:
+                record = record.copy(status="uncertain", result=outcome,
+                                     retcode=result.retcode if result else 0)
+                await self._persist(self.trade, actions=(record,))
+                self.unresolved.append(record)
+                await self._resolve_journal()
+                return
+            await self._settle(record, "failed", retcode=result.retcode if result else 0,
+                               result={**outcome, "class": cls.value})
+            return
+
+    async def _settle(self, record: ActionRecord, status: str, changes: dict | None = None,
+                      retcode: int = 0, result: dict | None = None) -> None:
+        now = self.clock()
+        obligations = {**self.trade.obligations, record.obligation: _OBLIGATION[status]}
+        trade = self.trade.copy(**(changes or {}), obligations=obligations, updated_at=now)
+        record = record.copy(status=status, resolved_at=now, retcode=retcode or record.retcode,
+                             result=result or record.result)
+        await self._persist(trade, actions=(record,))
+        if changes:
+            self.acted_at = time.perf_counter()
+        self.metrics.actions.labels(record.kind, status).inc()
+        level = logging.INFO if status in ("done", "deferred", "skipped") else logging.WARNING
+        log.log(level, "trade %s action %s %s: %s (%s)", self.ticket, record.seq, record.kind,
+                status, record.reason,
+                extra={"ticket": self.ticket, "seq": record.seq, "kind": record.kind,
+                       "status": status, "retcode": record.retcode, "changes": changes or {}})
+
+    async def _resolve_journal(self) -> bool:
+        """Resolve unresolved journal rows against the broker; False if one still cannot be."""
+        while self.unresolved:
+            record = self.unresolved[0]
+            if record.status == "pending":  # journaled, never sent: "sent" is written first
+                await self._settle(record, "failed", result={"reason": "never sent"})
+                self.unresolved.pop(0)
+                continue
+            try:
+                found = await self._find_at_broker(record)
+            except (BrokerError, NotReady, TimeoutError) as exc:
+                log.warning("trade %s: action %s still uncertain: %s", self.ticket, record.seq,
+                            exc, extra={"ticket": self.ticket, "seq": record.seq})
+                return False
+            self.unresolved.pop(0)
+            if found is None:
+                await self._settle(record, "failed",
+                                   result={**record.result, "reconciled": "not executed"})
+            else:
+                await self._settle(record, "done", found,
+                                   result={**record.result, "reconciled": "executed"})
+        return True
+
+    async def _find_at_broker(self, record: ActionRecord) -> dict[str, Any] | None:
+        """The trade changes if the broker shows the action executed, else None."""
+        req = record.request
+        magic, comment = self.settings.broker.magic, req.get("comment", "")
+        if record.kind == ActionKind.MODIFY_SL:
+            positions = await self.broker.call("positions", ticket=self.ticket)
+            if positions and abs(positions[0].sl - float(req.get("sl", 0.0))) < 1e-9:
+                return {"sl": positions[0].sl}
+            return None
+        if "position" in req:   # a deal on an existing position: ours, or the hedge
+            deals = await self.broker.call("deals_for_position", position=int(req["position"]))
+            ours = [d for d in deals if d.magic == magic and d.comment == comment
+                    and d.entry in DEAL_ENTRY_OUT]
+            if not ours:
+                return None
+            volume = sum(d.volume for d in ours)
+            intent = ActionIntent(ActionKind(record.kind), record.obligation, record.reason)
+            return after_fill(self.trade, intent, volume=volume, hedging=False)
+        t = float(req.get("market_time", 0))   # a new (hedge) position
+        deals = await self.broker.call("deals_between", start=t - 86400, end=t + 86400 * 7)
+        opened = [d for d in deals if d.magic == magic and d.comment == comment and d.entry == 0]
+        if not opened:
+            return None
+        return {"hedge_ticket": opened[0].position_id,
+                "hedge_volume": sum(d.volume for d in opened)}
+
+    # -- following the position ------------------------------------------------------------------
+    async def _follow(self, update: PositionUpdate) -> None:
+        if update.polled_at and update.polled_at < self.acted_at:
+            return  # polled before our own last change: the next poll tells the truth
+        p, t = update.position, self.trade
         changes = {}
         if abs(p.volume - t.volume) > 1e-9:
             changes["volume"] = p.volume
@@ -128,15 +378,17 @@ class TradeActor(Actor):
                 log.warning("trade %s reported gone but the broker still has it", self.ticket,
                             extra={"ticket": self.ticket})
                 return
+            if self.trade.hedge_ticket and self.view is not None:
+                await self._close_orphan_hedge(self.view)
             deals = await self.broker.call("deals_for_position", position=self.ticket)
         except (BrokerError, NotReady) as exc:
             # never close on a broker error: the next poll will tell us again
             log.warning("trade %s: cannot confirm close: %s", self.ticket, exc,
                         extra={"ticket": self.ticket})
             return
-        reason, last = close_reason_from_deals(deals, self.dtms_magic)
+        reason, last = close_reason_from_deals(deals, self.settings.broker.magic)
         now = self.clock()
-        profit = sum(d.profit for d in deals if d.entry in (1, 2, 3))
+        profit = sum(d.profit for d in deals if d.entry in DEAL_ENTRY_OUT)
         closed = self.trade.copy(state=TradeState.CLOSED, state_since=now, closed_at=now,
                                  updated_at=now, close_reason=reason.value,
                                  close_price=last.price if last else 0.0, profit=profit)
@@ -146,3 +398,21 @@ class TradeActor(Actor):
         self.metrics.trades_closed.labels(reason.value).inc()
         await self.registry.tell(TradeClosed(self.ticket))
         self.spawn(self.stop)
+
+    async def _close_orphan_hedge(self, view: MarketView) -> None:
+        """The trade is gone but its hedge is open: a hedge alone is a naked position."""
+        if self.unresolved and not await self._resolve_journal():
+            raise NotReady("an earlier action is unresolved")
+        if not self.trade.hedge_ticket:
+            return
+        seq = self.trade.action_seq + 1
+        intent = ActionIntent(ActionKind.CLOSE_HEDGE, "close_hedge",
+                              "the trade closed: close its hedge")
+        record = ActionRecord(self.ticket, seq, intent.kind.value, intent.obligation,
+                              intent.reason, "pending", self.clock())
+        obligations = {**self.trade.obligations, intent.obligation: "pending"}
+        await self._persist(self.trade.copy(action_seq=seq, obligations=obligations),
+                            actions=(record,))
+        await self._execute(intent, record, view)
+        if self.trade.hedge_ticket:
+            raise NotReady("the hedge is still open")

@@ -1,7 +1,7 @@
 """Test and demo controls of the SimTerminal (not part of the MetaTrader5 API).
 
 This module owns the SimControls mixin: moving the clock, forcing prices,
-opening and closing positions the way a human would in the terminal, market
+holding a symbol and playing a scripted price path, opening and closing positions the way a human would in the terminal, market
 and symbol switches, and the fault-injection shortcuts. Every control takes
 the terminal lock, so tests may call them from any thread, and none is
 affected by injected faults or the connection state.
@@ -9,7 +9,9 @@ affected by injected faults or the connection state.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -73,6 +75,46 @@ class SimControls:
             self._market.force_price(symbol, bid)
             self._engine.on_tick(symbol)
             self._engine.on_step()
+
+    def hold(self, symbol: str, held: bool = True) -> None:
+        """Stop (or, held=False, resume) the symbol's own random walk.
+
+        While held, generated ticks repeat the last bid: they still make ticks and bars and
+        still trigger SL/TP and pending orders, and set_price/play still move the price. On
+        release the walk resumes from the last bid. Raises KeyError for an unknown symbol.
+        """
+        with self._lock:
+            state = self._state(symbol)
+            self._catch_up()  # ticks up to now were due before the hold
+            state.stream.held = bool(held)
+
+    def play(self, symbol: str, bids: Iterable[float], interval: float = 1.0) -> float:
+        """Drive a symbol along exact bids, one every `interval` sim seconds; returns sim time.
+
+        Holds the symbol (it stays held afterwards; ``hold(symbol, False)`` releases it), then
+        for each bid moves the clock forward by `interval`, generating every tick in between
+        as advance() does (other symbols walk, the held one repeats its last bid), and makes
+        the tick at the new time carry exactly that bid (rounded to the symbol's digits), as
+        set_price() does: SL/TP and pending orders trigger on it. Raises KeyError for an
+        unknown symbol and ValueError for interval <= 0 or a bid that is not a positive finite
+        number, before anything moves.
+        """
+        path = [float(b) for b in bids]
+        if not interval > 0 or not math.isfinite(interval):
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        for bid in path:
+            if not (math.isfinite(bid) and bid > 0):
+                raise ValueError(f"bids must be positive finite prices, got {bid!r}")
+        with self._lock:
+            state = self._state(symbol)
+            self._catch_up()
+            state.stream.held = True
+            for bid in path:
+                self.clock.advance(interval)
+                # A realtime clock may have run on too; the scripted tick is at the clock's now.
+                self._market.advance_scripted(self.clock.now(), {symbol: bid},
+                                              self._engine.on_tick, self._engine.on_step)
+            return self._market.now
 
     def open_position(self, symbol: str, direction: str, volume: float, sl: float = 0.0,
                       tp: float = 0.0, magic: int = 0, comment: str = "") -> int:

@@ -3,18 +3,18 @@
 This module owns Market: for every symbol its spec, live PriceStream, BarSeries,
 day high/low, selection and market-open flags, plus the lazy generation of
 history bars and the tick catch-up loop that brings all symbols to a given
-sim time. It also converts money between currencies and computes profit and
+sim time (optionally ending in a tick with scripted bids). It also converts money between currencies and computes profit and
 margin, because both only depend on specs and current quotes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from . import constants as c
 from .bars import BarSeries
-from .prices import PriceStream, generate_history
+from .prices import PriceStream, flat_history, generate_history
 from .symbols import SymbolSpec
 from .types import SimConfig
 
@@ -92,24 +92,57 @@ class Market:
         long gap costs bounded work. on_tick(symbol) runs after each symbol's
         tick and on_step() after each time step (SL/TP, stop-out).
         """
+        base = self.now
+        interval, steps = self._grid(t)
+        for i in range(1, steps + 1):
+            self._step(base + i * interval, on_tick, on_step)
+        return steps
+
+    def advance_scripted(self, t: float, bids: Mapping[str, float],
+                         on_tick: Callable[[str], None], on_step: Callable[[], None]) -> int:
+        """Like advance_to(t), but the tick at exactly t has these bids; returns the steps.
+
+        Every symbol gets a tick at t: the grid step that lands on t (or an extra one if the
+        grid falls short of t) is taken by the scripted bids instead of a repeat or a walk, so
+        a held symbol's bars see each scripted bid once. Raises ValueError if t is not after
+        the last tick.
+        """
+        if t <= self.now:
+            raise ValueError(f"scripted tick at {t} is not after the last tick at {self.now}")
+        base = self.now
+        interval, steps = self._grid(t)
+        if steps and base + steps * interval >= t:
+            steps -= 1  # the last grid step is t itself (or rounds past it): script it
+        for i in range(1, steps + 1):
+            self._step(base + i * interval, on_tick, on_step)
+        self._step(t, on_tick, on_step, bids)
+        return steps + 1
+
+    def _grid(self, t: float) -> tuple[float, int]:
+        """(interval, steps) of the catch-up from now to t."""
         gap = t - self.now
         interval = self.config.tick_interval
         if gap < interval:
-            return 0
+            return interval, 0
         steps = int(gap // interval)
         if steps > self.config.max_catchup_steps:
             steps = self.config.max_catchup_steps
             interval = gap / steps
-        base = self.now
-        for i in range(1, steps + 1):
-            step_time = base + i * interval
-            for name, state in self.symbols.items():
-                state.stream.step_to(step_time)
-                self._record(state, step_time)
-                on_tick(name)
-            self.now = step_time
-            on_step()
-        return steps
+        return interval, steps
+
+    def _step(self, t: float, on_tick: Callable[[str], None], on_step: Callable[[], None],
+              forced: Mapping[str, float] | None = None) -> None:
+        # now moves first, so a deal made by on_tick (SL/TP, pending fill) is stamped with
+        # the time of the tick that caused it.
+        self.now = t
+        for name, state in self.symbols.items():
+            if forced is not None and name in forced:
+                state.stream.force(t, forced[name])
+            else:
+                state.stream.step_to(t)
+            self._record(state, t)
+            on_tick(name)
+        on_step()
 
     def force_price(self, symbol: str, bid: float) -> None:
         """Make a tick at the current sim time with exactly this bid."""
@@ -122,8 +155,14 @@ class Market:
         state = self.symbols[symbol]
         if not state.history_loaded:
             minutes = int(self.config.history_days * 1440)
-            history = generate_history(state.spec, self.config.seed, self.start, minutes,
-                                       self.config.regime_mean_seconds, key=state.base)
+            if self.config.history_mode == "flat":
+                # As many ticks per minute as the live stream makes, so volume-weighted
+                # indicators see no seam at the start.
+                volume = max(1, round(60 / self.config.tick_interval))
+                history = flat_history(state.spec, self.start, minutes, volume)
+            else:
+                history = generate_history(state.spec, self.config.seed, self.start, minutes,
+                                           self.config.regime_mean_seconds, key=state.base)
             state.bars.prepend(history)
             state.history_loaded = True
         return state.bars

@@ -6,6 +6,10 @@ generate_history() produces the M1 bars that precede the stream's start.
 Both draw from their own ``random.Random`` seeded from (config seed,
 zlib.crc32(symbol name)), so the same seed and the same sequence of steps
 always give identical prices.
+
+For scripted scenarios a PriceStream can be held (its ticks repeat the last
+bid instead of walking), flat_history() gives a history of known constant
+bars, and linear_path() builds bid sequences to play.
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class PriceStream:
         self._walk = _Walk(spec, symbol_rng(seed, key or spec.name, "live"), regime_mean_seconds)
         self.time = float(start_time)
         self.bid = round(spec.start_bid, spec.digits)
+        # While held, ticks repeat the last bid and the walk (and its random draws) stands
+        # still, so a scripted path is not disturbed and the walk resumes from it on release.
+        self.held = False
 
     @property
     def ask(self) -> float:
@@ -99,7 +106,10 @@ class PriceStream:
         return self._walk.regime
 
     def step_to(self, t: float) -> float:
-        """Generate the tick at time t (> self.time) and return its bid."""
+        """Generate the tick at time t (> self.time) and return its bid (the last one if held)."""
+        if self.held:
+            self.time = t
+            return self.bid
         self._walk.step(t - self.time)
         self.time = t
         self.bid = round(math.exp(self._walk.log_price), self.spec.digits)
@@ -152,3 +162,32 @@ def generate_history(
         )
     bars.reverse()
     return bars
+
+
+def flat_history(spec: SymbolSpec, end_time: float, minutes: int,
+                 tick_volume: int = 60) -> list[list[float]]:
+    """Like generate_history, but every bar is open=high=low=close=start bid, constant volume.
+
+    Indicators over a flat history are known exactly (zero ATR, EMA = the bid, ...), which is
+    what scripted scenario tests need.
+    """
+    bid = round(spec.start_bid, spec.digits)
+    first_live_minute = int(end_time) // 60 * 60
+    return [
+        [first_live_minute - 60 * i, bid, bid, bid, bid, tick_volume, spec.spread, 0]
+        for i in range(minutes, 0, -1)
+    ]
+
+
+def linear_path(start: float, end: float, steps: int, digits: int) -> list[float]:
+    """`steps` bids moving evenly from start to end, rounded to digits; start excluded, end included.
+
+    Compose scripted paths from these, e.g. rise then flat:
+    ``up = linear_path(b, b + 0.002, 20, 5); path = up + [up[-1]] * 10``.
+    Raises ValueError if steps < 1.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    span = end - start
+    # The last bid is `end` itself, not start + span * steps / steps, to avoid float drift.
+    return [round(start + span * i / steps, digits) for i in range(1, steps)] + [round(end, digits)]

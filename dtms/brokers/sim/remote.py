@@ -67,7 +67,7 @@ API_METHODS: dict[str, Any] = {
 CONTROL_METHODS = frozenset({
     "open_position", "close_position_manually", "set_price", "advance", "set_market_open",
     "set_algo_trading", "set_symbol_trade_mode", "fail_next", "disconnect",
-    "uncertain_next_order", "set_latency", "sim_time",
+    "uncertain_next_order", "set_latency", "sim_time", "hold", "play",
 })
 
 ALLOWED = frozenset(API_METHODS) | CONTROL_METHODS

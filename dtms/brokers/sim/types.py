@@ -93,6 +93,9 @@ OrderCheckResult = namedtuple(
 )
 
 
+HISTORY_MODES = ("random", "flat")
+
+
 @dataclass
 class SimConfig:
     """Everything that parametrises a SimTerminal. All fields have working defaults.
@@ -100,7 +103,9 @@ class SimConfig:
     symbol_overrides patches symbol spec fields by base name, e.g.
     ``{"BTCUSD": {"filling_mode": 2, "trade_mode": 3}}``; field names are those
     of ``symbols.SymbolSpec``. ``symbols`` restricts the terminal to a subset of
-    the built-in symbols (base names, without suffix).
+    the built-in symbols (base names, without suffix). ``history_mode`` picks the
+    pre-start M1 history: ``"random"`` (the seeded walk) or ``"flat"`` (every bar at the
+    symbol's start bid, so indicators over history are exactly known).
     """
 
     seed: int = 1
@@ -127,8 +132,14 @@ class SimConfig:
     tick_interval: float = 1.0  # sim seconds between generated ticks
     max_catchup_steps: int = 10_000  # per catch-up; coarser steps beyond this
     history_days: float = 14.0  # M1 history generated before the start time
+    history_mode: str = "random"  # "random" walk, or "flat" at the start bid
     initial_deposit_deal: bool = True  # a DEAL_TYPE_BALANCE deal for the deposit
     regime_mean_seconds: float = 7_200.0  # mean lifetime of a price regime
     first_ticket: int = 50_000_001  # first order/position ticket (deals have their own counter)
     first_deal: int = 40_000_001
     stop_out: bool = True  # close the worst position when margin level < margin_so_so
+
+    def __post_init__(self) -> None:
+        if self.history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, "
+                             f"got {self.history_mode!r}")

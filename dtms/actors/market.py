@@ -1,0 +1,286 @@
+"""Market data: one actor per symbol, and the hub that starts them.
+
+A :class:`SymbolMarket` owns one symbol's market data. Every ``tick_poll_s`` it reads the
+symbol's tick from the broker (one call per symbol, however many trades). When the tick's time
+passes the end of the forming M5 bar, that bar has closed: the actor reloads the closed M5 and
+M15 bars, computes the market signals once (``dtms.policy.signals.market_signals``) and tells
+every subscribed trade (``BarClose``) -- bar closes drive the scoring. A tick more than
+``gap_bars`` bars after the previous one is a gap: logged, counted, and the bars reloaded.
+
+Between bar closes, trades are not told about every tick. Each trade leaves a one-shot watch
+("tell me when the bid reaches X or falls to Y, or market time reaches T") in a
+:class:`~dtms.triggers.TriggerIndex`; a tick costs O(log n + k) for k fired watches, and only
+those k trades get a ``PriceEvent``. ``broadcast_ticks=True`` switches the index off (every tick
+to every trade): the baseline the benchmarks compare against.
+
+The :class:`MarketHub` is the tree's ``market`` node: it starts a ``SymbolMarket`` under its
+own dynamic supervisor the first time a trade subscribes to a symbol, and routes messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from dtms.actors.base import Actor, ActorStopped
+from dtms.config import Settings
+from dtms.errors import BrokerError, NotReady
+from dtms.metrics import Metrics
+from dtms.model import SymbolSpec, Tick
+from dtms.policy.signals import Bars, MarketSignals, market_signals
+from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
+from dtms.triggers import TriggerIndex
+
+log = logging.getLogger(__name__)
+
+M5 = 300
+
+
+@dataclass(frozen=True, slots=True)
+class MarketOf:
+    """Asked of the hub: the symbol's actor (started on first use)."""
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """A trade wants this symbol's bar closes and price events.
+
+    Answered with a MarketView, or None while the symbol's data is not loaded yet (the trade is
+    then told with a PriceEvent once it is)."""
+    ticket: int
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchLevels:
+    """One-shot: tell the trade when bid >= above, bid <= below, or market time >= at."""
+    ticket: int
+    above: float | None = None
+    below: float | None = None
+    at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """What a trade needs to evaluate: the spec, the latest tick and the latest signals."""
+    spec: SymbolSpec
+    tick: Tick | None
+    signals: MarketSignals | None
+    hedging: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEvent:
+    """A watched level or time was reached. ``seen`` is the perf_counter of the tick's arrival."""
+    view: MarketView
+    seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class BarClose:
+    """A bar closed; ``view.signals`` is fresh. Every subscribed trade re-scores."""
+    view: MarketView
+    seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    pass
+
+
+class SymbolMarket(Actor):
+    def __init__(self, symbol: str, *, broker: Any, settings: Settings, metrics: Metrics,
+                 broadcast_ticks: bool = False) -> None:
+        super().__init__(f"market-{symbol}", mailbox_size=0)  # unbounded: never block a trade
+        self.symbol = symbol
+        self.broker = broker
+        self.settings = settings
+        self.metrics = metrics
+        self.broadcast_ticks = broadcast_ticks
+        self.subscribers: dict[int, Actor] = {}
+        self.index = TriggerIndex()
+        self.spec: SymbolSpec | None = None
+        self.hedging = True
+        self.tick: Tick | None = None
+        self.signals: MarketSignals | None = None
+        self.bar_end = 0       # market time at which the forming M5 bar closes
+        self.bar_closes = 0
+
+    def view(self) -> MarketView:
+        assert self.spec is not None
+        return MarketView(self.spec, self.tick, self.signals, self.hedging)
+
+    async def on_start(self) -> None:
+        # nothing here may fail on a broker hiccup: the data loads on the first poll that works
+        self.index = TriggerIndex()
+        self.spec = None
+        self.spawn(self._ticker)
+
+    async def _load(self) -> bool:
+        try:
+            spec = await self.broker.call("symbol", name=self.symbol)
+            account = await self.broker.call("account")
+            self.tick = await self.broker.call("tick", name=self.symbol)
+            self.hedging = account.hedging
+            self.spec = spec
+            await self._load_bars()
+        except (BrokerError, NotReady) as exc:
+            self.spec = None
+            log.warning("market data of %s not loaded: %s", self.symbol, exc,
+                        extra={"symbol": self.symbol})
+            return False
+        # every subscriber evaluates now (after a restart their watches were lost)
+        event = PriceEvent(self.view(), time.perf_counter())
+        for ticket in list(self.subscribers):
+            await self._tell(ticket, event)
+        return True
+
+    async def _ticker(self) -> None:
+        interval = self.settings.market.tick_poll_s
+        while True:
+            await anyio.sleep(interval)
+            await self.tell(_Poll())
+
+    async def _load_bars(self) -> None:
+        n = self.settings.market.bars
+        m5 = await self.broker.call("rates", name=self.symbol, timeframe="M5", count=n,
+                                    start_pos=1)
+        m15 = await self.broker.call("rates", name=self.symbol, timeframe="M15", count=n,
+                                     start_pos=1)
+        if m5:
+            self.bar_end = m5[-1][0] + 2 * M5   # the bar after the last closed one ends here
+            self.signals = market_signals(Bars.from_rows(m5), Bars.from_rows(m15),
+                                          symbol=self.symbol, settings=self.settings.signals)
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, _Poll):
+            return await self._poll()
+        if isinstance(message, Subscribe):
+            self.subscribers[message.ticket] = message.actor
+            return self.view() if self.spec is not None else None
+        if isinstance(message, Unsubscribe):
+            self.subscribers.pop(message.ticket, None)
+            self.index.cancel(message.ticket)
+            return None
+        if isinstance(message, WatchLevels):
+            if message.ticket in self.subscribers:
+                self.index.watch(message.ticket, above=message.above, below=message.below,
+                                 at=message.at)
+            return None
+        raise TypeError(f"market {self.symbol} cannot handle {message!r}")
+
+    async def _poll(self) -> None:
+        if self.spec is None:
+            await self._load()
+            return
+        try:
+            tick: Tick = await self.broker.call("tick", name=self.symbol)
+        except (BrokerError, NotReady) as exc:
+            log.warning("tick of %s not read: %s", self.symbol, exc,
+                        extra={"symbol": self.symbol})
+            return
+        seen = time.perf_counter()
+        previous = self.tick
+        if previous is not None and tick.time == previous.time and tick.bid == previous.bid:
+            return  # no new tick
+        self.tick = tick
+        if previous is not None and tick.time - previous.time > self.settings.market.gap_bars * M5:
+            self.metrics.market_gaps.labels(self.symbol).inc()
+            log.warning("gap in %s ticks: %ss without a tick", self.symbol,
+                        tick.time - previous.time,
+                        extra={"symbol": self.symbol, "gap_s": tick.time - previous.time})
+        if self.bar_end and tick.time >= self.bar_end:
+            await self._bar_closed(seen)
+            return
+        if self.broadcast_ticks:
+            fired = list(self.subscribers)
+        else:
+            fired = self.index.fire(tick.bid, float(tick.time))
+        if fired:
+            event = PriceEvent(self.view(), seen)
+            for ticket in fired:
+                await self._tell(ticket, event)
+
+    async def _bar_closed(self, seen: float) -> None:
+        started = time.perf_counter()
+        try:
+            await self._load_bars()
+        except (BrokerError, NotReady) as exc:
+            log.warning("bars of %s not read: %s", self.symbol, exc, extra={"symbol": self.symbol})
+            return  # the bar end has not moved: the next poll tries again
+        self.bar_closes += 1
+        self.metrics.market_bar_seconds.observe(time.perf_counter() - started)
+        event = BarClose(self.view(), seen)
+        for ticket in list(self.subscribers):
+            await self._tell(ticket, event)
+
+    async def _tell(self, ticket: int, event: Any) -> None:
+        actor = self.subscribers.get(ticket)
+        if actor is None:
+            return
+        try:
+            await actor.tell(event)
+        except ActorStopped:
+            self.subscribers.pop(ticket, None)
+            self.index.cancel(ticket)
+
+
+class MarketHub(Actor):
+    """The ``market`` node: routes to per-symbol actors, starting each on first use."""
+
+    def __init__(self, *, broker: Any, settings: Settings, metrics: Metrics,
+                 on_event: Any = None, broadcast_ticks: bool = False) -> None:
+        super().__init__("market", mailbox_size=0)
+        self.broker = broker
+        self.settings = settings
+        self.metrics = metrics
+        self.on_event = on_event
+        self.broadcast_ticks = broadcast_ticks
+        self.symbols: dict[str, SymbolMarket] = {}
+        self.supervisor: DynamicSupervisor | None = None
+
+    async def on_start(self) -> None:
+        sup = self.settings.supervisor
+        self.symbols.clear()
+        self.supervisor = DynamicSupervisor(
+            "markets", intensity=Intensity(sup.trades_max_restarts, sup.trades_period_s),
+            backoff=Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter),
+            child_intensity=Intensity(self.settings.trades.max_restarts,
+                                      self.settings.trades.restart_period_s),
+            on_event=self.on_event)
+        assert self._tg is not None
+        await self._tg.start(self.supervisor.run)
+
+    async def on_stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        for market in self.symbols.values():
+            market.close("market hub stopping")
+        self.symbols.clear()
+
+    async def _market(self, symbol: str) -> SymbolMarket:
+        market = self.symbols.get(symbol)
+        if market is None:
+            market = SymbolMarket(symbol, broker=self.broker, settings=self.settings,
+                                  metrics=self.metrics, broadcast_ticks=self.broadcast_ticks)
+            assert self.supervisor is not None
+            await self.supervisor.start_child(ChildSpec(
+                symbol, market.run, restart=Restart.PERMANENT, stop=market.stop,
+                shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, kind="market"))
+            self.symbols[symbol] = market
+        return market
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, MarketOf):
+            return await self._market(message.symbol)
+        raise TypeError(f"market hub cannot handle {message!r}")
