@@ -136,6 +136,7 @@ class PolicySettings:
     time_stop_min: float = 0.0        # close a HEALTHY trade after this long; 0 = off
     score_cooldown_s: float = 60.0    # fast (tick) re-scoring at most this often
     requote_retries: int = 3
+    retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -396,8 +396,11 @@ def parse_registration(args: Any) -> Registration:
     if policy is not None:
         if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
             errors["policy"] = "must be a map with string keys"
-        elif not all(isinstance(v, int | float | str | bool) for v in policy.values()):
-            errors["policy"] = "values must be numbers, strings or booleans"
+        elif not all(isinstance(v, int | float | str | bool) or (
+                isinstance(v, list | tuple) and len(v) <= 32
+                and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v))
+                for v in policy.values()):
+            errors["policy"] = "values must be numbers, strings, booleans or lists of numbers"
         else:
             out["policy"] = dict(policy)
 

@@ -59,6 +59,14 @@ def journal(path: str, ticket: int) -> list[dict[str, Any]]:
     return rows
 
 
+def journal_results(path: str, ticket: int) -> list[str]:
+    db = sqlite3.connect(path)
+    rows = [r[0] for r in db.execute("SELECT result FROM actions WHERE ticket = ? ORDER BY seq",
+                                     (ticket,))]
+    db.close()
+    return rows
+
+
 def position(sim: SimTerminal, ticket: int) -> Any:
     found = sim.positions_get(ticket=ticket)
     return found[0] if found else None
@@ -71,10 +79,8 @@ async def settle(svc, sim: SimTerminal, symbol: str = "EURUSD") -> None:
     def caught_up() -> bool:
         market = svc.market.symbols.get(symbol)
         return (market is not None and market.tick is not None and market.tick.time == now
-                and market.mailbox_depth == 0
-                and all(t.mailbox_depth == 0 for t in svc.registry.trades.values()))
+                and market.idle and all(t.idle for t in svc.registry.trades.values()))
     await eventually(caught_up, timeout=10)
-    await eventually(lambda: all(t.mailbox_depth == 0 for t in svc.registry.trades.values()))
 
 
 async def play(svc, sim: SimTerminal, bids: list[float], interval: float = 10.0,
@@ -131,3 +137,128 @@ async def test_winning_buy_breakeven_then_trailed_then_closed_by_its_trailing_st
 async def _closed(cl, ticket: int) -> dict | None:
     view = await cl.trade(ticket)
     return view if view["state"] == "CLOSED" else None
+
+
+def deals_of(sim: SimTerminal, ticket: int) -> list[Any]:
+    return list(sim.history_deals_get(position=ticket) or ())
+
+
+async def test_sl_inside_the_stops_level_is_adjusted_to_the_nearest_allowed_price(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)   # 1 R = 100 points
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        # breakeven at +0.05 R (bid 1.08517) with no buffer: SL 1.08512 would be 5 points
+        # from the bid; the server needs more than stops_level (10) points
+        await cl.register({"ticket": ticket,
+                           "policy": {"breakeven_r": 0.05, "breakeven_buffer_spreads": 0}})
+        await settle(svc, sim)
+        await play(svc, sim, [1.08510, 1.08517])
+        await eventually(lambda: position(sim, ticket).sl != 1.08412)
+        assert position(sim, ticket).sl == 1.08506          # bid 1.08517 - 11 points
+        [row] = journal(engine_settings.store.path, ticket)
+        assert (row["obligation"], row["status"], row["retcode"]) == ("sl:breakeven", "done",
+                                                                      10009)
+        assert "stops_level" in row["request"] and '"sl": 1.08506' in row["request"]
+
+
+async def test_sl_change_inside_the_freeze_band_is_deferred_until_the_price_leaves_it(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412, tp=1.08540)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket,
+                           "policy": {"breakeven_r": 0.1, "breakeven_buffer_spreads": 0}})
+        await settle(svc, sim)
+        # bid 1.08536: breakeven is due (+0.24 R) but the TP is 4 points away, inside the
+        # freeze band (5): the server would answer 10029, so nothing is sent
+        await play(svc, sim, [1.08536])
+        [row] = journal(engine_settings.store.path, ticket)
+        assert (row["obligation"], row["status"], row["request"]) == ("sl:breakeven",
+                                                                      "deferred", "{}")
+        assert position(sim, ticket).sl == 1.08412
+        await play(svc, sim, [1.08534, 1.08531])           # still too close to the TP
+        assert [r["status"] for r in journal(engine_settings.store.path, ticket)] == [
+            "deferred"]
+        await play(svc, sim, [1.08528])                     # out of the band: sent at once
+        await eventually(lambda: position(sim, ticket).sl == 1.08512)
+        rows = journal(engine_settings.store.path, ticket)
+        assert [(r["status"], r["retcode"]) for r in rows] == [("deferred", 0), ("done", 10009)]
+        assert position(sim, ticket).tp == 1.08540          # the TP is kept
+
+
+async def test_a_requote_is_retried_with_a_fresh_price(engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {
+            "breakeven_r": 5, "partial_levels_r": [1.0], "partial_fractions": [0.5]}})
+        await settle(svc, sim)
+        # the market jumps 50 points between the decision and the send: beyond the deviation
+        sim.move_before_next_order("EURUSD", 1.08562)
+        await play(svc, sim, [1.08612])                     # +1 R: take half
+        await eventually(lambda: position(sim, ticket).volume == 0.05)
+        [row] = journal(engine_settings.store.path, ticket)
+        assert (row["kind"], row["status"], row["retcode"]) == ("PARTIAL_CLOSE", "done", 10009)
+        assert '"price": 1.08562' in row["request"]          # the fresh price, not 1.08612
+        exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
+        assert [(d.volume, d.price, d.magic) for d in exits] == [(0.05, 1.08562, 770077)]
+        assert svc.metrics.actions.labels("PARTIAL_CLOSE", "retry")._value.get() == 1
+
+
+async def test_order_send_returning_none_is_reconciled_and_never_resent_blindly(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {
+            "breakeven_r": 5, "partial_levels_r": [1.0, 2.0], "partial_fractions": [0.3, 0.3]}})
+        await settle(svc, sim)
+        # rung 1: order_send executes at the server but the terminal answers 10012 (timeout)
+        sim.uncertain_next_order()
+        await play(svc, sim, [1.08612])
+        await eventually(lambda: journal(engine_settings.store.path, ticket)[0]["status"]
+                         == "done")
+        [row] = journal(engine_settings.store.path, ticket)
+        assert (row["obligation"], row["retcode"]) == ("partial:0", 10012)
+        assert position(sim, ticket).volume == 0.07         # executed once, found, not resent
+        # rung 2: order_send returns None and nothing reached the server
+        sim.fail_next(1, "order_send")
+        await play(svc, sim, [1.08712])
+        assert position(sim, ticket).volume == 0.07
+        # the terminal link is checked again, the journal row is reconciled (not executed),
+        # and the rung is offered again after retry_after_s of market time: sent once more
+        await play(svc, sim, [1.08713, 1.08714, 1.08715, 1.08716], interval=6.0)
+        await eventually(lambda: position(sim, ticket).volume == 0.04)
+        await play(svc, sim, [1.08717, 1.08718], interval=6.0)
+        rows = journal(engine_settings.store.path, ticket)
+        assert [(r["obligation"], r["status"]) for r in rows] == [
+            ("partial:0", "done"), ("partial:1", "failed"), ("partial:1", "done")]
+        assert "not executed" in str(journal_results(engine_settings.store.path, ticket)[1])
+        exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
+        assert [d.volume for d in exits] == [0.03, 0.03]
+
+
+async def test_a_stop_moved_outside_dtms_is_respected_and_never_loosened(engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await play(svc, sim, [1.08650])
+        # another manager tightens the stop past DTMS's breakeven level
+        r = sim.order_send({"action": c.TRADE_ACTION_SLTP, "position": ticket,
+                            "symbol": "EURUSD", "sl": 1.08600, "tp": 0.0})
+        assert r.retcode == 10009
+        await eventually(lambda: _adopted(svc, ticket, 1.08600))
+        await play(svc, sim, [1.08712, 1.08720])          # breakeven due: 1.08524 < 1.08600
+        assert position(sim, ticket).sl == 1.08600
+        rows = journal(engine_settings.store.path, ticket)
+        assert all(r["request"] == "{}" for r in rows)      # nothing was ever sent
+        view = await cl.trade(ticket)
+        assert (view["sl"], view["obligations"]) == (1.08600, {"sl:breakeven": "skipped"})
+
+
+def _adopted(svc, ticket: int, sl: float) -> bool:
+    actor = svc.registry.trades.get(ticket)
+    return actor is not None and actor.trade.sl == sl

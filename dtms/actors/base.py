@@ -128,6 +128,7 @@ class Actor:
         self._closed = False
         self._tg: TaskGroup | None = None
         self.incarnation = 0
+        self.handling = 0  # messages being handled right now (for `idle`)
 
     # -- messaging ---------------------------------------------------------------------------
     async def tell(self, message: Any) -> None:
@@ -190,6 +191,11 @@ class Actor:
         return self._send.statistics().current_buffer_used
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being handled (tests wait for this)."""
+        return self.handling == 0 and self.mailbox_depth == 0
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -230,6 +236,7 @@ class Actor:
     async def _deliver(self, env: Envelope) -> None:
         """Handle one message under its trace id and answer its asker (any loop uses this)."""
         token = TRACE_ID.set(env.trace_id or new_trace_id())
+        self.handling += 1
         try:
             result = await self.handle(env.message)
         except self.reply_errors as err:
@@ -244,6 +251,7 @@ class Actor:
                                         f"{type(env.message).__name__}: {exc!r}"))
             raise
         finally:
+            self.handling -= 1
             TRACE_ID.reset(token)
         if env.reply is not None:
             env.reply.set(result)

@@ -55,13 +55,21 @@ from dtms.model import (
     close_reason_from_deals,
 )
 from dtms.policy.execution import Deferred, RetcodeClass, Skipped, Target, build_request, classify
-from dtms.policy.lifecycle import Snapshot, Watch, after_fill, decide, resolve_policy
+from dtms.policy.lifecycle import (
+    RETRY,
+    Snapshot,
+    Watch,
+    after_fill,
+    decide,
+    failed,
+    resolve_policy,
+)
 from dtms.policy.signals import trade_score
 
 log = logging.getLogger(__name__)
 
-#: journal status -> the obligation's status in the trade
-_OBLIGATION = {"done": "done", "failed": "failed", "deferred": "deferred", "skipped": "skipped",
+#: journal status -> the obligation's status in the trade (failed carries its market time)
+_OBLIGATION = {"done": "done", "deferred": "deferred", "skipped": "skipped",
                "uncertain": "pending", "sent": "pending", "pending": "pending"}
 UNRESOLVED = frozenset({"pending", "sent", "uncertain"})
 
@@ -175,10 +183,12 @@ class TradeActor(Actor):
     # -- evaluation ----------------------------------------------------------------------------
     async def _evaluate(self, view: MarketView, fresh: bool, seen: float) -> None:
         if self.unresolved and not await self._resolve_journal():
-            self._watch(view, Watch(at=(view.tick.time + 5) if view.tick else None))
+            if view.tick is not None:
+                self._watch(view, Watch(at=view.tick.time + self.policy.retry_after_s))
             return  # nothing new is sent while an earlier action is unresolved
         if view.tick is None:
             return
+        self._release_deferred(view.tick.bid)
         signals = view.signals
         score = trade_score(signals, self.trade.direction) if fresh and signals else None
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
@@ -195,10 +205,31 @@ class TradeActor(Actor):
         transition = Transition(self.ticket, now, *d.transition) if d.transition else None
         if trade is not self.trade or records:
             await self._persist(trade.copy(updated_at=now), transition, tuple(records))
+        watch = d.watch
         for intent, record in zip(d.intents, records, strict=True):
             self.deferred.pop(intent.obligation, None)
             await self._execute(intent, record, view)
-        self._watch(view, d.watch)
+        if self.unresolved:
+            retry = view.tick.time + self.policy.retry_after_s
+            watch = Watch(watch.above, watch.below, min(watch.at or retry, retry))
+        self._watch(view, watch)
+        if d.intents:
+            # the outcomes changed what is owed (the next rung, the next watch): look again
+            self.spawn(self.tell, PriceEvent(view, time.perf_counter()))
+
+    def _release_deferred(self, bid: float) -> None:
+        """A deferred duty is owed again once the price has left the band that blocked it."""
+        released = {}
+        for key, status in self.trade.obligations.items():
+            if status != "deferred":
+                continue
+            d = self.deferred.get(key)
+            if d is None or (d.resume_above is not None and bid >= d.resume_above) or (
+                    d.resume_below is not None and bid <= d.resume_below):
+                released[key] = RETRY   # (no record of the band after a restart: look again)
+                self.deferred.pop(key, None)
+        if released:
+            self.trade = self.trade.copy(obligations={**self.trade.obligations, **released})
 
     def _watch(self, view: MarketView, watch: Watch) -> None:
         above = [x for x in (watch.above, *(d.resume_above for d in self.deferred.values()))
@@ -289,7 +320,9 @@ class TradeActor(Actor):
     async def _settle(self, record: ActionRecord, status: str, changes: dict | None = None,
                       retcode: int = 0, result: dict | None = None) -> None:
         now = self.clock()
-        obligations = {**self.trade.obligations, record.obligation: _OBLIGATION[status]}
+        at = self.view.tick.time if self.view is not None and self.view.tick else 0.0
+        obligation = failed(at) if status == "failed" else _OBLIGATION[status]
+        obligations = {**self.trade.obligations, record.obligation: obligation}
         trade = self.trade.copy(**(changes or {}), obligations=obligations, updated_at=now)
         record = record.copy(status=status, resolved_at=now, retcode=retcode or record.retcode,
                              result=result or record.result)

@@ -38,9 +38,16 @@ from dtms.model import ActionIntent, ActionKind, Direction, SymbolSpec, Trade, T
 if TYPE_CHECKING:
     from dtms.policy.signals import Score
 
-PENDING, DONE, FAILED, DEFERRED, SKIPPED = "pending", "done", "failed", "deferred", "skipped"
-#: outcomes after which the obligation is not offered again
-SETTLED = frozenset({PENDING, DONE, SKIPPED})
+PENDING, DONE, FAILED, DEFERRED, SKIPPED, RETRY = (
+    "pending", "done", "failed", "deferred", "skipped", "retry")
+#: outcomes after which the obligation is not offered again (deferred: until the actor sees
+#: the price leave the band and marks it RETRY; failed: until ``retry_after_s`` has passed)
+SETTLED = frozenset({PENDING, DONE, SKIPPED, DEFERRED})
+
+
+def failed(at: float) -> str:
+    """The status of an obligation whose action failed at market time ``at``."""
+    return f"{FAILED}:{at:.0f}"
 #: obligations that live as long as the trade (not reset by a state change)
 LIFETIME_PREFIXES = ("sl:breakeven", "partial:")
 
@@ -100,9 +107,10 @@ def _better(direction: Direction, new: float, old: float) -> bool:
 class _Plan:
     """Accumulates one evaluation's changes; obligations are marked pending as they are owed."""
 
-    def __init__(self, trade: Trade, snap: Snapshot) -> None:
+    def __init__(self, trade: Trade, snap: Snapshot, retry_after_s: float) -> None:
         self.trade = trade
         self.snap = snap
+        self.retry_after_s = retry_after_s
         self.obligations = dict(trade.obligations)
         self.intents: list[ActionIntent] = []
         self.changes: dict[str, Any] = {}
@@ -112,7 +120,15 @@ class _Plan:
         self.at: list[float] = []
 
     def owes(self, key: str) -> bool:
-        return self.obligations.get(key) not in SETTLED
+        status = self.obligations.get(key)
+        if status is not None and status.startswith(FAILED):
+            _, _, at = status.partition(":")
+            due = float(at or 0) + self.retry_after_s
+            if self.snap.now < due:
+                self.at.append(due)
+                return False
+            return True
+        return status not in SETTLED
 
     def sl_in_flight(self) -> bool:
         return any(k.startswith("sl:") and v == PENDING for k, v in self.obligations.items())
@@ -137,17 +153,19 @@ class _Plan:
     def watch_price(self, direction: Direction, price_level: float) -> None:
         """Evaluate again when the trade's closing price reaches ``price_level``, in bid terms."""
         spread = self.snap.ask - self.snap.bid
+        digits = self.snap.spec.digits
+        # on the price grid, so that a tick exactly at the level fires it
         if direction is Direction.BUY:
-            level = price_level                 # a BUY closes at the bid
+            level = round(price_level, digits)            # a BUY closes at the bid
             (self.above if level > self.snap.bid else self.below).append(level)
         else:
-            level = price_level - spread        # a SELL closes at the ask
+            level = round(price_level - spread, digits)   # a SELL closes at the ask
             (self.below if level < self.snap.bid else self.above).append(level)
 
 
 def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
     """One evaluation of a managed trade. Paused or unmanaged trades only take the score."""
-    plan = _Plan(trade, snap)
+    plan = _Plan(trade, snap, policy.retry_after_s)
     score = snap.score
     if score is not None:
         plan.changes.update(score=round(score.total, 4),

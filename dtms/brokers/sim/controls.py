@@ -197,6 +197,11 @@ class SimControls:
         """Lose the IPC link until the next initialize()."""
         self.faults.disconnect()
 
+    def move_before_next_order(self, symbol: str, bid: float) -> None:
+        """The market moves to `bid` just before the next order_send executes."""
+        self._state(symbol)
+        self.faults.move_before_next_order(symbol, bid)
+
     def uncertain_next_order(self, n: int = 1) -> None:
         """The next n order_send calls execute but return TRADE_RETCODE_TIMEOUT."""
         self.faults.uncertain_next_order(n)

@@ -33,6 +33,7 @@ class Faults:
         self.disconnected = False
         self._uncertain = 0
         self._rules: list[_FailRule] = []
+        self._jumps: list[tuple[str, float]] = []
 
     def set_latency(self, seconds: float) -> None:
         """Every API call sleeps this long (outside the terminal lock) before running."""
@@ -63,12 +64,24 @@ class Faults:
         with self._lock:
             self._uncertain += n
 
+    def move_before_next_order(self, symbol: str, bid: float) -> None:
+        """Just before the next order_send runs, the market moves to `bid`: the price the
+        request carries is stale by then (a requote if beyond the request's deviation)."""
+        with self._lock:
+            self._jumps.append((symbol, float(bid)))
+
+    def take_jump(self) -> tuple[str, float] | None:
+        """Consume one move_before_next_order."""
+        with self._lock:
+            return self._jumps.pop(0) if self._jumps else None
+
     def clear(self) -> None:
         """Remove every injected fault (the connection state is left alone)."""
         with self._lock:
             self.latency = 0.0
             self._uncertain = 0
             self._rules.clear()
+            self._jumps.clear()
 
     def take_failure(self, function: str) -> tuple[int, str] | None:
         """Consume one matching fail_next rule, returning its error."""

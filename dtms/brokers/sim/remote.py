@@ -68,6 +68,7 @@ CONTROL_METHODS = frozenset({
     "open_position", "close_position_manually", "set_price", "advance", "set_market_open",
     "set_algo_trading", "set_symbol_trade_mode", "fail_next", "disconnect",
     "uncertain_next_order", "set_latency", "sim_time", "hold", "play",
+    "move_before_next_order",
 })
 
 ALLOWED = frozenset(API_METHODS) | CONTROL_METHODS

@@ -327,6 +327,10 @@ class SimTerminal(SimControls):
             req = parse_request(request)
         except RequestError as exc:
             return self._error((c.RES_E_INVALID_PARAMS, str(exc)))
+        jump = self.faults.take_jump()
+        if jump is not None:
+            self._market.force_price(*jump)
+            self._engine.on_tick(jump[0])
         result = self._engine.send(req)
         if self.faults.take_uncertain():
             return OrderSendResult(
