@@ -26,7 +26,10 @@ from dtms.model import (
     ({"ticket": 1, "sl": -0.1}, "sl", "must be a number >= 0 (0 or nil = none)"),
     ({"ticket": 1, "symbol": ""}, "symbol", "must be a non-empty string of at most 32 characters"),
     ({"ticket": 1, "magic": -1}, "magic", "must be an integer >= 0"),
-    ({"ticket": 1, "policy": {"be_r": [1]}}, "policy", "values must be numbers, strings or booleans"),
+    ({"ticket": 1, "policy": {"be_r": [True]}}, "policy",
+     "values must be numbers, strings, booleans or lists of numbers"),
+    ({"ticket": 1, "policy": {"be_r": {"a": 1}}}, "policy",
+     "values must be numbers, strings, booleans or lists of numbers"),
     ({"ticket": 1, "entry": 1.1, "price_open": 1.2}, "entry", "aliases ['entry', 'price_open'] disagree"),
     ({"ticket": 1, "lots": 1}, "lots", "unknown field"),
 ])
