@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     ac = sub.add_parser("actions", help="the action journal, newest first")
     ac.add_argument("--ticket", type=int)
     ac.add_argument("--limit", type=int, default=50)
+    ac.add_argument("--since", type=float, help="unix timestamp (journal time)")
 
     r = sub.add_parser("register", help="register an open position")
     r.add_argument("ticket", type=int)
@@ -95,10 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--since", type=float, help="unix timestamp")
     w = sub.add_parser("watch", help="live view of trades, state changes, actions and restarts")
     w.add_argument("--limit", type=int, default=40, help="trades shown at most")
-    for name, text in (("pause", "stop acting on a trade (it is still followed)"),
-                       ("resume", "resume a paused trade, or a SUSPENDED one"),
-                       ("unregister", "stop managing a trade (the position stays open)")):
-        sub.add_parser(name, help=text).add_argument("ticket", type=int)
+    for name, text in (("pause", "stop acting on a trade, or --all (still followed and scored)"),
+                       ("resume", "resume a paused trade (or --all), or a SUSPENDED one")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("ticket", type=int, nargs="?")
+        cmd.add_argument("--all", action="store_true", help="every managed trade")
+    sub.add_parser("unregister", help="stop managing a trade (the position stays open)"
+                   ).add_argument("ticket", type=int)
     for name, command in sub.choices.items():
         if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
@@ -299,8 +303,16 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                 query = {"limit": args.limit}
                 if args.ticket is not None:
                     query["ticket"] = args.ticket
+                if args.since is not None:
+                    query["since"] = args.since
                 _print_json(client.call("actions", query))
-            elif cmd in ("pause", "resume", "unregister"):
+            elif cmd in ("pause", "resume") and args.all == (args.ticket is not None):
+                print(f"dtms {cmd}: give a ticket or --all", file=sys.stderr)
+                return EXIT_USAGE
+            elif cmd in ("pause", "resume"):
+                _print_json(client.call(cmd, {"all": True} if args.all
+                                        else {"ticket": args.ticket}))
+            elif cmd == "unregister":
                 _print_json(client.call(cmd, {"ticket": args.ticket}))
     except DtmsError as err:
         _print_json(err.to_wire(), stream=sys.stderr)

@@ -479,6 +479,18 @@ class Client:
     async def trades(self, **filters: Any) -> dict[str, Any]:
         return await self.call("trades", filters)
 
+    async def transitions(self, ticket: int, **args: Any) -> dict[str, Any]:
+        return await self.call("transitions", {"ticket": ticket, **args})
+
+    async def actions(self, ticket: int | None = None, **args: Any) -> dict[str, Any]:
+        return await self.call("actions", {**({"ticket": ticket} if ticket else {}), **args})
+
+    async def pause(self, ticket: int | None = None) -> dict[str, Any]:
+        return await self.call("pause", {"ticket": ticket} if ticket else {"all": True})
+
+    async def resume(self, ticket: int | None = None) -> dict[str, Any]:
+        return await self.call("resume", {"ticket": ticket} if ticket else {"all": True})
+
     async def status(self) -> dict[str, Any]:
         return await self.call("status")
 

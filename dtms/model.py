@@ -266,6 +266,7 @@ class Trade:
         d["state"] = self.state.value
         d["defensive"] = self.defensive
         d["managed"] = self.state not in UNMANAGED_STATES
+        d["pending"] = sorted(k for k, v in self.obligations.items() if v == "pending")
         return d
 
     def copy(self, **changes: Any) -> Trade:

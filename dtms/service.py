@@ -35,7 +35,14 @@ from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
 from dtms.actors.market import MarketHub
 from dtms.actors.positions import PositionWatcher
-from dtms.actors.registry import Pause, Register, RegistryActor, Resume, Unregister
+from dtms.actors.registry import (
+    Pause,
+    PauseAll,
+    Register,
+    RegistryActor,
+    Resume,
+    Unregister,
+)
 from dtms.actors.store import (
     AddRestart,
     CountByState,
@@ -360,14 +367,24 @@ class Service:
                 "limit": limit}
 
     async def _pause(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket"})
-        return await self.registry.ask(Pause(_int_arg(args, "ticket", low=1)),
-                                       timeout=self.settings.registry.ask_timeout_s)
+        return await self._set_paused(args, True)
 
     async def _resume(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket"})
-        return await self.registry.ask(Resume(_int_arg(args, "ticket", low=1)),
-                                       timeout=self.settings.registry.ask_timeout_s)
+        return await self._set_paused(args, False)
+
+    async def _set_paused(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
+        """One ticket, or ``all: true`` (every managed trade; SUSPENDED ones stay suspended)."""
+        _only(args, {"ticket", "all"})
+        every = args.get("all", False)
+        if not isinstance(every, bool):
+            raise InvalidArgument("must be true or false", field="all")
+        if every == ("ticket" in args):
+            raise InvalidArgument("give either a ticket or all: true", field="ticket")
+        if every:
+            return await self.registry.ask(PauseAll(paused), timeout=60.0)
+        ticket = _int_arg(args, "ticket", low=1)
+        message = Pause(ticket) if paused else Resume(ticket)
+        return await self.registry.ask(message, timeout=self.settings.registry.ask_timeout_s)
 
     async def _unregister(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"ticket"})

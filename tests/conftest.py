@@ -68,3 +68,15 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0,
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The scenario table (issue 4): each engine scenario's final P&L, when they ran."""
+    import sys
+    module = sys.modules.get("tests.test_scenarios") or sys.modules.get("test_scenarios")
+    table = getattr(module, "SCENARIO_PNL", None)
+    if not table:
+        return
+    terminalreporter.section("engine scenarios: final P&L (USD)")
+    for name, value in table.items():
+        terminalreporter.write_line(f"{name:<52} {value:>10.2f}")

@@ -160,6 +160,7 @@ async def test_sl_inside_the_stops_level_is_adjusted_to_the_nearest_allowed_pric
         assert (row["obligation"], row["status"], row["retcode"]) == ("sl:breakeven", "done",
                                                                       10009)
         assert "stops_level" in row["request"] and '"sl": 1.08506' in row["request"]
+        SCENARIO_PNL["BUY: SL adjusted to the stops level (open)"] = pnl(sim, ticket)
 
 
 async def test_sl_change_inside_the_freeze_band_is_deferred_until_the_price_leaves_it(
@@ -185,6 +186,7 @@ async def test_sl_change_inside_the_freeze_band_is_deferred_until_the_price_leav
         rows = journal(engine_settings.store.path, ticket)
         assert [(r["status"], r["retcode"]) for r in rows] == [("deferred", 0), ("done", 10009)]
         assert position(sim, ticket).tp == 1.08540          # the TP is kept
+        SCENARIO_PNL["BUY: SL deferred in the freeze band (open)"] = pnl(sim, ticket)
 
 
 async def test_a_requote_is_retried_with_a_fresh_price(engine_settings):
@@ -204,6 +206,7 @@ async def test_a_requote_is_retried_with_a_fresh_price(engine_settings):
         exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
         assert [(d.volume, d.price, d.magic) for d in exits] == [(0.05, 1.08562, 770077)]
         assert svc.metrics.actions.labels("PARTIAL_CLOSE", "retry")._value.get() == 1
+        SCENARIO_PNL["BUY: requoted partial close (open)"] = pnl(sim, ticket)
 
 
 async def test_order_send_returning_none_is_reconciled_and_never_resent_blindly(
@@ -237,6 +240,7 @@ async def test_order_send_returning_none_is_reconciled_and_never_resent_blindly(
         assert "not executed" in str(journal_results(engine_settings.store.path, ticket)[1])
         exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
         assert [d.volume for d in exits] == [0.03, 0.03]
+        SCENARIO_PNL["BUY: uncertain and None order_send (open)"] = pnl(sim, ticket)
 
 
 async def test_a_stop_moved_outside_dtms_is_respected_and_never_loosened(engine_settings):
@@ -257,8 +261,138 @@ async def test_a_stop_moved_outside_dtms_is_respected_and_never_loosened(engine_
         assert all(r["request"] == "{}" for r in rows)      # nothing was ever sent
         view = await cl.trade(ticket)
         assert (view["sl"], view["obligations"]) == (1.08600, {"sl:breakeven": "skipped"})
+        SCENARIO_PNL["BUY: external SL respected (open)"] = pnl(sim, ticket)
 
 
 def _adopted(svc, ticket: int, sl: float) -> bool:
     actor = svc.registry.trades.get(ticket)
     return actor is not None and actor.trade.sl == sl
+
+
+def pnl(sim: SimTerminal, *tickets: int) -> float:
+    """Realised (every exit deal) plus floating (every open position) profit."""
+    total = 0.0
+    for t in tickets:
+        if not t:
+            continue
+        total += sum(d.profit for d in deals_of(sim, t) if d.entry != c.DEAL_ENTRY_IN)
+        p = position(sim, t)
+        total += p.profit if p else 0.0
+    return round(total, 2)
+
+
+#: closes of consecutive M5 bars (10 ticks of 30 s each): up three bars against a SELL, then a
+#: range with a swing low on M15 at 1.0860, then a close below it and a fall
+RISE = [1.0855, 1.0860, 1.0865]
+RANGE_THEN_BREAK = [1.0868, 1.0870, 1.0867, 1.0872, 1.0869, 1.0866, 1.0862, 1.0860, 1.0863,
+                    1.0866, 1.0868, 1.0865, 1.0867, 1.0869, 1.0866, 1.0862, 1.0858, 1.0855]
+FALL = [1.0852, 1.0849, 1.0846, 1.0843, 1.0840, 1.0837]
+
+
+async def play_bars(svc, sim: SimTerminal, closes: list[float], start: float) -> float:
+    bid = start
+    for close in closes:
+        path = linear_path(bid, close, 10, 5)
+        await play(svc, sim, path, interval=30.0)
+        bid = close
+    return bid
+
+
+async def walk_down_the_ladder(svc, sim, cl, ticket: int, path: str) -> None:
+    """SELL 0.20 at 1.08500, SL 1.09500 (1 R = 0.01), against a rising market."""
+    await play_bars(svc, sim, RISE[:1], 1.08500)
+    v = await cl.trade(ticket)
+    # WARNING_L1 at the first bar close: SL to 0.3 R behind the ask (1.08550 + 12 points)
+    assert (v["state"], v["sl"], v["defensive"]) == ("WARNING_L1", 1.08862, True)
+    assert position(sim, ticket).sl == 1.08862
+    await play_bars(svc, sim, RISE[1:2], 1.0855)
+    v = await cl.trade(ticket)
+    # WARNING_L2: half closed; a breakeven stop has no room on a losing SELL, so none is sent
+    assert (v["state"], v["volume"]) == ("WARNING_L2", 0.10)
+    assert position(sim, ticket).volume == 0.10
+    await play_bars(svc, sim, RISE[2:], 1.0860)
+    assert (await cl.trade(ticket))["state"] == "HEDGED"
+    rows = journal(path, ticket)
+    assert [(r["kind"], r["obligation"], r["status"], r["retcode"]) for r in rows] == [
+        ("MODIFY_SL", "sl:L1", "done", 10009), ("PARTIAL_CLOSE", "L2:partial", "done", 10009),
+        ("HEDGE", "hedge", "done", 10009)]
+
+
+async def test_losing_sell_walks_the_ladder_to_hedged_and_the_flat_timer_closes_both(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, path)
+        v = await cl.trade(ticket)
+        hedge = position(sim, v["hedge_ticket"])
+        assert (hedge.type, hedge.volume, hedge.magic) == (c.POSITION_TYPE_BUY, 0.05, 770077)
+        assert v["hedge_volume"] == 0.05
+        assert svc.watcher.unknown == []                   # the hedge is known, not "unknown"
+        # the market goes flat; 75 min after WARNING_L1 (08:05) both positions are closed
+        await play(svc, sim, [1.0865] * 60, interval=60.0)  # 08:15 -> 09:15
+        assert position(sim, ticket) is not None
+        await play(svc, sim, [1.0865] * 6, interval=60.0)   # -> 09:21
+        await eventually(lambda: position(sim, ticket) is None)
+        assert position(sim, hedge.ticket) is None
+        view = await eventually(lambda: _closed(cl, ticket))
+        assert (view["close_reason"], view["close_price"]) == ("DTMS", 1.08662)
+        kinds = [(r["kind"], r["status"]) for r in journal(path, ticket)][3:]
+        assert sorted(kinds) == [("CLOSE", "done"), ("CLOSE_HEDGE", "done")]
+        transitions = [(t["from_state"], t["to_state"]) for t in
+                       (await cl.transitions(ticket))["transitions"]]
+        assert transitions == [("", "HEALTHY"), ("HEALTHY", "WARNING_L1"),
+                               ("WARNING_L1", "WARNING_L2"), ("WARNING_L2", "HEDGED"),
+                               ("HEDGED", "CLOSED")]
+        SCENARIO_PNL["losing SELL: L1, L2, hedged, flat timer"] = pnl(sim, ticket, hedge.ticket)
+
+
+async def test_a_hedged_trade_recovers_to_healthy_when_structure_resumes_its_direction(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, path)
+        hedge_ticket = (await cl.trade(ticket))["hedge_ticket"]
+        await play_bars(svc, sim, RANGE_THEN_BREAK[:-1], 1.0865)
+        assert (await cl.trade(ticket))["state"] == "HEDGED"    # no break of structure yet
+        await play_bars(svc, sim, RANGE_THEN_BREAK[-1:], 1.0858)
+        # the M15 close below the 1.0860 swing low: structure resumes the SELL's direction
+        v = await cl.trade(ticket)
+        assert (v["state"], v["hedge_ticket"]) == ("RECOVERING", 0)
+        assert position(sim, hedge_ticket) is None
+        await play_bars(svc, sim, FALL[:5], 1.0855)              # 25 min: still recovering
+        assert (await cl.trade(ticket))["state"] == "RECOVERING"
+        await play_bars(svc, sim, FALL[5:], 1.0840)              # 30 min, score >= +1
+        v = await cl.trade(ticket)
+        assert (v["state"], v["defensive"], v["volume"]) == ("HEALTHY", False, 0.10)
+        assert v["score"] >= 1.0
+        assert position(sim, ticket).volume == 0.10
+        transitions = [(t["from_state"], t["to_state"]) for t in
+                       (await cl.transitions(ticket))["transitions"]][3:]
+        assert transitions == [("WARNING_L2", "HEDGED"), ("HEDGED", "RECOVERING"),
+                               ("RECOVERING", "HEALTHY")]
+        SCENARIO_PNL["SELL hedged, then recovers to HEALTHY"] = pnl(sim, ticket, hedge_ticket)
+
+
+async def test_on_a_netting_account_the_hedge_is_a_reduction(engine_settings):
+    sim = make_sim(netting=True)
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, path)
+        v = await cl.trade(ticket)
+        assert (v["state"], v["volume"], v["hedge_ticket"]) == ("HEDGED", 0.05, 0)
+        assert [p.ticket for p in sim.positions_get()] == [ticket]   # no opposite position
+        assert position(sim, ticket).volume == 0.05
+        exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
+        assert [d.volume for d in exits] == [0.10, 0.05]
+        SCENARIO_PNL["SELL on netting: L2 then reduced"] = pnl(sim, ticket)

@@ -66,6 +66,12 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseAll:
+    """Pause or resume every managed trade; answered with the tickets changed."""
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Unregister:
     """Stop managing a trade; its record stays (RELEASED) and ``register`` adopts it again."""
     ticket: int
@@ -172,6 +178,15 @@ class RegistryActor(Actor):
             return await self._set_paused(message.ticket, True)
         if isinstance(message, Resume):
             return await self._resume(message.ticket)
+        if isinstance(message, PauseAll):
+            changed = []
+            for ticket, actor in list(self.trades.items()):
+                view = await actor.ask(SetPaused(message.paused),
+                                       timeout=self.settings.registry.ask_timeout_s)
+                changed.append(ticket)
+                if view.get("state") == TradeState.CLOSED.value:
+                    changed.pop()
+            return {"paused": message.paused, "tickets": changed, "count": len(changed)}
         if isinstance(message, Unregister):
             return await self._unregister(message.ticket)
         raise TypeError(f"registry cannot handle {message!r}")
