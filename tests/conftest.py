@@ -37,6 +37,16 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def engine_settings(settings: Settings) -> Settings:
+    """For engine tests: regime multipliers at 1, so the thresholds are exactly the policy's,
+    and fast tick polls."""
+    neutral = {"asia": 1.0, "london": 1.0, "overlap": 1.0, "newyork": 1.0, "late": 1.0}
+    return settings.replace(market={"tick_poll_s": 0.01},
+                            signals={"session_multipliers": neutral,
+                                     "volatility_multipliers": {"low": 1, "normal": 1, "high": 1}})
+
+
 @asynccontextmanager
 async def running(settings: Settings, sim: Any, *, wait_ready: bool = True
                   ) -> AsyncIterator[Service]:

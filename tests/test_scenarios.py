@@ -28,7 +28,6 @@ pytestmark = pytest.mark.anyio
 #: Monday 2024-06-03 08:00 UTC: the London session
 START = datetime(2024, 6, 3, 8, 0, tzinfo=UTC).timestamp()
 SCENARIO_PNL: dict[str, float] = {}
-NEUTRAL = {"asia": 1.0, "london": 1.0, "overlap": 1.0, "newyork": 1.0, "late": 1.0}
 
 
 def make_sim(netting: bool = False) -> SimTerminal:
@@ -39,14 +38,6 @@ def make_sim(netting: bool = False) -> SimTerminal:
     assert sim.initialize()  # the test reads positions through the API too
     sim.hold("EURUSD")
     return sim
-
-
-@pytest.fixture
-def engine_settings(settings):
-    # regime multipliers at 1 so the thresholds are exactly the policy's; fast polls
-    return settings.replace(market={"tick_poll_s": 0.01},
-                            signals={"session_multipliers": NEUTRAL,
-                                     "volatility_multipliers": {"low": 1, "normal": 1, "high": 1}})
 
 
 def journal(path: str, ticket: int) -> list[dict[str, Any]]:

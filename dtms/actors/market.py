@@ -114,7 +114,9 @@ class SymbolMarket(Actor):
         self.tick: Tick | None = None
         self.signals: MarketSignals | None = None
         self.bar_end = 0       # market time at which the forming M5 bar closes
-        self.bar_closes = 0
+        self.bar_closes = 0    # bar closes seen = times the signals were computed
+        self.ticks = 0         # new ticks read
+        self.events_sent = 0   # PriceEvents told to trades (the index's k per tick)
 
     def view(self) -> MarketView:
         assert self.spec is not None
@@ -194,6 +196,7 @@ class SymbolMarket(Actor):
         if previous is not None and tick.time == previous.time and tick.bid == previous.bid:
             return  # no new tick
         self.tick = tick
+        self.ticks += 1
         if previous is not None and tick.time - previous.time > self.settings.market.gap_bars * M5:
             self.metrics.market_gaps.labels(self.symbol).inc()
             log.warning("gap in %s ticks: %ss without a tick", self.symbol,
@@ -208,6 +211,7 @@ class SymbolMarket(Actor):
             fired = self.index.fire(tick.bid, float(tick.time))
         if fired:
             event = PriceEvent(self.view(), seen)
+            self.events_sent += len(fired)
             for ticket in fired:
                 await self._tell(ticket, event)
 

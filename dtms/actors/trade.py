@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 _OBLIGATION = {"done": "done", "deferred": "deferred", "skipped": "skipped",
                "uncertain": "pending", "sent": "pending", "pending": "pending"}
 UNRESOLVED = frozenset({"pending", "sent", "uncertain"})
+POSITION_CLOSED = 10036
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,8 @@ class TradeActor(Actor):
                                                     updated_at=self.clock()))
                 log.info("trade %s %s", self.ticket, "paused" if message.paused else "resumed",
                          extra={"ticket": self.ticket, "paused": message.paused})
+                if not message.paused and self.view is not None:  # catch up at once
+                    self.spawn(self.tell, PriceEvent(self.view, time.perf_counter()))
             return self.trade.view()
         if isinstance(message, GetView):
             return self.trade.view()
@@ -289,6 +292,12 @@ class TradeActor(Actor):
             outcome = {"retcode": result.retcode, "order": result.order, "deal": result.deal,
                        "volume": result.volume, "price": result.price,
                        "comment": result.comment} if result else {"retcode": None}
+            if (intent.kind is ActionKind.CLOSE_HEDGE and result is not None
+                    and result.retcode == POSITION_CLOSED):
+                # someone (or its own stop-out) closed the hedge already: nothing left to do
+                await self._settle(record, "done", {"hedge_ticket": 0, "hedge_volume": 0.0},
+                                   result.retcode, {**outcome, "note": "hedge already closed"})
+                return
             if cls is RetcodeClass.SUCCESS:
                 hedge = result.order if intent.kind is ActionKind.HEDGE else 0
                 changes = after_fill(self.trade, intent, volume=built.volume, hedge_ticket=hedge,
