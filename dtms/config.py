@@ -92,8 +92,14 @@ class StoreSettings:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 5000
     max_batch: int = 512
+    max_size_mb: float = 0.0          # cap on the database file; 0 = no cap (the disk's size)
     retention_days: float = 30.0
     archive_interval_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySettings:
+    adopt_unknown: bool = False       # manage open positions with DTMS's magic it has no record of
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +208,7 @@ class Settings:
     sim: SimSettings = field(default_factory=SimSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
     trades: TradeSettings = field(default_factory=TradeSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     signals: SignalSettings = field(default_factory=SignalSettings)

@@ -100,6 +100,9 @@ class Metrics:
         self.store_batch = Histogram("dtms_store_batch_size", "Writes per group commit",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
         self.store_errors = Counter("dtms_store_errors_total", "Database errors", registry=r)
+        self.store_writable = Gauge("dtms_store_writable",
+                                    "1 while the database accepts writes, 0 while it refuses them "
+                                    "(locked, full, I/O error)", registry=r)
         self.position_polls = Counter("dtms_position_polls_total", "Position polls by outcome",
                                       ["outcome"], registry=r)
         self.actions = Counter("dtms_actions_total",

@@ -59,7 +59,7 @@ from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overload
 from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
-from dtms.model import TradeState, parse_registration
+from dtms.model import Registration, TradeState, parse_registration
 from dtms.policy.lifecycle import resolve_policy
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
@@ -130,6 +130,8 @@ class Service:
         self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
                                        interval_s=bs.poll_interval_s, dtms_magic=bs.magic,
                                        comment_tag=bs.comment_tag)
+        if settings.recovery.adopt_unknown:
+            self.watcher.on_unknown = self._adopt
         self.registry = RegistryActor(settings, store=self.store, broker=self.broker,
                                       watcher=self.watcher, market=self.market,
                                       metrics=self.metrics,
@@ -162,7 +164,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.monitoring_active and self.broker.connected
+        return self.monitoring_active and self.broker.connected and self.store.failing is None
 
     def health(self) -> dict[str, Any]:
         ready = self.ready
@@ -179,6 +181,8 @@ class Service:
     def _not_ready(self) -> NotReady:
         if self.store.db is None:
             why = "the store is not open"
+        elif self.store.failing is not None:
+            why = f"the database refuses writes ({self.store.failing})"
         elif not self.broker.connected:
             why = "the trading terminal is not connected"
         elif not self.registry.recovered:
@@ -187,6 +191,16 @@ class Service:
             why = "stored trades are being reconciled with the broker"
         return NotReady(f"DTMS is not ready: {why}",
                         retry_after=self.settings.broker.connect_retry_s)
+
+    def _adopt(self, tickets: list[int]) -> None:
+        """recovery.adopt_unknown: register positions with our magic that we have no record of."""
+        for ticket in tickets:
+            log.warning("adopting unknown position %s (recovery.adopt_unknown)", ticket,
+                        extra={"ticket": ticket})
+            try:
+                self.registry.tell_nowait(Register(Registration(ticket, owner="dtms-adopted")))
+            except (MailboxFull, ActorStopped) as exc:  # stays listed in status as unknown
+                log.error("position %s not adopted: %r", ticket, exc, extra={"ticket": ticket})
 
     def _on_restart(self, event: RestartEvent) -> None:
         if event.action == "restart":

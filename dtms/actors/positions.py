@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ class PositionWatcher(Actor):
         self.interval_s = interval_s
         self.dtms_magic = dtms_magic
         self.comment_tag = comment_tag
+        self.on_unknown: Callable[[list[int]], None] | None = None
         self.watched: dict[int, Actor] = {}
         self.last_seen: dict[int, tuple[float, float, float]] = {}
         self.gone_reported: set[int] = set()
@@ -114,10 +116,17 @@ class PositionWatcher(Actor):
             except ActorStopped:
                 self.watched.pop(ticket, None)
                 self.last_seen.pop(ticket, None)
-        self.unknown = sorted(t for t, p in by_ticket.items()
-                              if p.magic == self.dtms_magic and t not in self.watched
-                              and self._hedged_trade(p) not in self.watched)
-        self.metrics.unknown_positions.set(len(self.unknown))
+        unknown = sorted(t for t, p in by_ticket.items()
+                         if p.magic == self.dtms_magic and t not in self.watched
+                         and self._hedged_trade(p) not in self.watched)
+        new = sorted(set(unknown) - set(self.unknown))
+        self.unknown = unknown
+        self.metrics.unknown_positions.set(len(unknown))
+        if new:
+            log.warning("open positions with DTMS's magic %s that DTMS has no record of: %s",
+                        self.dtms_magic, new, extra={"unknown_positions": new})
+            if self.on_unknown is not None:
+                self.on_unknown(new)
         self.polls_ok += 1
 
     def _hedged_trade(self, p: Position) -> int:

@@ -109,6 +109,7 @@ MIGRATIONS: list[str] = [
     UPDATE actions SET seq = id;
     CREATE UNIQUE INDEX actions_ticket_seq ON actions(ticket, seq);
     CREATE INDEX actions_open ON actions(status) WHERE status IN ('pending', 'sent', 'uncertain');
+    CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
     """,
 ]
 
@@ -179,7 +180,13 @@ class ListActions:
     unresolved: bool = False   # only pending, sent or uncertain rows
 
 
-WRITES = (PutTrade, AddRestart, Archive)
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A tiny write that tells whether the database accepts writes again."""
+    at: float
+
+
+WRITES = (PutTrade, AddRestart, Archive, Probe)
 
 
 def trade_from_row(row: sqlite3.Row) -> Trade:
@@ -240,6 +247,8 @@ class StoreActor(Actor):
         self.events = events
         self.db: aiosqlite.Connection | None = None
         self.schema_version = 0
+        self.failing: str | None = None   # why writes fail (locked, full...), else None
+        self.probe_interval_s = 2.0
 
     async def on_start(self) -> None:
         path = Path(self.settings.path)
@@ -252,6 +261,10 @@ class StoreActor(Actor):
             if mode[0].lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode[0]})")
             await db.execute(f"PRAGMA synchronous={self.settings.synchronous.upper()}")
+            if self.settings.max_size_mb > 0:
+                page = (await (await db.execute("PRAGMA page_size")).fetchone())[0]
+                pages = max(1, int(self.settings.max_size_mb * 1024 * 1024 // page))
+                await db.execute(f"PRAGMA max_page_count={pages}")
             await db.execute("PRAGMA foreign_keys=ON")
             self.schema_version = await migrate(db)
         except BaseException:
@@ -259,6 +272,8 @@ class StoreActor(Actor):
                 await db.close()
             raise
         self.db = db
+        self.failing = None
+        self.metrics.store_writable.set(1)
         self.spawn(self._archive_periodically)
         log.info("store open", extra={"path": str(path), "schema_version": self.schema_version})
 
@@ -320,8 +335,11 @@ class StoreActor(Actor):
                     await self._apply(env.message)
                 await self.db.execute("COMMIT")
             except BaseException:
+                # SQLite rolls back by itself on some errors (SQLITE_FULL): then there is
+                # nothing to roll back, and the original error is the one to report
                 with anyio.CancelScope(shield=True):
-                    await self.db.execute("ROLLBACK")
+                    if self.db.in_transaction:
+                        await self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self.metrics.store_errors.inc()
@@ -329,7 +347,13 @@ class StoreActor(Actor):
             for env in writes:
                 if env.reply is not None:
                     env.reply.fail(NotReady(f"database write failed: {exc}", retry_after=5.0))
-            raise  # a broken database is a crash: the supervisor decides
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise  # a broken (e.g. corrupt) database is a crash: the supervisor decides
+            # locked, busy, full, I/O: the file is there but refuses writes. Nothing was
+            # acknowledged; DTMS answers NOT_READY until a write goes through again.
+            self._set_failing(str(exc))
+            return
+        self._set_failing(None)
         self.metrics.store_commit.observe(time.perf_counter() - started)
         self.metrics.store_batch.observe(len(writes))
         for env in writes:
@@ -341,6 +365,25 @@ class StoreActor(Actor):
             for env in writes:
                 if isinstance(env.message, PutTrade):
                     self._publish(env.message)
+
+    def _set_failing(self, error: str | None) -> None:
+        if error == self.failing:
+            return
+        if error is None:
+            log.warning("store writable again after: %s", self.failing)
+        else:
+            log.error("store refuses writes: %s; DTMS is NOT_READY until it accepts them again",
+                      error, extra={"error": error})
+            if self.failing is None:
+                self.spawn(self._probe)
+        self.failing = error
+        self.metrics.store_writable.set(0 if error else 1)
+
+    async def _probe(self) -> None:
+        """While writes fail, try a small write every few seconds (nobody else may write)."""
+        while self.failing is not None:
+            await anyio.sleep(self.probe_interval_s)
+            await self.tell(Probe(time.time()))
 
     def _count(self, t: Transition) -> None:
         """Every committed transition passes here: the one place that keeps state metrics."""
@@ -371,6 +414,9 @@ class StoreActor(Actor):
                     "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
             for a in msg.actions:
                 await self.db.execute(_ACTION_UPSERT, _action_params(a))
+        elif isinstance(msg, Probe):
+            await self.db.execute("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)",
+                                  (msg.at,))
         elif isinstance(msg, Archive):
             # only CLOSED rows, by construction: an open trade is never archived or deleted
             where = "state = 'CLOSED' AND closed_at > 0 AND closed_at < ?"

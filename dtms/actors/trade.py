@@ -383,9 +383,12 @@ class TradeActor(Actor):
                     and d.entry in DEAL_ENTRY_OUT]
             if not ours:
                 return None
-            volume = sum(d.volume for d in ours)
-            intent = ActionIntent(ActionKind(record.kind), record.obligation, record.reason)
-            return after_fill(self.trade, intent, volume=volume, hedging=False)
+            if record.kind == ActionKind.CLOSE_HEDGE:
+                return {"hedge_ticket": 0, "hedge_volume": 0.0}
+            # the broker's volume, not a subtraction: the position watcher may already have
+            # reported (and the trade adopted) the volume after this deal
+            positions = await self.broker.call("positions", ticket=self.ticket)
+            return {"volume": positions[0].volume if positions else 0.0}
         t = float(req.get("market_time", 0))   # a new (hedge) position
         deals = await self.broker.call("deals_between", start=t - 86400, end=t + 86400 * 7)
         opened = [d for d in deals if d.magic == magic and d.comment == comment and d.entry == 0]
