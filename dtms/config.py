@@ -253,7 +253,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             return int(value)

@@ -27,6 +27,7 @@ moves at most one rung of the ladder.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -87,10 +88,38 @@ def resolve_policy(base: PolicySettings, overrides: Mapping[str, Any]) -> Policy
     if not overrides:
         return base
     try:
-        return override(base, overrides)
+        policy = override(base, overrides)
     except ConfigError as exc:
         problems = getattr(exc, "problems", {"": str(exc)})
         raise InvalidArgument.many({f"policy.{k}": v for k, v in problems.items()}) from exc
+    problems = {f"policy.{k}": v for k, v in policy_problems(policy).items() if k in overrides}
+    if problems:
+        raise InvalidArgument.many(problems)
+    return policy
+
+
+def policy_problems(p: PolicySettings) -> dict[str, str]:
+    """What is wrong with a policy (empty when nothing): finite numbers, fractions in (0, 1]."""
+    problems: dict[str, str] = {}
+    for f in dataclasses.fields(p):
+        value = getattr(p, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            problems[f.name] = "must be a finite number"
+    for name in ("l2_close_fraction", "hedge_ratio"):
+        if name not in problems and not 0 < getattr(p, name) <= 1:
+            problems[name] = "must be in (0, 1]"
+    if any(not 0 < v <= 1 for v in p.partial_fractions if math.isfinite(v)):
+        problems["partial_fractions"] = "each must be in (0, 1]"
+    if len(p.partial_fractions) != len(p.partial_levels_r):
+        problems["partial_levels_r"] = "needs one fraction per level (partial_fractions)"
+    for name in ("flat_timer_min", "recovery_min", "l1_tighten_r", "breakeven_r",
+                 "breakeven_buffer_spreads", "trail_activation_r", "trail_atr_mult",
+                 "trail_step_points", "time_stop_min", "score_cooldown_s", "retry_after_s",
+                 "requote_retries"):
+        if name not in problems and getattr(p, name) < 0:
+            problems[name] = "must be >= 0"
+    return problems
 
 
 def _sign(direction: Direction) -> float:
@@ -153,14 +182,20 @@ class _Plan:
     def watch_price(self, direction: Direction, price_level: float) -> None:
         """Evaluate again when the trade's closing price reaches ``price_level``, in bid terms."""
         spread = self.snap.ask - self.snap.bid
-        digits = self.snap.spec.digits
-        # on the price grid, so that a tick exactly at the level fires it
-        if direction is Direction.BUY:
-            level = round(price_level, digits)            # a BUY closes at the bid
-            (self.above if level > self.snap.bid else self.below).append(level)
+        # a BUY closes at the bid, a SELL at the ask: levels are watched in bid terms
+        level = price_level if direction is Direction.BUY else price_level - spread
+        if level > self.snap.bid:
+            self.above.append(_on_grid(level, self.snap.spec, ceil=True))
         else:
-            level = round(price_level - spread, digits)   # a SELL closes at the ask
-            (self.below if level < self.snap.bid else self.above).append(level)
+            self.below.append(_on_grid(level, self.snap.spec, ceil=False))
+
+
+def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
+    """``level`` on the price grid, rounded towards where the price must go to reach it: up
+    for a level above the price (the first tick at or past it), down for one below."""
+    ticks = level / spec.point
+    n = math.ceil(ticks - 1e-6) if ceil else math.floor(ticks + 1e-6)
+    return round(n * spec.point, spec.digits)
 
 
 def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
@@ -202,6 +237,10 @@ def _ladder(plan: _Plan, p: PolicySettings) -> None:
         return
     if state is TradeState.RECOVERING and now - t.recovery_since >= p.recovery_min * 60:
         current = score.total if score is not None else t.score
+        if current >= p.recovery_score and t.hedge_ticket:
+            # its close failed earlier: a hedge is never left behind in HEALTHY
+            plan.emit(ActionKind.CLOSE_HEDGE, "recover:close_hedge", "recovering: close hedge")
+            return
         if current >= p.recovery_score:
             plan.move(TradeState.HEALTHY, f"recovered: score {current:+.2f} >= "
                       f"{p.recovery_score:+g} after {p.recovery_min:g} min",
@@ -349,7 +388,8 @@ def _protect_profit(plan: _Plan, p: PolicySettings) -> None:
             if t.sl <= 0 or sign * (desired - t.sl) >= step - 1e-12:
                 key = f"sl:trail:{desired:.{snap.spec.digits}f}"
                 plan.obligations = {k: v for k, v in plan.obligations.items()
-                                    if not (k.startswith("sl:trail:") and v != PENDING)}
+                                    if not (k.startswith("sl:trail:") and v != PENDING
+                                            and k != key)}
                 plan.emit(ActionKind.MODIFY_SL, key, f"trailing {p.trail_atr_mult:g} ATR",
                           sl=desired)
             # the next step: when the price has gone one step further than the stop allows
@@ -361,8 +401,10 @@ def _protect_profit(plan: _Plan, p: PolicySettings) -> None:
     for i, (level, fraction) in enumerate(zip(p.partial_levels_r, p.partial_fractions,
                                               strict=False)):
         key = f"partial:{i}"
-        if not plan.owes(key):
+        if plan.obligations.get(key) in (DONE, SKIPPED):
             continue
+        if not plan.owes(key):
+            break   # this rung is in flight or waiting to retry: the next one waits for it
         if profit_r >= level - 1e-9:
             plan.emit(ActionKind.PARTIAL_CLOSE, key, f"profit {level:g} R: take {fraction:.0%}",
                       volume=t.initial_volume * fraction)
