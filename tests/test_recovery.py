@@ -52,6 +52,26 @@ def partial_close(ticket: int, volume: float, bid: float) -> dict:
             "type_time": 0, "market_time": 1717401600}
 
 
+async def ladder_trade(settings):
+    """A BUY 0.10 at 1.08512 (1 R = 100 points), registered with a one-rung partial ladder
+    (half at +1 R), then DTMS stopped."""
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
+    async with running(settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {
+            "breakeven_r": 5, "partial_levels_r": [1.0], "partial_fractions": [0.5]}})
+    return sim, ticket
+
+
+def executed_then_crashed(sim, path: str, ticket: int) -> None:
+    """DTMS journaled and sent the partial close, the broker executed it, DTMS died."""
+    request = partial_close(ticket, 0.05, 1.08500)
+    crash_after_journaling(path, ticket, status="sent", request=request)
+    assert sim.initialize()   # DTMS shut its connection down when it stopped
+    assert sim.order_send({k: v for k, v in request.items() if k != "market_time"}
+                          ).retcode == 10009
+
+
 async def test_a_trade_resumes_in_warning_l2_with_its_timers_and_the_ladder_goes_on(
         engine_settings):
     sim = make_sim()
@@ -78,17 +98,8 @@ async def test_a_trade_resumes_in_warning_l2_with_its_timers_and_the_ladder_goes
 
 async def test_a_sent_action_found_done_at_the_broker_is_recorded_done_not_resent(
         engine_settings):
-    sim = make_sim()
-    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
-        await cl.register({"ticket": ticket, "policy": {
-            "breakeven_r": 5, "partial_levels_r": [1.0], "partial_fractions": [0.5]}})
-    # DTMS journaled and sent the partial close, the broker executed it, DTMS died
-    request = partial_close(ticket, 0.05, 1.08500)
-    crash_after_journaling(engine_settings.store.path, ticket, status="sent", request=request)
-    assert sim.initialize()   # DTMS shut its connection down when it stopped
-    assert sim.order_send({k: v for k, v in request.items() if k != "market_time"}
-                          ).retcode == 10009
+    sim, ticket = await ladder_trade(engine_settings)
+    executed_then_crashed(sim, engine_settings.store.path, ticket)
     async with running(engine_settings, sim) as svc, client_for(svc) as cl:
         await settle(svc, sim)
         view = await cl.trade(ticket)
@@ -104,14 +115,10 @@ async def test_a_sent_action_found_done_at_the_broker_is_recorded_done_not_resen
 
 async def test_a_sent_action_not_done_at_the_broker_is_failed_then_done_exactly_once(
         engine_settings):
-    sim = make_sim()
-    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
-        await cl.register({"ticket": ticket, "policy": {
-            "breakeven_r": 5, "partial_levels_r": [1.0], "partial_fractions": [0.5]}})
+    sim, ticket = await ladder_trade(engine_settings)
     crash_after_journaling(engine_settings.store.path, ticket, status="sent",
                            request=partial_close(ticket, 0.05, 1.08500))
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+    async with running(engine_settings, sim) as svc:
         await settle(svc, sim)
         [row] = journal(engine_settings.store.path, ticket)
         assert row["status"] == "failed"
@@ -140,16 +147,8 @@ async def test_a_journaled_action_never_sent_is_failed_without_asking_the_broker
 
 
 async def test_a_broker_error_during_recovery_deletes_and_closes_nothing(engine_settings):
-    sim = make_sim()
-    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
-        await cl.register({"ticket": ticket, "policy": {
-            "breakeven_r": 5, "partial_levels_r": [1.0], "partial_fractions": [0.5]}})
-    request = partial_close(ticket, 0.05, 1.08500)
-    crash_after_journaling(engine_settings.store.path, ticket, status="sent", request=request)
-    assert sim.initialize()   # DTMS shut its connection down when it stopped
-    assert sim.order_send({k: v for k, v in request.items() if k != "market_time"}
-                          ).retcode == 10009
+    sim, ticket = await ladder_trade(engine_settings)
+    executed_then_crashed(sim, engine_settings.store.path, ticket)
     # the deal history cannot be read while DTMS recovers
     sim.fail_next(1000, "history_deals_get", error=(-1, "Terminal: Call failed"))
     async with running(engine_settings, sim) as svc, client_for(svc) as cl:
