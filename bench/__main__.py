@@ -1,14 +1,20 @@
-"""``python -m bench {all,registration} [--quick] [--json PATH] ...``: run benchmarks, print tables."""
+"""``python -m bench {all,NAME} [--quick] [--json PATH] ...``: run benchmarks, print tables."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-from bench import registration
+from bench import coldstart, commit, engine, registration
 
-BENCHES: dict[str, Callable[[list[str]], int]] = {"registration": registration.main}
-SUMMARIES = {"registration": "registrations/s, p50/p99 over TCP vs a bare echo floor"}
+BENCHES: dict[str, Callable[[list[str]], int]] = {"registration": registration.main,
+                                                  "coldstart": coldstart.main,
+                                                  "commit": commit.main,
+                                                  "engine": engine.main}
+SUMMARIES = {"registration": "registrations/s, p50/p99 over TCP vs a bare echo floor",
+             "coldstart": "seconds from start to ready with 10k/100k stored trades vs none",
+             "commit": "durable writes/s, group commit vs one commit each vs raw sqlite3",
+             "engine": "tick->decision (index on/off), bar-close scoring, RSS, idle CPU"}
 
 
 def main(argv: list[str]) -> int:

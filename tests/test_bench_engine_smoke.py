@@ -1,0 +1,53 @@
+"""The engine benchmark's measuring functions run in a tiny configuration (no timing asserted)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import anyio
+
+from bench.engine import HEADERS, engine_run, format_table, idle_run, rows_of
+
+N = 200
+K = 10
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", cell)]
+
+
+def test_engine_bench_fills_every_row_with_finite_numbers_and_the_index_tells_fewer_trades(
+        tmp_path: Path):
+    engine = anyio.run(lambda: engine_run(N, k=K, ticks_on=4, ticks_off=2, bar_closes=2,
+                                          db_path=str(tmp_path / "engine.sqlite3")))
+    idle = anyio.run(lambda: idle_run(N, symbols=3, seconds=0.5, quiet_seconds=0.5,
+                                      db_path=str(tmp_path / "idle.sqlite3")))
+
+    on, off = engine["on"], engine["off"]
+    assert (on["ticks"], off["ticks"]) == (4, 2)
+    assert on["events"] == on["decisions"] == 4 * K           # the index told the crossed trades
+    assert off["events"] == off["decisions"] == 2 * N         # broadcast told every trade
+    assert on["events"] / on["ticks"] < off["events"] / off["ticks"]
+    scoring = engine["scoring"]
+    assert scoring["bar_closes"] == 2 and scoring["decisions"] == scoring["expected"] == 2 * N
+    assert on["restarts"] == off["restarts"] == scoring["restarts"] == 0
+    assert idle["trades"] == 3 * (N // 3) and idle["ticking"]["events"] == 0
+    for figure in (on, off, scoring):
+        for key in ("p50_s", "p99_s", "tick_p50_s", "tick_p99_s"):
+            assert math.isfinite(figure[key]) and figure[key] > 0
+    assert engine["rss_ready"] > engine["rss_sim"] > engine["rss_base"] > 0
+
+    results = {"engine": [engine], "scoring": engine, "idle": idle}
+    rows = rows_of(results)
+    assert [r[0] for r in rows] == ["tick -> decision", "tick -> last decision",
+                                    "bar close -> all scored", "market_signals", "RSS",
+                                    "idle CPU"]
+    for row in rows:
+        assert len(row) == len(HEADERS)
+        for cell in row[2:3] + row[4:5]:   # median and baseline always hold a figure
+            values = _numbers(cell)
+            assert values and all(math.isfinite(v) for v in values), row
+    table = format_table(results).splitlines()
+    assert len(table) >= 2 + len(rows)
