@@ -107,6 +107,7 @@ class RegistrySettings:
     mailbox_size: int = 4096
     max_trades: int = 200_000
     ask_timeout_s: float = 10.0
+    max_batch: int = 256
     owned_elsewhere_strategies: tuple[str, ...] = ()
     owned_elsewhere_owners: tuple[str, ...] = ()
 

@@ -119,6 +119,11 @@ class Actor:
 
     #: exceptions from ``handle`` that are answers to the asker, not crashes of the actor
     reply_errors: tuple[type[BaseException], ...] = (DtmsError,)
+    #: messages of these types queued back to back are taken together (up to ``max_batch``)
+    #: and given to ``handle_batch`` in one call: the store's group commit, the registry's
+    #: batched registrations. Order is kept: a message of another type ends the batch.
+    batch_types: tuple[type, ...] = ()
+    max_batch = 1
 
     def __init__(self, name: str, mailbox_size: int = 1024) -> None:
         self.name = name
@@ -222,16 +227,34 @@ class Actor:
         self._tg.start_soon(fn, *args, name=f"{self.name}:{getattr(fn, '__name__', 'task')}")
 
     async def _loop(self) -> None:
+        held: Envelope | None = None   # taken from the mailbox while filling a batch
         while True:
-            try:
-                env = await self._recv.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return
+            if held is not None:
+                env, held = held, None
+            else:
+                try:
+                    env = await self._recv.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
             if isinstance(env.message, _Stop):
                 if env.message.incarnation == self.incarnation:
                     return
                 continue
-            await self._deliver(env)
+            if not isinstance(env.message, self.batch_types):
+                await self._deliver(env)
+                continue
+            # the first batchable message, then every one queued right behind it
+            batch = [env]
+            while len(batch) < self.max_batch:
+                try:
+                    env = self._recv.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                if not isinstance(env.message, self.batch_types):
+                    held = env
+                    break
+                batch.append(env)
+            await self.handle_batch(batch)
 
     async def _deliver(self, env: Envelope) -> None:
         """Handle one message under its trace id and answer its asker (any loop uses this)."""
@@ -265,3 +288,10 @@ class Actor:
 
     async def handle(self, message: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")
+
+    async def handle_batch(self, batch: list[Envelope]) -> None:
+        """Handle messages of ``batch_types`` together; must answer every asker in ``batch``.
+
+        The default handles them one by one."""
+        for env in batch:
+            await self._deliver(env)

@@ -31,7 +31,8 @@ from dtms.supervisor import Backoff
 log = logging.getLogger(__name__)
 
 #: adapter methods other actors may call
-OPERATIONS = frozenset({"account", "symbol", "tick", "rates", "positions", "deals_for_position",
+OPERATIONS = frozenset({"account", "symbol", "tick", "rates", "positions", "positions_of",
+                        "deals_for_position",
                         "deals_between", "send"})
 _ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "success",
                   10004: "retry", 10020: "retry", 10021: "retry",

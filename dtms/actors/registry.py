@@ -29,15 +29,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dtms.actors.base import Actor
+from dtms.actors.base import Actor, Envelope
 from dtms.actors.positions import Unwatch, Watch
-from dtms.actors.store import CountByState, GetTrade, ListTrades, ListTransitions, PutTrade
+from dtms.actors.store import (
+    CountByState,
+    GetTrade,
+    GetTrades,
+    ListActions,
+    ListTrades,
+    ListTransitions,
+    PutTrade,
+    PutTrades,
+)
 from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
 from dtms.config import Settings
-from dtms.errors import BrokerError, Conflict, NotFound, NotReady, Overloaded, OwnedElsewhere
+from dtms.errors import (
+    BrokerError,
+    Conflict,
+    DtmsError,
+    Internal,
+    NotFound,
+    NotReady,
+    Overloaded,
+    OwnedElsewhere,
+)
+from dtms.logs import TRACE_ID
 from dtms.metrics import Metrics
 from dtms.model import (
     UNMANAGED_STATES,
+    ActionRecord,
+    Position,
     Registration,
     Trade,
     TradeState,
@@ -84,11 +105,14 @@ class GiveUp:
 
 
 class RegistryActor(Actor):
+    batch_types = (Register,)
+
     def __init__(self, settings: Settings, *, store: Actor, broker: Any, watcher: Actor,
                  market: Actor, metrics: Metrics, on_event: Callable[..., Any] | None = None,
                  on_recovered: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__("registry", settings.registry.mailbox_size)
+        self.max_batch = max(1, settings.registry.max_batch)
         self.settings = settings
         self.store = store
         self.broker = broker
@@ -130,13 +154,19 @@ class RegistryActor(Actor):
         self.trades.clear()
 
     async def _recover(self) -> None:
+        # every unresolved journal row at once (few: one per action in flight at the crash),
+        # so that no trade actor has to read the store again before it starts
+        journals: dict[int, list[ActionRecord]] = {}
+        for row in await self.store.ask(ListActions(unresolved=True, limit=1 << 62),
+                                        timeout=60.0):
+            journals.setdefault(row.ticket, []).append(row)
         offset, page = 0, 1000
         while True:
             batch = await self.store.ask(ListTrades(open_only=True, limit=page, offset=offset),
                                          timeout=60.0)
             for trade in batch:
                 if trade.state not in UNMANAGED_STATES:
-                    await self._spawn(trade)
+                    await self._spawn(trade, journal=tuple(journals.get(trade.ticket, ())))
             if len(batch) < page:
                 break
             offset += page
@@ -149,10 +179,13 @@ class RegistryActor(Actor):
         if self._on_recovered is not None:
             self._on_recovered()
 
-    async def _spawn(self, trade: Trade) -> None:
+    async def _spawn(self, trade: Trade,
+                     journal: tuple[ActionRecord, ...] | None = None) -> None:
+        """Start the trade's actor; ``journal``: its unresolved rows if already read (the
+        trade is then taken as stored), None to let the actor read both from the store."""
         actor = TradeActor(trade, store=self.store, broker=self.broker, registry=self,
                            market=self.market, metrics=self.metrics, settings=self.settings,
-                           clock=self.clock)
+                           clock=self.clock, journal=journal)
         assert self.supervisor is not None
         await self.supervisor.start_child(ChildSpec(
             str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
@@ -167,8 +200,6 @@ class RegistryActor(Actor):
 
     # -- messages ------------------------------------------------------------------------------
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Register):
-            return await self._register(message.registration)
         if isinstance(message, TradeClosed):
             self._forget(message.ticket)
             return None
@@ -263,13 +294,116 @@ class RegistryActor(Actor):
         log.error("trade %s SUSPENDED: its actor kept crashing (%s)", ticket, error,
                   extra={"ticket": ticket, "error": error})
 
-    async def _register(self, reg: Registration) -> dict[str, Any]:
-        existing = await self.store.ask(GetTrade(reg.ticket))
+    # -- registration ----------------------------------------------------------------------
+    async def handle_batch(self, batch: list[Envelope]) -> None:
+        """Registrations queued together: one store read, one broker call, one commit.
+
+        Each one is still decided on its own (its own error or reply). A ticket named twice in
+        one batch is decided once; the later ones are then handled as a batch of their own, so
+        they find the first's outcome (``created: false`` if it was registered)."""
+        first: dict[int, Envelope] = {}
+        again: list[Envelope] = []
+        for env in batch:
+            ticket = env.message.registration.ticket
+            if ticket in first:
+                again.append(env)
+            else:
+                first[ticket] = env
+        envs = list(first.values())
+        token = TRACE_ID.set(envs[0].trace_id)  # the shared work logs under the first's id
+        try:
+            outcomes = await self._register_many([e.message.registration for e in envs])
+        except BaseException as exc:   # a crash: nobody in the batch is left waiting
+            for env in batch:
+                if env.reply is not None:
+                    env.reply.fail(Internal(f"registry crashed registering: {exc!r}"))
+            raise
+        finally:
+            TRACE_ID.reset(token)
+        for env in envs:
+            outcome = outcomes[env.message.registration.ticket]
+            token = TRACE_ID.set(env.trace_id)
+            try:
+                if isinstance(outcome, dict) and outcome["created"]:
+                    t = outcome["trade"]
+                    log.info("registered trade %s %s %s %.2f", t["ticket"], t["symbol"],
+                             t["direction"], t["volume"],
+                             extra={"ticket": t["ticket"], "symbol": t["symbol"],
+                                    "adjusted": outcome["adjusted"]})
+                if isinstance(outcome, DtmsError):
+                    if env.reply is not None:
+                        env.reply.fail(outcome)
+                    else:
+                        log.warning("registration of %s failed: %r",
+                                    env.message.registration.ticket, outcome)
+                elif env.reply is not None:
+                    env.reply.set(outcome)
+            finally:
+                TRACE_ID.reset(token)
+        if again:
+            await self.handle_batch(again)
+
+    async def _register_many(self, regs: list[Registration]) -> dict[int, Any]:
+        """ticket -> the reply, or the DtmsError to answer, for distinct tickets."""
+        outcome: dict[int, Any] = {}
+        try:
+            stored: dict[int, Trade] = await self.store.ask(
+                GetTrades(tuple(r.ticket for r in regs)), timeout=30.0)
+        except DtmsError as exc:
+            return {r.ticket: exc for r in regs}
+        room = self.settings.registry.max_trades - len(self.trades)
+        checks: list[Registration] = []
+        for reg in regs:
+            try:
+                reply = self._admit(reg, stored.get(reg.ticket), room)
+            except DtmsError as exc:
+                outcome[reg.ticket] = exc
+                continue
+            if reply is not None:
+                outcome[reg.ticket] = reply
+            else:
+                checks.append(reg)
+                room -= 1
+        if not checks:
+            return outcome
+        try:
+            positions = await self.broker.call("positions_of",
+                                               tickets=[r.ticket for r in checks])
+        except (BrokerError, NotReady, TimeoutError) as exc:
+            self.metrics.registrations.labels("not_ready").inc(len(checks))
+            error = NotReady(f"cannot check the position with the broker: {exc}",
+                             retry_after=2.0)
+            outcome.update((r.ticket, error) for r in checks)
+            return outcome
+        made: list[tuple[Trade, Transition, dict[str, Any]]] = []
+        for reg in checks:
+            try:
+                made.append(self._build(reg, positions.get(reg.ticket), stored.get(reg.ticket)))
+            except DtmsError as exc:
+                outcome[reg.ticket] = exc
+        if not made:
+            return outcome
+        # durable first, acknowledged after
+        try:
+            await self.store.ask(PutTrades(tuple(PutTrade(t, tr) for t, tr, _ in made)),
+                                 timeout=30.0)
+        except DtmsError as exc:
+            outcome.update((t.ticket, exc) for t, _, _ in made)
+            return outcome
+        for trade, _, adjusted in made:
+            # a trade seen for the first time has no journal; one adopted again reads its own
+            await self._spawn(trade, journal=() if trade.ticket not in stored else None)
+            outcome[trade.ticket] = {"created": True, "trade": trade.view(), "adjusted": adjusted}
+        self.metrics.registrations.labels("created").inc(len(made))
+        return outcome
+
+    def _admit(self, reg: Registration, existing: Trade | None, room: int) -> dict | None:
+        """The reply for a ticket DTMS already has, None for one to check with the broker, or
+        the error (ownership, capacity) that refuses it."""
         if existing is not None and existing.state is not TradeState.RELEASED:
             self.metrics.registrations.labels("existing").inc()
             log.info("duplicate registration of %s", reg.ticket, extra={"ticket": reg.ticket})
             return {"created": False, "trade": existing.view(), "adjusted": {}}
-
         rs = self.settings.registry
         if reg.strategy_type and reg.strategy_type.lower() in {
                 s.lower() for s in rs.owned_elsewhere_strategies}:
@@ -279,21 +413,18 @@ class RegistryActor(Actor):
         if reg.owner and reg.owner.lower() in {o.lower() for o in rs.owned_elsewhere_owners}:
             self.metrics.registrations.labels("owned_elsewhere").inc()
             raise OwnedElsewhere(f"owner {reg.owner!r} is another manager", field="owner")
-
-        if len(self.trades) >= rs.max_trades:
+        if room <= 0:
             raise Overloaded(f"DTMS manages its maximum of {rs.max_trades} trades",
                              retry_after=60.0, field="ticket")
-        try:
-            positions = await self.broker.call("positions", ticket=reg.ticket)
-        except (BrokerError, NotReady, TimeoutError) as exc:
-            self.metrics.registrations.labels("not_ready").inc()
-            raise NotReady(f"cannot check the position with the broker: {exc}",
-                           retry_after=2.0) from exc
-        if not positions:
+        return None
+
+    def _build(self, reg: Registration, p: Position | None,
+               existing: Trade | None) -> tuple[Trade, Transition, dict[str, Any]]:
+        """The trade as the broker has it, its transition, and what differed from ``reg``."""
+        if p is None:
             self.metrics.registrations.labels("not_found").inc()
             raise NotFound(f"no open position with ticket {reg.ticket} at the broker",
                            field="ticket")
-        p = positions[0]
         if reg.symbol is not None and normalize_symbol(reg.symbol) != normalize_symbol(p.symbol):
             self.metrics.registrations.labels("conflict").inc()
             raise Conflict(f"symbol {reg.symbol!r} contradicts the broker's {p.symbol!r}",
@@ -323,12 +454,4 @@ class RegistryActor(Actor):
                                initial_sl=existing.initial_sl, created_at=existing.created_at)
             transition = Transition(trade.ticket, now, existing.state.value, "HEALTHY",
                                     "registered again")
-        # durable first, acknowledged after
-        await self.store.ask(PutTrade(trade, transition), timeout=30.0)
-        await self._spawn(trade)
-        self.metrics.registrations.labels("created").inc()
-        log.info("registered trade %s %s %s %.2f", trade.ticket, trade.symbol,
-                 trade.direction.value, trade.volume,
-                 extra={"ticket": trade.ticket, "symbol": trade.symbol, "adjusted": adjusted})
-        return {"created": True, "trade": trade.view(), "adjusted": adjusted}
-
+        return trade, transition, adjusted

@@ -29,7 +29,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from dtms.actors.base import Actor, Envelope, _Stop
+from dtms.actors.base import Actor, Envelope
 from dtms.config import StoreSettings
 from dtms.errors import NotReady
 from dtms.events import EventBus
@@ -126,6 +126,12 @@ class PutTrade:
 
 
 @dataclass(frozen=True, slots=True)
+class PutTrades:
+    """Many ``PutTrade`` in one message, committed together (the registry's batches)."""
+    puts: tuple[PutTrade, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AddRestart:
     """One row of the restart history."""
     event: RestartEvent
@@ -141,6 +147,12 @@ class Archive:
 @dataclass(frozen=True, slots=True)
 class GetTrade:
     ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetTrades:
+    """Answered with ticket -> Trade for those of ``tickets`` stored (archived included)."""
+    tickets: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +198,16 @@ class Probe:
     at: float
 
 
-WRITES = (PutTrade, AddRestart, Archive, Probe)
+WRITES = (PutTrade, PutTrades, AddRestart, Archive, Probe)
+
+
+def _puts(messages: Any) -> Any:
+    """Every PutTrade in ``messages``, those inside PutTrades included, in order."""
+    for msg in messages:
+        if isinstance(msg, PutTrades):
+            yield from msg.puts
+        elif isinstance(msg, PutTrade):
+            yield msg
 
 
 def trade_from_row(row: sqlite3.Row) -> Trade:
@@ -233,6 +254,9 @@ def _action_params(a: ActionRecord) -> tuple:
             json.dumps(a.result, sort_keys=True, default=str))
 
 
+_TRANSITION_INSERT = ("INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
+                      "VALUES (?, ?, ?, ?, ?)")
+
 _UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in TRADE_COLUMNS)}) ON CONFLICT(ticket) DO UPDATE SET "
            + ", ".join(f"{c}=excluded.{c}" for c in TRADE_COLUMNS if c != "ticket"))
@@ -249,6 +273,7 @@ class StoreActor(Actor):
         self.schema_version = 0
         self.failing: str | None = None   # why writes fail (locked, full...), else None
         self.probe_interval_s = 2.0
+        self.max_batch = max(1, settings.max_batch)
 
     async def on_start(self) -> None:
         path = Path(self.settings.path)
@@ -289,50 +314,16 @@ class StoreActor(Actor):
             await db.close()
             log.info("store closed")
 
-    # Group commit: take the first queued message, then everything queued behind it.
-    async def _loop(self) -> None:
-        while True:
-            try:
-                first = await self._recv.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            batch = [first]
-            while len(batch) < self.settings.max_batch and not self._is_stop(batch[-1]):
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-            i = 0
-            while i < len(batch):
-                if isinstance(batch[i].message, _Stop):
-                    if self._is_stop(batch[i]):
-                        for env in batch[i + 1:]:
-                            if env.reply is not None:
-                                env.reply.fail(NotReady("store is stopping"))
-                        return
-                    i += 1  # a stale stop meant for an earlier incarnation
-                    continue
-                j = i
-                while j < len(batch) and isinstance(batch[j].message, WRITES):
-                    j += 1
-                if j > i:
-                    await self._commit(batch[i:j])
-                    i = j
-                else:
-                    await self._deliver(batch[i])
-                    i += 1
+    # Group commit: the base loop hands every write queued back to back to ``handle_batch``.
+    batch_types = WRITES
 
-    def _is_stop(self, env: Envelope) -> bool:
-        return isinstance(env.message, _Stop) and env.message.incarnation == self.incarnation
-
-    async def _commit(self, writes: list[Envelope]) -> None:
+    async def handle_batch(self, writes: list[Envelope]) -> None:
         assert self.db is not None
         started = time.perf_counter()
         try:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                for env in writes:
-                    await self._apply(env.message)
+                await self._apply_all([env.message for env in writes])
                 await self.db.execute("COMMIT")
             except BaseException:
                 # SQLite rolls back by itself on some errors (SQLITE_FULL): then there is
@@ -355,16 +346,17 @@ class StoreActor(Actor):
             return
         self._set_failing(None)
         self.metrics.store_commit.observe(time.perf_counter() - started)
-        self.metrics.store_batch.observe(len(writes))
+        puts = list(_puts(env.message for env in writes))
+        self.metrics.store_batch.observe(max(len(puts), len(writes)))
         for env in writes:
             if env.reply is not None:
                 env.reply.set(True)
-            if isinstance(env.message, PutTrade) and env.message.transition is not None:
-                self._count(env.message.transition)
+        for put in puts:
+            if put.transition is not None:
+                self._count(put.transition)
         if self.events is not None and len(self.events):
-            for env in writes:
-                if isinstance(env.message, PutTrade):
-                    self._publish(env.message)
+            for put in puts:
+                self._publish(put)
 
     def _set_failing(self, error: str | None) -> None:
         if error == self.failing:
@@ -403,18 +395,42 @@ class StoreActor(Actor):
         else:
             self.events.publish("trade.updated", {"ticket": put.trade.ticket, "trade": view})
 
+    async def _apply_all(self, messages: list[Any]) -> None:
+        """Apply a batch in order. Consecutive trade writes go as one ``executemany`` per table
+        (one hand-off to the database thread each, not one per row); within a table rows keep
+        their order, so the last write of a ticket or journal row wins."""
+        assert self.db is not None
+        trades: list[tuple] = []
+        transitions: list[tuple] = []
+        actions: list[tuple] = []
+        for msg in messages:
+            if isinstance(msg, PutTrade | PutTrades):
+                for put in _puts((msg,)):
+                    trades.append(_trade_params(put.trade))
+                    if (t := put.transition) is not None:
+                        transitions.append((t.ticket, t.at, t.from_state, t.to_state, t.reason))
+                    actions.extend(_action_params(a) for a in put.actions)
+                continue
+            await self._flush(trades, transitions, actions)
+            await self._apply(msg)
+        await self._flush(trades, transitions, actions)
+
+    async def _flush(self, trades: list[tuple], transitions: list[tuple],
+                     actions: list[tuple]) -> None:
+        assert self.db is not None
+        if trades:
+            await self.db.executemany(_UPSERT, trades)
+        if transitions:
+            await self.db.executemany(_TRANSITION_INSERT, transitions)
+        if actions:
+            await self.db.executemany(_ACTION_UPSERT, actions)
+        trades.clear()
+        transitions.clear()
+        actions.clear()
+
     async def _apply(self, msg: Any) -> None:
         assert self.db is not None
-        if isinstance(msg, PutTrade):
-            await self.db.execute(_UPSERT, _trade_params(msg.trade))
-            if msg.transition is not None:
-                t = msg.transition
-                await self.db.execute(
-                    "INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
-                    "VALUES (?, ?, ?, ?, ?)", (t.ticket, t.at, t.from_state, t.to_state, t.reason))
-            for a in msg.actions:
-                await self.db.execute(_ACTION_UPSERT, _action_params(a))
-        elif isinstance(msg, Probe):
+        if isinstance(msg, Probe):
             await self.db.execute("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)",
                                   (msg.at,))
         elif isinstance(msg, Archive):
@@ -453,6 +469,16 @@ class StoreActor(Actor):
                 rows = await self._all("SELECT * FROM trades_archive WHERE ticket = ?",
                                        (message.ticket,))
             return trade_from_row(rows[0]) if rows else None
+        if isinstance(message, GetTrades):
+            found: dict[int, Trade] = {}
+            for table in ("trades", "trades_archive"):
+                wanted = [t for t in dict.fromkeys(message.tickets) if t not in found]
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i:i + 500]
+                    rows = await self._all(f"SELECT * FROM {table} WHERE ticket IN "
+                                           f"({', '.join('?' * len(chunk))})", tuple(chunk))
+                    found.update((r["ticket"], trade_from_row(r)) for r in rows)
+            return found
         if isinstance(message, ListTrades):
             where, params = [], []
             if message.state:

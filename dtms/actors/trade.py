@@ -106,8 +106,12 @@ class TradeClosed:
 class TradeActor(Actor):
     def __init__(self, trade: Trade, *, store: Actor, broker: Any, registry: Actor,
                  market: Actor, metrics: Metrics, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 journal: tuple[ActionRecord, ...] | None = None) -> None:
         super().__init__(f"trade-{trade.ticket}", settings.trades.mailbox_size)
+        # the registry has just read (or written) this trade and its unresolved journal rows:
+        # the first start uses them instead of reading them again; a restart reads the store
+        self._loaded = journal
         self.ticket = trade.ticket
         self.trade = trade
         self.store = store
@@ -125,15 +129,17 @@ class TradeActor(Actor):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
-        stored = await self.store.ask(GetTrade(self.ticket))
-        if stored is None:
-            raise LookupError(f"trade {self.ticket} is not in the store")
+        if self._loaded is not None:
+            stored, journal, self._loaded = self.trade, list(self._loaded), None
+        else:
+            stored = await self.store.ask(GetTrade(self.ticket))
+            if stored is None:
+                raise LookupError(f"trade {self.ticket} is not in the store")
+            journal = await self.store.ask(ListActions(self.ticket, limit=1000, unresolved=True))
         self.trade = stored
         self.policy = resolve_policy(self.settings.policy, stored.policy)
         self.deferred.clear()
-        self.unresolved = [a for a in await self.store.ask(ListActions(self.ticket, limit=1000,
-                                                                      unresolved=True))]
-        self.unresolved.sort(key=lambda a: a.seq)
+        self.unresolved = sorted(journal, key=lambda a: a.seq)
         self.market = await self.hub.ask(MarketOf(stored.symbol), timeout=60.0)
         self.view = await self.market.ask(Subscribe(self.ticket, self), timeout=60.0)
         if self.unresolved:

@@ -166,6 +166,16 @@ class MT5Adapter:
             rows = self._call("positions_get", self.mt5.positions_get)
         return [self._position(p) for p in rows]
 
+    def positions_of(self, tickets: list[int]) -> dict[int, Position]:
+        """The open positions among ``tickets`` by ticket (absent: not open), in one hand-off
+        to the terminal's thread however many tickets are asked about."""
+        found: dict[int, Position] = {}
+        for ticket in tickets:
+            rows = self._call("positions_get", lambda t=ticket: self.mt5.positions_get(ticket=t))
+            if rows:
+                found[ticket] = self._position(rows[0])
+        return found
+
     def _deal(self, d: Any) -> Deal:
         return Deal(ticket=int(d.ticket), position_id=int(d.position_id), symbol=str(d.symbol),
                     entry=int(d.entry), reason=int(d.reason), volume=_f(d.volume),
