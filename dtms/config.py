@@ -36,6 +36,7 @@ class ServiceSettings:
     log_level: str = "INFO"
     log_format: str = "json"
     supervisor_log: str = "data/supervisor.log"
+    switch_interval_ms: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class BrokerSettings:
     call_timeout_s: float = 10.0
     connect_retry_s: float = 2.0
     poll_interval_s: float = 0.25
+    poll_max_share: float = 0.2
     magic: int = 770077
     comment_tag: str = "DTMS"
     deviation_points: int = 20
@@ -339,6 +341,8 @@ def _validate(s: Settings) -> None:
                         ("broker.poll_interval_s", s.broker.poll_interval_s)):
         if value <= 0:
             problems.append(f"{name}: must be > 0, got {value}")
+    if not 0 < s.broker.poll_max_share <= 1:
+        problems.append(f"broker.poll_max_share: must be in (0, 1], got {s.broker.poll_max_share}")
     if problems:
         raise ConfigError("; ".join(problems))
 

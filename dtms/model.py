@@ -259,9 +259,17 @@ class Trade:
         """1 R in price units (0 when registered without a stop)."""
         return abs(self.entry_price - self.initial_sl) if self.initial_sl else 0.0
 
+    def fields(self) -> dict[str, Any]:
+        """Every field by name; its maps copied (one level: they hold plain values).
+        ``dataclasses.asdict`` does the same by a deep copy, ~5x slower on a hot path."""
+        d = {name: getattr(self, name) for name in TRADE_FIELDS}
+        d["policy"], d["layers"] = dict(self.policy), dict(self.layers)
+        d["obligations"] = dict(self.obligations)
+        return d
+
     def view(self) -> dict[str, Any]:
         """The map clients see (``trade``, ``trades``, ``register``)."""
-        d = dataclasses.asdict(self)
+        d = self.fields()
         d["direction"] = self.direction.value
         d["state"] = self.state.value
         d["defensive"] = self.defensive
@@ -271,6 +279,9 @@ class Trade:
 
     def copy(self, **changes: Any) -> Trade:
         return dataclasses.replace(self, **changes)
+
+
+TRADE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Trade))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,10 +48,9 @@ class MarketOf:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """A trade wants this symbol's bar closes and price events.
-
-    Answered with a MarketView, or None while the symbol's data is not loaded yet (the trade is
-    then told with a PriceEvent once it is)."""
+    """A trade wants this symbol's bar closes and price events (told, not asked: starting
+    100,000 trades must not wait on 100,000 round trips). It is told a PriceEvent with the
+    current view at once, or, while the symbol's data is not loaded yet, once it is."""
     ticket: int
     actor: Actor
 
@@ -169,7 +168,9 @@ class SymbolMarket(Actor):
             return await self._poll()
         if isinstance(message, Subscribe):
             self.subscribers[message.ticket] = message.actor
-            return self.view() if self.spec is not None else None
+            if self.spec is not None:
+                await self._tell(message.ticket, PriceEvent(self.view(), time.perf_counter()))
+            return None
         if isinstance(message, Unsubscribe):
             self.subscribers.pop(message.ticket, None)
             self.index.cancel(message.ticket)

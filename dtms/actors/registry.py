@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from dtms.actors.base import Actor, Envelope
+from dtms.actors.market import MarketOf
 from dtms.actors.positions import Unwatch, Watch
 from dtms.actors.store import (
     CountByState,
@@ -164,9 +167,8 @@ class RegistryActor(Actor):
         while True:
             batch = await self.store.ask(ListTrades(open_only=True, limit=page, offset=offset),
                                          timeout=60.0)
-            for trade in batch:
-                if trade.state not in UNMANAGED_STATES:
-                    await self._spawn(trade, journal=tuple(journals.get(trade.ticket, ())))
+            await self._spawn_all((t, tuple(journals.get(t.ticket, ()))) for t in batch
+                                  if t.state not in UNMANAGED_STATES)
             if len(batch) < page:
                 break
             offset += page
@@ -179,13 +181,14 @@ class RegistryActor(Actor):
         if self._on_recovered is not None:
             self._on_recovered()
 
-    async def _spawn(self, trade: Trade,
-                     journal: tuple[ActionRecord, ...] | None = None) -> None:
+    async def _spawn(self, trade: Trade, journal: tuple[ActionRecord, ...] | None = None,
+                     symbol_market: Actor | None = None) -> None:
         """Start the trade's actor; ``journal``: its unresolved rows if already read (the
-        trade is then taken as stored), None to let the actor read both from the store."""
+        trade is then taken as stored), None to let the actor read both from the store;
+        ``symbol_market``: its symbol's market actor if known."""
         actor = TradeActor(trade, store=self.store, broker=self.broker, registry=self,
                            market=self.market, metrics=self.metrics, settings=self.settings,
-                           clock=self.clock, journal=journal)
+                           clock=self.clock, journal=journal, symbol_market=symbol_market)
         assert self.supervisor is not None
         await self.supervisor.start_child(ChildSpec(
             str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
@@ -193,6 +196,19 @@ class RegistryActor(Actor):
             kind="trade"))
         self.trades[trade.ticket] = actor
         await self.watcher.tell(Watch(trade.ticket, actor))
+
+    async def _spawn_all(self, trades: Iterable[tuple[Trade, tuple[ActionRecord, ...] | None]]
+                         ) -> None:
+        """Start many trade actors at once: their starts (subscribing to their symbol) overlap
+        instead of queueing one behind the other. Any failure is the registry's crash."""
+        markets: dict[str, Actor] = {}
+        async with anyio.create_task_group() as tg:
+            for trade, journal in trades:
+                market = markets.get(trade.symbol)
+                if market is None:
+                    market = markets[trade.symbol] = await self.market.ask(
+                        MarketOf(trade.symbol), timeout=60.0)
+                tg.start_soon(self._spawn, trade, journal, market)
 
     async def _give_up(self, child_id: str, exc: BaseException | None) -> None:
         # called from the trades supervisor's control loop: never wait on our own mailbox there
@@ -390,9 +406,9 @@ class RegistryActor(Actor):
         except DtmsError as exc:
             outcome.update((t.ticket, exc) for t, _, _ in made)
             return outcome
+        # a trade seen for the first time has no journal; one adopted again reads its own
+        await self._spawn_all((t, () if t.ticket not in stored else None) for t, _, _ in made)
         for trade, _, adjusted in made:
-            # a trade seen for the first time has no journal; one adopted again reads its own
-            await self._spawn(trade, journal=() if trade.ticket not in stored else None)
             outcome[trade.ticket] = {"created": True, "trade": trade.view(), "adjusted": adjusted}
         self.metrics.registrations.labels("created").inc(len(made))
         return outcome

@@ -230,7 +230,7 @@ def action_from_row(row: sqlite3.Row) -> ActionRecord:
 
 
 def _trade_params(t: Trade) -> tuple:
-    d = dataclasses.asdict(t)
+    d = t.fields()
     d["direction"] = t.direction.value
     d["state"] = t.state.value
     d["policy"] = json.dumps(t.policy, sort_keys=True)

@@ -107,7 +107,8 @@ class TradeActor(Actor):
     def __init__(self, trade: Trade, *, store: Actor, broker: Any, registry: Actor,
                  market: Actor, metrics: Metrics, settings: Settings,
                  clock: Callable[[], float] = time.time,
-                 journal: tuple[ActionRecord, ...] | None = None) -> None:
+                 journal: tuple[ActionRecord, ...] | None = None,
+                 symbol_market: Actor | None = None) -> None:
         super().__init__(f"trade-{trade.ticket}", settings.trades.mailbox_size)
         # the registry has just read (or written) this trade and its unresolved journal rows:
         # the first start uses them instead of reading them again; a restart reads the store
@@ -122,6 +123,7 @@ class TradeActor(Actor):
         self.settings = settings
         self.clock = clock
         self.market: Actor | None = None
+        self._market_hint = symbol_market   # first start only: a restart asks the hub again
         self.view: MarketView | None = None
         self.deferred: dict[str, Deferred] = {}
         self.unresolved: list[ActionRecord] = []
@@ -140,12 +142,13 @@ class TradeActor(Actor):
         self.policy = resolve_policy(self.settings.policy, stored.policy)
         self.deferred.clear()
         self.unresolved = sorted(journal, key=lambda a: a.seq)
-        self.market = await self.hub.ask(MarketOf(stored.symbol), timeout=60.0)
-        self.view = await self.market.ask(Subscribe(self.ticket, self), timeout=60.0)
+        self.market, self._market_hint = self._market_hint, None
+        if self.market is None:  # the registry passes it when it starts many trades at once
+            self.market = await self.hub.ask(MarketOf(stored.symbol), timeout=60.0)
+        self.view = None
+        await self.market.tell(Subscribe(self.ticket, self))  # answered with a PriceEvent
         if self.unresolved:
             await self._resolve_journal()
-        if self.view is not None:
-            await self.tell(PriceEvent(self.view, time.perf_counter()))
 
     async def on_stop(self) -> None:
         if self.market is not None:

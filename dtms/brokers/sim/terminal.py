@@ -273,10 +273,15 @@ class SimTerminal(SimControls):
     def positions_get(self, symbol: str | None = None, group: str | None = None,
                       ticket: int | None = None) -> tuple[TradePosition, ...]:
         """Open positions, optionally filtered by symbol, group or ticket."""
+        if ticket is not None:  # by key, as the terminal does: no scan of every position
+            found = self._ledger.positions.get(ticket)
+            candidates: Any = () if found is None else (found,)
+        else:
+            candidates = self._ledger.positions.values()
         return tuple(
-            self._engine.position_view(p) for p in self._ledger.positions.values()
-            if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket)
-            and matches_group(p.symbol, group)
+            self._engine.position_view(p) for p in candidates
+            if (symbol is None or p.symbol == symbol)
+            and (group is None or matches_group(p.symbol, group))
         )
 
     @_api("orders_total")
