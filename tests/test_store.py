@@ -134,3 +134,57 @@ async def test_closed_trades_past_retention_are_archived_and_open_ones_never(tmp
         await store.ask(Archive(before=now - 30 * day, now=now))  # idempotent
         assert [t.ticket for t in await store.ask(ListTrades(limit=100))] == [2, 3, 4]
         await store.stop()
+
+
+async def test_get_trades_answers_stored_and_archived_tickets_and_skips_unknown_ones(tmp_path):
+    from dtms.actors.store import GetTrades, PutTrades
+
+    store = StoreActor(StoreSettings(path=str(tmp_path / "g.sqlite3"), archive_interval_s=3600.0),
+                       Metrics())
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        closed = trade(5, state=TradeState.CLOSED, closed_at=10.0, close_reason="TP")
+        # 600 trades in one message: one commit, past the 500 tickets of one IN (...) query
+        await store.ask(PutTrades(tuple(PutTrade(trade(i)) for i in range(1, 601))))
+        await store.ask(PutTrade(closed))
+        await store.ask(Archive(before=20.0, now=30.0))
+        found = await store.ask(GetTrades((5, 1, 600, 601, 1, 9999)))
+        assert sorted(found) == [1, 5, 600]
+        assert found[5] == closed and found[600] == trade(600)
+        db = sqlite3.connect(tmp_path / "g.sqlite3")
+        assert db.execute("SELECT COUNT(*) FROM trades").fetchone() == (599,)
+        assert db.execute("SELECT ticket FROM trades_archive").fetchall() == [(5,)]
+        db.close()
+        await store.stop()
+
+
+async def test_a_batch_writes_rows_in_order_so_the_last_write_of_a_ticket_wins(tmp_path):
+    from dtms.actors.store import PutTrades
+
+    metrics = Metrics()
+    store = StoreActor(StoreSettings(path=str(tmp_path / "o.sqlite3"), archive_interval_s=3600.0),
+                       metrics)
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        def committed() -> tuple[float, float]:
+            batch = metrics.store_batch.collect()[0]
+            return tuple(next(s.value for s in batch.samples if s.name.endswith(x))
+                         for x in ("_count", "_sum"))
+
+        with anyio.fail_after(5):
+            while committed()[0] < 1:  # the archive pass the store makes on open
+                await anyio.sleep(0.01)
+        count0, sum0 = committed()
+        first = trade(1)
+        later = first.copy(state=TradeState.WARNING_L1, sl=1.082, updated_at=2.0)
+        await store.ask(PutTrades((
+            PutTrade(first, Transition(1, 1.0, "", "HEALTHY", "registered")),
+            PutTrade(trade(2)),
+            PutTrade(later, Transition(1, 2.0, "HEALTHY", "WARNING_L1", "score -2.5")))))
+        assert await store.ask(GetTrade(1)) == later
+        db = sqlite3.connect(tmp_path / "o.sqlite3")
+        assert db.execute("SELECT from_state, to_state FROM transitions ORDER BY id").fetchall() \
+            == [("", "HEALTHY"), ("HEALTHY", "WARNING_L1")]
+        db.close()
+        assert committed() == (count0 + 1, sum0 + 3)  # one commit for the three trade writes
+        await store.stop()
