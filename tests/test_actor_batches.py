@@ -42,6 +42,7 @@ async def test_queued_batchable_messages_are_handled_together_in_order_up_to_max
         for m in (1, 2, 3, 4, "a", 5, 6):
             await actor.tell(m)
         actor.gate.set()
-        assert await actor.ask(7) == 7       # a batch of its own: nothing queued behind it
+        assert await actor.ask(7) == 18      # joined 5 and 6, queued before it: 5 + 6 + 7
+        assert await actor.ask(8) == 8       # nothing queued with it: a batch of one
         await actor.stop()
-    assert actor.seen == ["wait", (1, 2, 3), (4,), "a", (5, 6), (7,)]
+    assert actor.seen == ["wait", (1, 2, 3), (4,), "a", (5, 6, 7), (8,)]
