@@ -46,7 +46,10 @@ import msgpack
 from anyio.abc import SocketAttribute
 
 CLIENTS = (1, 16, 64)
-MODES = {"sequential": 1, "pipelined": 32}  # requests in flight per connection
+MODES = {"sequential": 1, "pipelined": 32, "paced": 0}  # requests in flight per connection
+PACED = {"paced": 5_000.0}   # open loop: requests sent at this rate, whatever the replies
+PACED_CLIENTS = (64,)
+HTTP_CONFIGS = {(1, "sequential"), (64, "pipelined")}   # where baseline 1 is measured too
 QUICK_COUNT, DEFAULT_COUNT = 2_000, 10_000
 QUICK_REPS, DEFAULT_REPS = 1, 3
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
@@ -86,10 +89,15 @@ class Row:
     dtms: Run
     floor: Run
     runs: list[Run] = field(default_factory=list)
+    http: Run | None = None   # baseline 1, where measured (HTTP_CONFIGS)
 
     @property
     def ratio(self) -> float:
         return self.dtms.rate / self.floor.rate if self.floor.rate > 0 else 0.0
+
+    @property
+    def versus_http(self) -> float:
+        return self.dtms.rate / self.http.rate if self.http and self.http.rate > 0 else 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -195,12 +203,13 @@ def _write_atomic(path: str, data: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], workdir: Path, name: str) -> Iterator[dict[str, Any]]:
-    """Start ``python -m bench.registration ARGS --out F``; yield F's JSON once written."""
+def server_process(args: list[str], workdir: Path, name: str,
+                   module: str = "bench.registration") -> Iterator[dict[str, Any]]:
+    """Start ``python -m MODULE ARGS --out F``; yield F's JSON once written."""
     out = workdir / f"{name}.json"
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.registration", *args,
+        proc = subprocess.Popen([sys.executable, "-m", module, *args,
                                  "--out", str(out)], stdout=log_file, stderr=log_file,
                                 cwd=Path(__file__).resolve().parent.parent)
     try:
@@ -223,9 +232,11 @@ def server_process(args: list[str], workdir: Path, name: str) -> Iterator[dict[s
 # --------------------------------------------------------------------------- load side
 
 
-async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: int) -> tuple[
-        int, Counter[str], float, list[float]]:
-    """Register every payload over ``clients`` connections, ``window`` in flight on each.
+async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: int,
+               rate: float = 0.0) -> tuple[int, Counter[str], float, list[float]]:
+    """Register every payload over ``clients`` connections, ``window`` in flight on each;
+    with ``rate`` > 0, open loop instead: request ``n`` goes out at ``n / rate`` seconds
+    whatever the replies (no window), so latency is measured at that offered rate.
 
     A lean msgpack-rpc load generator on raw anyio sockets (the same for DTMS and the floor):
     per connection, requests are written as soon as a slot in the window is free and replies
@@ -238,10 +249,10 @@ async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: 
     latencies: list[float] = []
     errors: Counter[str] = Counter()
 
-    async def connection(stream: Any, items: list[dict[str, Any]]) -> None:
+    async def connection(stream: Any, items: list[dict[str, Any]], first: int) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
         sent_at: dict[int, float] = {}
-        free = anyio.Semaphore(window)
+        free = anyio.Semaphore(len(items) if rate > 0 else window)
         done = anyio.Event()
         left = len(items)
 
@@ -262,6 +273,8 @@ async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: 
         async with stream, anyio.create_task_group() as tg:
             tg.start_soon(reader)
             for msgid, payload in enumerate(items):
+                if rate > 0:  # this connection's share of the schedule: first, +clients, ...
+                    await anyio.sleep_until(started + (first + msgid * clients) / rate)
                 await free.acquire()
                 sent_at[msgid] = time.perf_counter()
                 await stream.send(msgpack.packb([0, msgid, "register", [payload]]))
@@ -270,33 +283,44 @@ async def load(port: int, payloads: list[dict[str, Any]], clients: int, window: 
     # connecting is outside the clock
     shares = [payloads[i::clients] for i in range(clients)]
     streams = [await anyio.connect_tcp("127.0.0.1", port) for _ in shares]
-    started = time.perf_counter()
+    started = anyio.current_time()
+    wall = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        for stream, items in zip(streams, shares, strict=True):
+        for i, (stream, items) in enumerate(zip(streams, shares, strict=True)):
             if items:
-                tg.start_soon(connection, stream, items)
+                tg.start_soon(connection, stream, items, i)
             else:
                 await stream.aclose()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - wall
     latencies.sort()
     return len(latencies), errors, seconds, latencies
 
 
 def measure(target: str, port: int, payloads: list[dict[str, Any]], clients: int,
             mode: str) -> Run:
-    ok, errors, seconds, lat = anyio.run(load, port, payloads, clients, MODES[mode])
+    generator = load
+    if target == "http":
+        from bench.http_baseline import load as generator
+    ok, errors, seconds, lat = anyio.run(generator, port, payloads, clients, MODES[mode],
+                                         PACED.get(mode, 0.0))
     return Run(target, clients, mode, len(payloads), ok, dict(errors), seconds,
                percentile(lat, 0.50) * 1000, percentile(lat, 0.99) * 1000)
 
 
 def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
-              modes: tuple[str, ...] = tuple(MODES), progress: bool = True) -> list[Row]:
+              modes: tuple[str, ...] = tuple(MODES), progress: bool = True,
+              http: bool = True) -> list[Row]:
+    from bench import http_baseline
+
+    http = http and http_baseline.available()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="dtms-bench-") as tmp:
         work = Path(tmp)
         with server_process(["--echo"], work, "echo") as echo:
             for n_clients in clients:
                 for mode in modes:
+                    if mode in PACED and n_clients not in PACED_CLIENTS:
+                        continue
                     runs: list[Run] = []
                     for rep in range(reps):
                         name = f"dtms-{n_clients}-{mode}-{rep}"
@@ -311,9 +335,22 @@ def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
                             print(f"  {n_clients:>3} {mode:<10} rep {rep + 1}/{reps}: "
                                   f"{d.rate:,.0f} reg/s (floor {f.rate:,.0f}/s)",
                                   file=sys.stderr, flush=True)
+                        if http and (n_clients, mode) in HTTP_CONFIGS:
+                            name = f"http-{n_clients}-{mode}-{rep}"
+                            with server_process(["--count", str(count), "--db",
+                                                 str(work / f"{name}.sqlite3")], work, name,
+                                                module="bench.http_baseline") as srv:
+                                runs.append(measure("http", srv["port"], srv["payloads"],
+                                                    n_clients, mode))
+                            if progress:
+                                print(f"  {n_clients:>3} {mode:<10} rep {rep + 1}/{reps}: "
+                                      f"earlier design (HTTP) {runs[-1].rate:,.0f} reg/s",
+                                      file=sys.stderr, flush=True)
+                    https = [r for r in runs if r.target == "http"]
                     rows.append(Row(n_clients, mode,
                                     median_run([r for r in runs if r.target == "dtms"]),
-                                    median_run([r for r in runs if r.target == "floor"]), runs))
+                                    median_run([r for r in runs if r.target == "floor"]), runs,
+                                    median_run(https) if https else None))
     return rows
 
 
@@ -322,7 +359,7 @@ def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
 
 COLUMNS = (("clients", 7), ("mode", 10), ("count", 6), ("ok", 6), ("err", 5), ("seconds", 8),
            ("reg/s", 8), ("p50 ms", 8), ("p99 ms", 8), ("floor/s", 8), ("floor p50", 9),
-           ("floor p99", 9), ("ratio", 6))
+           ("floor p99", 9), ("ratio", 6), ("http/s", 7), ("x http", 7))
 
 
 def format_table(rows: list[Row], *, count: int, reps: int) -> str:
@@ -335,14 +372,20 @@ def format_table(rows: list[Row], *, count: int, reps: int) -> str:
         d, f = r.dtms, r.floor
         cells = (str(r.clients), r.mode, str(d.count), str(d.ok), str(sum(d.errors.values())),
                  f"{d.seconds:.2f}", f"{d.rate:,.0f}", f"{d.p50_ms:.2f}", f"{d.p99_ms:.2f}",
-                 f"{f.rate:,.0f}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", f"{r.ratio:.3f}")
+                 f"{f.rate:,.0f}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", f"{r.ratio:.3f}",
+                 f"{r.http.rate:,.0f}" if r.http else "-",
+                 f"{r.versus_http:.1f}" if r.http else "-")
         lines.append("  ".join(f"{c:<{w}}" if name == "mode" else f"{c:>{w}}"
                                for c, (name, w) in zip(cells, COLUMNS, strict=True)))
-    errors = Counter[str]()
-    for r in rows:
-        errors.update(r.dtms.errors)
-    if errors:
-        lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
+    for target in ("dtms", "floor", "http"):
+        errors = Counter[str]()
+        for r in rows:
+            run = getattr(r, target)
+            if run is not None:
+                errors.update(run.errors)
+        if errors:
+            lines.append(f"errors ({target}): "
+                         + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
     return "\n".join(lines)
 
 
@@ -355,6 +398,7 @@ def to_json(rows: list[Row], *, count: int, reps: int) -> dict[str, Any]:
             "synchronous": "FULL", "count": count, "reps": reps,
             "rows": [{"clients": r.clients, "mode": r.mode, "ratio": r.ratio,
                       "dtms": run(r.dtms), "floor": run(r.floor),
+                      "http": run(r.http) if r.http else None, "versus_http": r.versus_http,
                       "runs": [run(x) for x in r.runs]} for r in rows]}
 
 

@@ -37,6 +37,7 @@ class ServiceSettings:
     log_format: str = "json"
     supervisor_log: str = "data/supervisor.log"
     switch_interval_ms: float = 0.5
+    gc_freeze: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class PositionWatcher(Actor):
         self.gone_reported: set[int] = set()
         self.unknown: list[int] = []
         self.polls_ok = 0
+        self.last_poll_s = 0.0   # how long the last poll's terminal call took
 
     async def on_start(self) -> None:
         self.last_seen.clear()
@@ -82,10 +83,8 @@ class PositionWatcher(Actor):
 
     async def _ticker(self) -> None:
         while True:
-            started = time.perf_counter()
             await self.ask(Poll(), timeout=max(60.0, self.interval_s * 10))
-            await anyio.sleep(poll_pause(self.interval_s, time.perf_counter() - started,
-                                         self.max_share))
+            await anyio.sleep(poll_pause(self.interval_s, self.last_poll_s, self.max_share))
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Watch):
@@ -105,6 +104,7 @@ class PositionWatcher(Actor):
         polled_at = time.perf_counter()
         try:
             positions: list[Position] = await self.broker.call("positions")
+            self.last_poll_s = time.perf_counter() - polled_at
         except (BrokerError, NotReady) as exc:
             self.metrics.position_polls.labels("error").inc()
             log.warning("position poll failed: %s", exc)

@@ -40,6 +40,7 @@ from dtms.supervisor import RestartEvent
 log = logging.getLogger(__name__)
 
 TRADE_COLUMNS = [f.name for f in dataclasses.fields(Trade)]
+_COLUMNS = ", ".join(TRADE_COLUMNS)
 
 MIGRATIONS: list[str] = [
     # v1: trades with their full state, transitions, action journal, restart history
@@ -262,6 +263,70 @@ _UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
            + ", ".join(f"{c}=excluded.{c}" for c in TRADE_COLUMNS if c != "ticket"))
 
 
+def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
+    """One transaction for ``messages``, on the database thread; returns trades archived.
+
+    ``BEGIN IMMEDIATE`` .. ``COMMIT`` in a single hand-off to aiosqlite's thread (four or more
+    hand-offs per commit before: ~0.6 ms against ~0.15 ms for the fsync'd commit itself).
+    Writes apply in order; consecutive trade writes go as one ``executemany`` per table, which
+    keeps each table's order, so the last write of a ticket or journal row wins. Any error
+    rolls back (unless SQLite already did, as on SQLITE_FULL) and propagates."""
+    trades: list[tuple] = []
+    transitions: list[tuple] = []
+    actions: list[tuple] = []
+    archived = 0
+
+    def flush() -> None:
+        if trades:
+            conn.executemany(_UPSERT, trades)
+        if transitions:
+            conn.executemany(_TRANSITION_INSERT, transitions)
+        if actions:
+            conn.executemany(_ACTION_UPSERT, actions)
+        trades.clear()
+        transitions.clear()
+        actions.clear()
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for msg in messages:
+            if isinstance(msg, PutTrade | PutTrades):
+                for put in _puts((msg,)):
+                    trades.append(_trade_params(put.trade))
+                    if (t := put.transition) is not None:
+                        transitions.append((t.ticket, t.at, t.from_state, t.to_state, t.reason))
+                    actions.extend(_action_params(a) for a in put.actions)
+                continue
+            flush()
+            if isinstance(msg, Probe):
+                conn.execute("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)",
+                             (msg.at,))
+            elif isinstance(msg, Archive):
+                # only CLOSED rows, by construction: an open trade is never archived or deleted
+                where = "state = 'CLOSED' AND closed_at > 0 AND closed_at < ?"
+                archived += conn.execute(
+                    f"INSERT OR REPLACE INTO trades_archive ({_COLUMNS}, archived_at) "
+                    f"SELECT {_COLUMNS}, ? FROM trades WHERE {where}",
+                    (msg.now, msg.before)).rowcount
+                conn.execute(f"DELETE FROM trades WHERE {where}", (msg.before,))
+            elif isinstance(msg, AddRestart):
+                e = msg.event
+                conn.execute(
+                    "INSERT INTO restarts (at, supervisor, child, kind, action, reason, "
+                    "exception, attempt, backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.at, e.supervisor, e.child, e.kind or e.child, e.action, e.reason,
+                     e.exception, e.attempt, e.backoff_s))
+            else:
+                raise TypeError(f"store cannot write {msg!r}")
+        flush()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return archived
+
+
 class StoreActor(Actor):
     def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192,
                  events: EventBus | None = None):
@@ -320,18 +385,14 @@ class StoreActor(Actor):
     async def handle_batch(self, writes: list[Envelope]) -> None:
         assert self.db is not None
         started = time.perf_counter()
+        db = self.db
         try:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._apply_all([env.message for env in writes])
-                await self.db.execute("COMMIT")
-            except BaseException:
-                # SQLite rolls back by itself on some errors (SQLITE_FULL): then there is
-                # nothing to roll back, and the original error is the one to report
-                with anyio.CancelScope(shield=True):
-                    if self.db.in_transaction:
-                        await self.db.execute("ROLLBACK")
-                raise
+            # aiosqlite runs one function at a time on its thread with its connection; its
+            # ``_execute`` is that primitive (every public method is built on it): the whole
+            # transaction is one hand-off. Shielded: once sent, the outcome must be seen.
+            with anyio.CancelScope(shield=True):
+                archived = await db._execute(write_batch, db._conn,
+                                             [env.message for env in writes])
         except sqlite3.Error as exc:
             self.metrics.store_errors.inc()
             log.error("store commit failed: %s", exc, extra={"writes": len(writes)})
@@ -345,6 +406,8 @@ class StoreActor(Actor):
             self._set_failing(str(exc))
             return
         self._set_failing(None)
+        if archived:
+            log.info("archived %d closed trades", archived, extra={"archived": archived})
         self.metrics.store_commit.observe(time.perf_counter() - started)
         puts = list(_puts(env.message for env in writes))
         self.metrics.store_batch.observe(  # rows of trades written, plus the other writes
@@ -396,68 +459,10 @@ class StoreActor(Actor):
         else:
             self.events.publish("trade.updated", {"ticket": put.trade.ticket, "trade": view})
 
-    async def _apply_all(self, messages: list[Any]) -> None:
-        """Apply a batch in order. Consecutive trade writes go as one ``executemany`` per table
-        (one hand-off to the database thread each, not one per row); within a table rows keep
-        their order, so the last write of a ticket or journal row wins."""
-        assert self.db is not None
-        trades: list[tuple] = []
-        transitions: list[tuple] = []
-        actions: list[tuple] = []
-        for msg in messages:
-            if isinstance(msg, PutTrade | PutTrades):
-                for put in _puts((msg,)):
-                    trades.append(_trade_params(put.trade))
-                    if (t := put.transition) is not None:
-                        transitions.append((t.ticket, t.at, t.from_state, t.to_state, t.reason))
-                    actions.extend(_action_params(a) for a in put.actions)
-                continue
-            await self._flush(trades, transitions, actions)
-            await self._apply(msg)
-        await self._flush(trades, transitions, actions)
-
-    async def _flush(self, trades: list[tuple], transitions: list[tuple],
-                     actions: list[tuple]) -> None:
-        assert self.db is not None
-        if trades:
-            await self.db.executemany(_UPSERT, trades)
-        if transitions:
-            await self.db.executemany(_TRANSITION_INSERT, transitions)
-        if actions:
-            await self.db.executemany(_ACTION_UPSERT, actions)
-        trades.clear()
-        transitions.clear()
-        actions.clear()
-
-    async def _apply(self, msg: Any) -> None:
-        assert self.db is not None
-        if isinstance(msg, Probe):
-            await self.db.execute("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)",
-                                  (msg.at,))
-        elif isinstance(msg, Archive):
-            # only CLOSED rows, by construction: an open trade is never archived or deleted
-            where = "state = 'CLOSED' AND closed_at > 0 AND closed_at < ?"
-            cur = await self.db.execute(
-                f"INSERT OR REPLACE INTO trades_archive ({', '.join(TRADE_COLUMNS)}, archived_at) "
-                f"SELECT {', '.join(TRADE_COLUMNS)}, ? FROM trades WHERE {where}",
-                (msg.now, msg.before))
-            moved = cur.rowcount
-            await self.db.execute(f"DELETE FROM trades WHERE {where}", (msg.before,))
-            if moved:
-                log.info("archived %d closed trades", moved, extra={"archived": moved})
-        elif isinstance(msg, AddRestart):
-            e = msg.event
-            await self.db.execute(
-                "INSERT INTO restarts (at, supervisor, child, kind, action, reason, exception, "
-                "attempt, backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.at, e.supervisor, e.child, e.kind or e.child, e.action, e.reason, e.exception,
-                 e.attempt, e.backoff_s))
-
     async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         assert self.db is not None
-        try:
-            async with self.db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+        try:  # one hand-off to the database thread (execute + fetchall + close would be 3)
+            return list(await self.db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:  # a broken database is a crash: the supervisor decides
             self.metrics.store_errors.inc()
             log.error("store read failed: %s", exc, extra={"sql": sql.split(" WHERE")[0]})
@@ -472,13 +477,17 @@ class StoreActor(Actor):
             return trade_from_row(rows[0]) if rows else None
         if isinstance(message, GetTrades):
             found: dict[int, Trade] = {}
-            for table in ("trades", "trades_archive"):
-                wanted = [t for t in dict.fromkeys(message.tickets) if t not in found]
-                for i in range(0, len(wanted), 500):
-                    chunk = wanted[i:i + 500]
-                    rows = await self._all(f"SELECT * FROM {table} WHERE ticket IN "
-                                           f"({', '.join('?' * len(chunk))})", tuple(chunk))
-                    found.update((r["ticket"], trade_from_row(r)) for r in rows)
+            wanted = list(dict.fromkeys(message.tickets))
+            for i in range(0, len(wanted), 400):
+                chunk = tuple(wanted[i:i + 400])
+                marks = ", ".join("?" * len(chunk))
+                # both tables in one query; a ticket is in one of them at most (archived rows
+                # are moved, never copied), the live one first should that ever not hold
+                rows = await self._all(
+                    f"SELECT {_COLUMNS}, 0 AS archived FROM trades WHERE ticket IN ({marks}) "
+                    f"UNION ALL SELECT {_COLUMNS}, 1 FROM trades_archive "
+                    f"WHERE ticket IN ({marks}) ORDER BY archived DESC", chunk + chunk)
+                found.update((r["ticket"], trade_from_row(r)) for r in rows)
             return found
         if isinstance(message, ListTrades):
             where, params = [], []
