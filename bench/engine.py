@@ -798,7 +798,8 @@ def child(args: list[str], work: Path, name: str) -> dict[str, Any]:
 
 
 def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool = True,
-              idle_trades: int = 0, progress: bool = True) -> dict[str, Any]:
+              idle_trades: int = 0, progress: bool = True,
+              scoring_trades: int = SCORING_TRADES) -> dict[str, Any]:
     """Every figure, each configuration in a child process of its own."""
     results: dict[str, Any] = {"engine": [], "scoring": None, "idle": None}
 
@@ -815,9 +816,9 @@ def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool 
                 ["engine", "--trades", str(n), "--k", str(k), "--ticks-on",
                  str(30 if quick else 50), "--ticks-off", str(ticks_off)], work, f"engine-{n}"))
         if scoring:
-            step(f"bar closes, {SCORING_TRADES:,} trades")
+            step(f"bar closes, {scoring_trades:,} trades")
             results["scoring"] = child(
-                ["engine", "--trades", str(SCORING_TRADES), "--ticks-on", "0", "--ticks-off",
+                ["engine", "--trades", str(scoring_trades), "--ticks-on", "0", "--ticks-off",
                  "0", "--bar-closes", "3" if quick else "7"], work, "scoring")
         if idle_trades:
             step(f"idle CPU, {idle_trades:,} trades")

@@ -309,7 +309,8 @@ def measure(target: str, port: int, payloads: list[dict[str, Any]], clients: int
 
 def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
               modes: tuple[str, ...] = tuple(MODES), progress: bool = True,
-              http: bool = True) -> list[Row]:
+              http: bool = True, only: set[tuple[int, str]] | None = None) -> list[Row]:
+    """Every (clients, mode) configuration, or those in ``only``."""
     from bench import http_baseline
 
     http = http and http_baseline.available()
@@ -319,7 +320,8 @@ def run_bench(count: int, reps: int, *, clients: tuple[int, ...] = CLIENTS,
         with server_process(["--echo"], work, "echo") as echo:
             for n_clients in clients:
                 for mode in modes:
-                    if mode in PACED and n_clients not in PACED_CLIENTS:
+                    if (mode in PACED and n_clients not in PACED_CLIENTS
+                            or only is not None and (n_clients, mode) not in only):
                         continue
                     runs: list[Run] = []
                     for rep in range(reps):

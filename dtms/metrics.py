@@ -32,7 +32,8 @@ RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUN
 ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metrics", "core")
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "rates", "positions",
-                     "deals_for_position", "deals_between", "send")
+                     "positions_of", "position_changes", "deals_for_position", "deals_between",
+                     "send")
 #: Protective actions a trade actor takes, and how each attempt ended.
 ACTION_KINDS = ("breakeven", "trail", "tighten", "partial_close", "hedge", "close")
 ACTION_OUTCOMES = ("success", "retry", "uncertain", "reject", "deferred")

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
-from bench.registration import CLIENTS, MODES, format_table, run_bench
+from bench.registration import (
+    CLIENTS,
+    HTTP_CONFIGS,
+    MODES,
+    PACED,
+    PACED_CLIENTS,
+    format_table,
+    run_bench,
+)
 
 
 def test_registration_bench_reports_one_row_per_configuration_with_counts_that_add_up():
     count = 20
     rows = run_bench(count, reps=1, progress=False)
 
-    assert [(r.clients, r.mode) for r in rows] == [(c, m) for c in CLIENTS for m in MODES]
+    assert [(r.clients, r.mode) for r in rows] == [
+        (c, m) for c in CLIENTS for m in MODES if m not in PACED or c in PACED_CLIENTS]
     for row in rows:
-        for run in (row.dtms, row.floor):
+        http = (row.clients, row.mode) in HTTP_CONFIGS
+        for run in (row.dtms, row.floor, *([row.http] if http else [])):
             assert run.count == count
-            assert run.ok + sum(run.errors.values()) == count
-        assert [r.target for r in row.runs] == ["dtms", "floor"]
+            assert run.ok == count and not run.errors  # every registration answered
+        assert [r.target for r in row.runs] == ["dtms", "floor", *(["http"] if http else [])]
+        assert (row.http is not None) == http
     table = format_table(rows, count=count, reps=1).splitlines()
-    assert len(table) >= 2 + len(rows)
+    assert len(table) == 2 + len(rows)  # no error lines
+
+
+def test_summary_table_has_every_target_row_from_a_tiny_run():
+    from bench import summary
+    from bench.registration import run_bench as registration_bench
+
+    rows = registration_bench(20, reps=1, progress=False,
+                              only={(64, "pipelined"), (64, "paced")})
+    table = summary.summary_rows(rows, [], [], {})
+    assert [r[0] for r in table] == ["registrations/s, 64 clients pipelined",
+                                     "registration p99 at 5,000/s offered"]
+    assert all(r[-1] in ("PASS", "FAIL", "-") for r in table)
+    assert "x HTTP" in table[0][4]
 
 
 def test_coldstart_bench_reports_the_empty_baseline_and_each_size_with_numbers():

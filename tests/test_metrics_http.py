@@ -86,5 +86,5 @@ async def test_metrics_count_registrations_and_trades_by_state(settings, sim):
         # registrations ask for their tickets (one call each here: they came one at a time)
         assert m[("dtms_broker_requests_total",
                   (("operation", "positions_of"), ("outcome", "ok")))] == 2
-        assert m[("dtms_broker_requests_total", (("operation", "positions"), ("outcome", "ok")))] >= 2
+        assert m[("dtms_broker_requests_total", (("operation", "position_changes"), ("outcome", "ok")))] >= 2
         assert m[("dtms_store_commit_duration_seconds_count", ())] == 3  # archive pass, register, close

@@ -174,9 +174,9 @@ async def check_series(prom: Prometheus, target: str, *, n_created: int) -> None
     at_least = {
         # one commit per registration and one for the close
         'dtms_store_commit_duration_seconds_count{job="dtms"}': n_created + 1,
-        'dtms_broker_requests_total{job="dtms", operation="positions", outcome="ok"}': 3,
+        'dtms_broker_requests_total{job="dtms", operation="position_changes", outcome="ok"}': 3,
         'dtms_position_polls_total{job="dtms", outcome="ok"}': 3,
-        'dtms_broker_request_duration_seconds_count{job="dtms", operation="positions"}': 3,
+        'dtms_broker_request_duration_seconds_count{job="dtms", operation="position_changes"}': 3,
         'dtms_rpc_request_duration_seconds_count{job="dtms", method="register"}': n_created + 1,
         'scrape_samples_scraped{job="dtms"}': 300,
     }

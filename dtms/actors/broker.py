@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: adapter methods other actors may call
 OPERATIONS = frozenset({"account", "symbol", "tick", "rates", "positions", "positions_of",
-                        "deals_for_position",
+                        "position_changes", "deals_for_position",
                         "deals_between", "send"})
 _ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "success",
                   10004: "retry", 10020: "retry", 10021: "retry",

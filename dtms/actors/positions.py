@@ -1,7 +1,9 @@
 """The position watcher: one poll of the broker's open positions for all trades.
 
 Every ``poll_interval_s`` it asks the broker for all open positions -- one terminal call no
-matter how many trades are registered -- and tells each watched trade actor what changed:
+matter how many trades are registered, which answers every position's (volume, SL, TP) and in
+full only the positions whose triple changed since the watcher last told its trade -- and
+tells each watched trade actor what changed:
 ``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
 the ticket is no longer open. A failed poll changes nothing (a broker hiccup never closes or
 deletes a trade); it is logged, counted, and retried at the next interval.
@@ -103,18 +105,18 @@ class PositionWatcher(Actor):
     async def _poll(self) -> None:
         polled_at = time.perf_counter()
         try:
-            positions: list[Position] = await self.broker.call("positions")
+            # last_seen is only read by the call; this actor handles nothing else meanwhile
+            marks, changed = await self.broker.call("position_changes", known=self.last_seen)
             self.last_poll_s = time.perf_counter() - polled_at
         except (BrokerError, NotReady) as exc:
             self.metrics.position_polls.labels("error").inc()
             log.warning("position poll failed: %s", exc)
             return
         self.metrics.position_polls.labels("ok").inc()
-        by_ticket = {p.ticket: p for p in positions}
         for ticket, actor in list(self.watched.items()):
-            p = by_ticket.get(ticket)
+            mark = marks.get(ticket)
             try:
-                if p is None:
+                if mark is None:
                     # told again each poll until the actor confirms and exits, but never
                     # queued twice (a confirmation that failed on a broker error is retried)
                     if ticket not in self.gone_reported or actor.mailbox_depth == 0:
@@ -122,14 +124,15 @@ class PositionWatcher(Actor):
                         await actor.tell(PositionGone())
                     continue
                 self.gone_reported.discard(ticket)
-                seen = (p.volume, p.sl, p.tp)
-                if self.last_seen.get(ticket) != seen:
-                    self.last_seen[ticket] = seen
+                p = changed.get(ticket)
+                if p is not None:
+                    self.last_seen[ticket] = mark
                     await actor.tell(PositionUpdate(p, polled_at))
             except ActorStopped:
                 self.watched.pop(ticket, None)
                 self.last_seen.pop(ticket, None)
-        unknown = sorted(t for t, p in by_ticket.items()
+        # a position nobody watches is never in last_seen: it comes back in full every poll
+        unknown = sorted(t for t, p in changed.items()
                          if p.magic == self.dtms_magic and t not in self.watched
                          and self._hedged_trade(p) not in self.watched)
         new = sorted(set(unknown) - set(self.unknown))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -165,6 +165,23 @@ class MT5Adapter:
         else:
             rows = self._call("positions_get", self.mt5.positions_get)
         return [self._position(p) for p in rows]
+
+    def position_changes(self, known: Mapping[int, tuple[float, float, float]]
+                         ) -> tuple[dict[int, tuple[float, float, float]], dict[int, Position]]:
+        """Every open position's (volume, sl, tp) by ticket, and in full only those whose
+        triple differs from ``known`` (or that ``known`` lacks): the watcher's poll. Turning
+        every row into a Position cost ~9 us each (90 ms a poll at 10,000 positions); reading
+        three fields costs a fraction of that, and few positions change between two polls."""
+        rows = self._call("positions_get", self.mt5.positions_get)
+        marks: dict[int, tuple[float, float, float]] = {}
+        changed: dict[int, Position] = {}
+        for p in rows:
+            ticket = int(p.ticket)
+            mark = (float(p.volume), float(p.sl), float(p.tp))
+            marks[ticket] = mark
+            if known.get(ticket) != mark:
+                changed[ticket] = self._position(p)
+        return marks, changed
 
     def positions_of(self, tickets: list[int]) -> dict[int, Position]:
         """The open positions among ``tickets`` by ticket (absent: not open), in one hand-off
