@@ -140,6 +140,16 @@ def open_positions(sim: Any, n: int) -> list[dict[str, Any]]:
             vars(engine).pop("check_margin", None)
 
 
+def warm_history(sim: Any) -> None:
+    """Setup only: the simulator makes each symbol's bar history on the first request for it
+    (~0.3 s a symbol), which a real terminal has already; make it before the clock starts."""
+    if not sim.initialize():
+        raise RuntimeError(f"sim initialize failed: {sim.last_error()}")
+    for symbol in SYMBOLS:
+        sim.copy_rates_from_pos(symbol, sim.TIMEFRAME_M5, 1, 10)
+    sim.shutdown()
+
+
 async def serve_dtms(count: int, db_path: str, out_path: str) -> None:
     """Run a DTMS with ``count`` open positions until killed; write port + payloads to out_path."""
     from dtms import logs
@@ -150,6 +160,7 @@ async def serve_dtms(count: int, db_path: str, out_path: str) -> None:
     logs.setup("INFO", "json")
     sim = SimTerminal(SimConfig(seed=7, balance=1e12), clock=ManualClock())
     payloads = open_positions(sim, count)
+    warm_history(sim)
     settings = Settings().replace(rpc={"port": 0}, metrics={"port": 0},
                                   store={"path": db_path, "synchronous": "FULL"})
     service = Service(settings, module=sim)

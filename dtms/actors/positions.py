@@ -73,13 +73,15 @@ class PositionWatcher(Actor):
         self.on_unknown: Callable[[list[int]], None] | None = None
         self.watched: dict[int, Actor] = {}
         self.last_seen: dict[int, tuple[float, float, float]] = {}
+        self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
         self.gone_reported: set[int] = set()
         self.unknown: list[int] = []
         self.polls_ok = 0
         self.last_poll_s = 0.0   # how long the last poll's terminal call took
 
     async def on_start(self) -> None:
-        self.last_seen.clear()
+        self.last_seen = {}
+        self.ours = {}
         self.gone_reported.clear()
         self.spawn(self._ticker)
 
@@ -91,6 +93,7 @@ class PositionWatcher(Actor):
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Watch):
             self.watched[message.ticket] = message.actor
+            self.last_seen.pop(message.ticket, None)  # its trade hears of it at the next poll
             self.gone_reported.discard(message.ticket)
             return None
         if isinstance(message, Unwatch):
@@ -126,15 +129,19 @@ class PositionWatcher(Actor):
                 self.gone_reported.discard(ticket)
                 p = changed.get(ticket)
                 if p is not None:
-                    self.last_seen[ticket] = mark
                     await actor.tell(PositionUpdate(p, polled_at))
             except ActorStopped:
                 self.watched.pop(ticket, None)
-                self.last_seen.pop(ticket, None)
-        # a position nobody watches is never in last_seen: it comes back in full every poll
-        unknown = sorted(t for t, p in changed.items()
-                         if p.magic == self.dtms_magic and t not in self.watched
-                         and self._hedged_trade(p) not in self.watched)
+        # every open position's triple as of this poll (a watched one's: what its trade was
+        # told); of those carrying DTMS's magic, the trade each hedges (from the comment, read
+        # when the position first came back in full), to find the ones DTMS has no record of
+        self.last_seen = marks
+        for ticket, p in changed.items():
+            if p.magic == self.dtms_magic:
+                self.ours[ticket] = self._hedged_trade(p)
+        self.ours = {t: h for t, h in self.ours.items() if t in marks}
+        unknown = sorted(t for t, hedged in self.ours.items()
+                         if t not in self.watched and hedged not in self.watched)
         new = sorted(set(unknown) - set(self.unknown))
         self.unknown = unknown
         self.metrics.unknown_positions.set(len(unknown))
