@@ -699,3 +699,25 @@ async def test_stop_during_backoff_cancels_the_pending_restart() -> None:
         with anyio.fail_after(1):
             await sup.stop()
     assert a.starts == 1 and sup.which_children() == [("a", "stopped")]
+
+
+async def test_flag_wakes_its_waiters_once_set_and_holds_no_event_unless_waited() -> None:
+    from dtms.supervisor import Flag
+
+    flag = Flag()
+    assert not flag.is_set() and flag._event is None   # nothing allocated until a wait
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await flag.wait()
+        woken.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(waiter, i)
+        await anyio.sleep(0.01)
+        assert woken == [] and flag._event is not None
+        flag.set()
+    assert sorted(woken) == [0, 1, 2] and flag.is_set() and flag._event is None
+    with anyio.fail_after(1):
+        await flag.wait()   # already set: returns at once
