@@ -288,8 +288,17 @@ class Service:
             task_status.started()
 
     async def _watch_startup(self) -> None:
-        deadline = time.monotonic() + self.settings.service.startup_timeout_s
+        """Exit (StartupTimeout) when not ready within ``startup_timeout_s`` -- counted from the
+        last progress of the registry's recovery: 100,000 stored trades take about a minute to
+        reload here, and a restart loop that never becomes ready is worse than a slow start.
+        A start that is stuck (no terminal, no store, no trade reloaded) still fails in time."""
+        timeout = self.settings.service.startup_timeout_s
+        deadline = time.monotonic() + timeout
+        reloaded = 0
         while not self.ready:
+            if len(self.registry.trades) > reloaded:
+                reloaded = len(self.registry.trades)
+                deadline = time.monotonic() + timeout
             if time.monotonic() > deadline:
                 reason = self._not_ready().message
                 log.error("startup timeout after %ss: %s", self.settings.service.startup_timeout_s,

@@ -189,3 +189,46 @@ async def test_not_ready_while_the_core_restarts_then_ready_with_trades_resumed(
         assert (t["state"], t["paused"]) == ("HEALTHY", True)  # resumed exactly as stored
         rows = (await c.call("restarts", {"kind": "registry"}))["restarts"]
         assert [(r["action"], r["reason"]) for r in rows] == [("restart", "crash")]
+
+
+class _LoadingService(Service):
+    """A service whose readiness the test drives: ``loading`` stored trades reload one per
+    tick, then it is ready; with none it never becomes ready."""
+
+    loading = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._reloaded >= self.loading > 0
+
+    def _not_ready(self):
+        from dtms.errors import NotReady
+        return NotReady("stored trades are being reloaded")
+
+
+async def test_startup_timeout_counts_from_the_last_trade_reloaded_and_a_stuck_start_fails(
+        settings, sim):
+    from dtms.service import StartupTimeout
+
+    settings = settings.replace(service={"startup_timeout_s": 0.3})
+    slow = _LoadingService(settings, module=sim)
+    slow.loading, slow._reloaded = 8, 0
+
+    async def reload_one_every_0_2_s() -> None:  # 1.6 s in all: five timeouts' worth
+        while slow._reloaded < slow.loading:
+            await anyio.sleep(0.2)
+            slow.registry.trades[slow._reloaded] = object()
+            slow._reloaded += 1
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload_one_every_0_2_s)
+            await slow._watch_startup()   # returns once ready: no StartupTimeout
+    assert slow.ready_event.is_set()
+
+    stuck = _LoadingService(settings, module=sim)
+    stuck._reloaded = 0
+    started = anyio.current_time()
+    with anyio.fail_after(10), pytest.raises(StartupTimeout):
+        await stuck._watch_startup()
+    assert anyio.current_time() - started >= 0.3
