@@ -57,6 +57,7 @@ from typing import Any
 
 import anyio
 
+from bench.common import terminate
 from bench.registration import _write_atomic, open_positions
 
 QUICK_SIZES, DEFAULT_SIZES = (1_000, 10_000), (10_000, 100_000)
@@ -260,12 +261,7 @@ def start_once(stored: int, expect: int, db_path: Path, workdir: Path, name: str
                 break
             time.sleep(0.01)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
     setup_s = report["setup_s"]
     recovered = report.get("recovered_at", ready_at)
     return Run(stored, ready_at - spawned - setup_s, recovered - spawned - setup_s, setup_s,

@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ from typing import Any
 
 import anyio
 
+from bench.common import count_reps_args, median_run
 from bench.registration import percentile
 
 WRITERS = (1, 16, 64, 256)
@@ -84,10 +84,6 @@ class Row:
     run: Run
     versus: float  # rate / the single-commit rate with the same writers (raw: with 1 writer)
     runs: list[Run] = field(default_factory=list)
-
-
-def median_run(runs: list[Run]) -> Run:
-    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
 
 
 # --------------------------------------------------------------------------- measuring
@@ -288,18 +284,9 @@ def to_json(rows: list[Row], *, count: int, reps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench commit [--quick] [--count N] [--reps N] [--json PATH]``."""
-    p = argparse.ArgumentParser(prog="python -m bench commit", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_COUNT} writes per configuration, {QUICK_REPS} repetition")
-    p.add_argument("--count", type=int, help="durable writes per configuration")
-    p.add_argument("--reps", type=int, help="repetitions per configuration (median quoted)")
-    p.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
-    args = p.parse_args(argv)
-    count = args.count or (QUICK_COUNT if args.quick else DEFAULT_COUNT)
-    reps = args.reps or (QUICK_REPS if args.quick else DEFAULT_REPS)
-    if count < 1 or reps < 1:
-        p.error("--count and --reps must be >= 1")
+    args = count_reps_args(argv, prog="python -m bench commit", doc=__doc__, what="durable writes",
+                           quick=(QUICK_COUNT, QUICK_REPS), default=(DEFAULT_COUNT, DEFAULT_REPS))
+    count, reps = args.count, args.reps
     rows = run_bench(count, reps)
     print(format_table(rows, count=count, reps=reps), flush=True)
     if args.json:

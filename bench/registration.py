@@ -45,6 +45,8 @@ import anyio
 import msgpack
 from anyio.abc import SocketAttribute
 
+from bench.common import count_reps_args, median_run, terminate
+
 CLIENTS = (1, 16, 64)
 MODES = {"sequential": 1, "pipelined": 32, "paced": 0}  # requests in flight per connection
 PACED = {"paced": 5_000.0}   # open loop: requests sent at this rate, whatever the replies
@@ -106,10 +108,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[rank - 1]
-
-
-def median_run(runs: list[Run]) -> Run:
-    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
 
 
 # --------------------------------------------------------------------------- server side
@@ -232,12 +230,7 @@ def server_process(args: list[str], workdir: Path, name: str,
             time.sleep(0.02)
         yield json.loads(out.read_text())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 # --------------------------------------------------------------------------- load side
@@ -417,18 +410,9 @@ def to_json(rows: list[Row], *, count: int, reps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench registration [--quick] [--count N] [--reps N] [--json PATH]``."""
-    p = argparse.ArgumentParser(prog="python -m bench registration", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_COUNT} registrations per configuration, {QUICK_REPS} repetition")
-    p.add_argument("--count", type=int, help="registrations per configuration")
-    p.add_argument("--reps", type=int, help="repetitions per configuration (median quoted)")
-    p.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
-    args = p.parse_args(argv)
-    count = args.count or (QUICK_COUNT if args.quick else DEFAULT_COUNT)
-    reps = args.reps or (QUICK_REPS if args.quick else DEFAULT_REPS)
-    if count < 1 or reps < 1:
-        p.error("--count and --reps must be >= 1")
+    args = count_reps_args(argv, prog="python -m bench registration", doc=__doc__, what="registrations",
+                           quick=(QUICK_COUNT, QUICK_REPS), default=(DEFAULT_COUNT, DEFAULT_REPS))
+    count, reps = args.count, args.reps
     rows = run_bench(count, reps)
     print(format_table(rows, count=count, reps=reps), flush=True)
     if args.json:
