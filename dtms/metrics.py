@@ -31,7 +31,7 @@ RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUN
              "OWNED_ELSEWHERE", "OVERLOADED", "INTERNAL")
 ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metrics", "core")
 SUPERVISORS = ("root", "core", "trades")
-BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "rates", "positions",
+BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "ticks", "rates", "positions",
                      "positions_of", "position_changes", "deals_for_position", "deals_between",
                      "send")
 #: Protective actions a trade actor takes, and how each attempt ended.

@@ -84,3 +84,10 @@ def test_positions_of_answers_the_open_ones_among_many_tickets_in_one_call(adapt
     assert (found[a].symbol, found[a].direction, found[a].sl) == ("EURUSD", Direction.BUY, 1.08)
     assert (found[b].symbol, found[b].volume) == ("XAUUSD", 0.02)
     assert adapter.positions_of([]) == {}
+
+
+def test_ticks_reads_many_symbols_in_one_call_and_names_the_ones_it_could_not(adapter, sim):
+    found, failed = adapter.ticks(["EURUSD", "NOSUCH", "XAUUSD"])
+    assert sorted(found) == ["EURUSD", "XAUUSD"]
+    assert found["EURUSD"].symbol == "EURUSD" and found["EURUSD"].ask > found["EURUSD"].bid > 0
+    assert list(failed) == ["NOSUCH"] and failed["NOSUCH"]

@@ -31,7 +31,7 @@ from dtms.supervisor import Backoff
 log = logging.getLogger(__name__)
 
 #: adapter methods other actors may call
-OPERATIONS = frozenset({"account", "symbol", "tick", "rates", "positions", "positions_of",
+OPERATIONS = frozenset({"account", "symbol", "tick", "ticks", "rates", "positions", "positions_of",
                         "position_changes", "deals_for_position",
                         "deals_between", "send"})
 _ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "success",

@@ -1,7 +1,8 @@
 """Market data: one actor per symbol, and the hub that starts them.
 
-A :class:`SymbolMarket` owns one symbol's market data. Every ``tick_poll_s`` it reads the
-symbol's tick from the broker (one call per symbol, however many trades). When the tick's time
+A :class:`SymbolMarket` owns one symbol's market data. Every ``tick_poll_s`` the hub reads the
+tick of every symbol in one terminal call and tells each symbol's actor (one hand-off to the
+terminal's thread per interval, however many symbols and trades). When the tick's time
 passes the end of the forming M5 bar, that bar has closed: the actor reloads the closed M5 and
 M15 bars, computes the market signals once (``dtms.policy.signals.market_signals``) and tells
 every subscribed trade (``BarClose``) -- bar closes drive the scoring. A tick more than
@@ -93,8 +94,10 @@ class BarClose:
 
 
 @dataclass(frozen=True, slots=True)
-class _Poll:
-    pass
+class TickRead:
+    """The hub read this symbol's latest tick at ``seen`` (perf_counter)."""
+    tick: Tick
+    seen: float
 
 
 class SymbolMarket(Actor):
@@ -125,7 +128,6 @@ class SymbolMarket(Actor):
         # nothing here may fail on a broker hiccup: the data loads on the first poll that works
         self.index = TriggerIndex()
         self.spec = None
-        self.spawn(self._ticker)
 
     async def _load(self) -> bool:
         try:
@@ -146,12 +148,6 @@ class SymbolMarket(Actor):
             await self._tell(ticket, event)
         return True
 
-    async def _ticker(self) -> None:
-        interval = self.settings.market.tick_poll_s
-        while True:
-            await anyio.sleep(interval)
-            await self.tell(_Poll())
-
     async def _load_bars(self) -> None:
         n = self.settings.market.bars
         m5 = await self.broker.call("rates", name=self.symbol, timeframe="M5", count=n,
@@ -164,8 +160,11 @@ class SymbolMarket(Actor):
                                           symbol=self.symbol, settings=self.settings.signals)
 
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, _Poll):
-            return await self._poll()
+        if isinstance(message, TickRead):
+            if self.spec is None:  # loads on the first tick read after (re)start
+                await self._load()
+                return None
+            return await self._on_tick(message.tick, message.seen)
         if isinstance(message, Subscribe):
             self.subscribers[message.ticket] = message.actor
             if self.spec is not None:
@@ -182,17 +181,7 @@ class SymbolMarket(Actor):
             return None
         raise TypeError(f"market {self.symbol} cannot handle {message!r}")
 
-    async def _poll(self) -> None:
-        if self.spec is None:
-            await self._load()
-            return
-        try:
-            tick: Tick = await self.broker.call("tick", name=self.symbol)
-        except (BrokerError, NotReady) as exc:
-            log.warning("tick of %s not read: %s", self.symbol, exc,
-                        extra={"symbol": self.symbol})
-            return
-        seen = time.perf_counter()
+    async def _on_tick(self, tick: Tick, seen: float) -> None:
         previous = self.tick
         if previous is not None and tick.time == previous.time and tick.bid == previous.bid:
             return  # no new tick
@@ -265,6 +254,33 @@ class MarketHub(Actor):
             on_event=self.on_event)
         assert self._tg is not None
         await self._tg.start(self.supervisor.run)
+        self.spawn(self._ticker)
+
+    async def _ticker(self) -> None:
+        """Every ``tick_poll_s``, every started symbol's tick in one terminal call (one
+        hand-off to the terminal's thread for 20 symbols, not 20), told to its actor."""
+        interval = self.settings.market.tick_poll_s
+        while True:
+            await anyio.sleep(interval)
+            names = list(self.symbols)
+            if not names:
+                continue
+            try:
+                ticks, failed = await self.broker.call("ticks", names=names)
+            except (BrokerError, NotReady) as exc:
+                log.warning("ticks of %d symbols not read: %s", len(names), exc)
+                continue
+            seen = time.perf_counter()
+            for name, error in failed.items():
+                log.warning("tick of %s not read: %s", name, error, extra={"symbol": name})
+            for name, tick in ticks.items():
+                market = self.symbols.get(name)
+                if market is None:
+                    continue
+                try:
+                    market.tell_nowait(TickRead(tick, seen))   # unbounded: never blocks
+                except ActorStopped:
+                    log.info("tick of %s not delivered: its actor has stopped", name)
 
     async def on_stop(self) -> None:
         if self.supervisor is not None:

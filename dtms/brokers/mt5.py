@@ -140,6 +140,20 @@ class MT5Adapter:
         t = self._call("symbol_info_tick", lambda: self.mt5.symbol_info_tick(name))
         return Tick(symbol=name, time=int(t.time), bid=_f(t.bid), ask=_f(t.ask))
 
+    def ticks(self, names: list[str]) -> tuple[dict[str, Tick], dict[str, str]]:
+        """The latest tick of each of ``names`` in one hand-off, and why any could not be read
+        (a symbol the terminal does not know...). A lost link fails the whole call."""
+        found: dict[str, Tick] = {}
+        failed: dict[str, str] = {}
+        for name in names:
+            try:
+                found[name] = self.tick(name)
+            except BrokerError as exc:
+                if exc.code in DISCONNECTED_CODES:
+                    raise
+                failed[name] = str(exc)
+        return found, failed
+
     def rates(self, name: str, timeframe: str, count: int, start_pos: int = 0) -> list[tuple]:
         """Bars oldest first as (time, open, high, low, close, tick_volume)."""
         tf = TIMEFRAMES[timeframe]
