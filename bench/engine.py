@@ -822,7 +822,10 @@ def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool 
                  "0", "--bar-closes", "3" if quick else "7"], work, "scoring")
         if idle_trades:
             step(f"idle CPU, {idle_trades:,} trades")
-            results["idle"] = child(["idle", "--trades", str(idle_trades), "--seconds", "10",
+            # 30 s in the full run: longer than the position poll's period at 100,000
+            # positions (~10 s), so that the window holds polls, not only ticks
+            results["idle"] = child(["idle", "--trades", str(idle_trades), "--seconds",
+                                     "10" if quick else "30",
                                      "--quiet-seconds", "3" if quick else "5"], work, "idle")
     return results
 

@@ -38,6 +38,7 @@ class ServiceSettings:
     supervisor_log: str = "data/supervisor.log"
     switch_interval_ms: float = 0.5
     gc_freeze: bool = True
+    gc_gen0_threshold: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class BrokerSettings:
     call_timeout_s: float = 10.0
     connect_retry_s: float = 2.0
     poll_interval_s: float = 0.25
-    poll_max_share: float = 0.2
+    poll_max_share: float = 0.1
     magic: int = 770077
     comment_tag: str = "DTMS"
     deviation_points: int = 20

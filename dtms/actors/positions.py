@@ -1,7 +1,8 @@
 """The position watcher: one poll of the broker's open positions for all trades.
 
 Every ``poll_interval_s`` it asks the broker for all open positions -- one terminal call no
-matter how many trades are registered, which answers every position's (volume, SL, TP) and in
+matter how many trades are registered, which answers every position's mark (its volume, SL
+and TP) and in
 full only the positions whose triple changed since the watcher last told its trade -- and
 tells each watched trade actor what changed:
 ``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
@@ -72,7 +73,7 @@ class PositionWatcher(Actor):
         self.comment_tag = comment_tag
         self.on_unknown: Callable[[list[int]], None] | None = None
         self.watched: dict[int, Actor] = {}
-        self.last_seen: dict[int, tuple[float, float, float]] = {}
+        self.last_seen: dict[int, bytes] = {}   # ticket -> mark (packed volume, SL, TP)
         self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
         self.gone_reported: set[int] = set()
         self.unknown: list[int] = []
