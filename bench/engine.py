@@ -826,7 +826,7 @@ def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool 
             # positions (~10 s), so that the window holds polls, not only ticks
             results["idle"] = child(["idle", "--trades", str(idle_trades), "--seconds",
                                      "10" if quick else "30",
-                                     "--quiet-seconds", "3" if quick else "5"], work, "idle")
+                                     "--quiet-seconds", "3" if quick else "30"], work, "idle")
     return results
 
 
