@@ -75,7 +75,7 @@ def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
                      f"{engine._size(total)} at {n:,} ({per / 1024:.1f} KiB/trade)"
                      + ("" if n >= 100_000 else f"; 100k projected {engine._size(projected)}"),
                      f"before DTMS {engine._size(big['rss_sim'])}", "-",
-                     _verdict((total if n >= 100_000 else projected) <= 1.5 * engine.GIB)))
+                     _verdict(total <= 1.5 * engine.GIB, n >= 100_000)))
         on, off = big["on"], big["off"]
         rows.append((f"tick -> decision p99, {n:,} trades, 10 crossed", "<= 2 ms",
                      f"p99 {engine._ms(on['p99_s'])} (p50 {engine._ms(on['p50_s'])})",
