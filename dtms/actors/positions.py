@@ -1,9 +1,8 @@
 """The position watcher: one poll of the broker's open positions for all trades.
 
 Every ``poll_interval_s`` it asks the broker for all open positions -- one terminal call no
-matter how many trades are registered, which answers every position's mark (its volume, SL
-and TP) and in
-full only the positions whose triple changed since the watcher last told its trade -- and
+matter how many trades are registered, answered with every position's mark (its volume, SL and
+TP, packed) and, in full, only the positions whose mark changed since the last poll -- and
 tells each watched trade actor what changed:
 ``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
 the ticket is no longer open. A failed poll changes nothing (a broker hiccup never closes or
@@ -14,8 +13,8 @@ It also reports open positions carrying DTMS's magic number that no trade actor 
 registry recovered is the moment every stored trade has been reconciled against the broker.
 
 The poll is a message the watcher sends itself, so all its state changes happen in ``handle``.
-Its cost grows with the number of positions (100,000 take about half a second to read and
-convert): the pause after a poll is stretched so that polling holds the broker's one lane --
+Its cost still grows with the number of positions (the terminal returns every row; reading
+100,000 marks takes DTMS ~0.15 s): the pause after a poll is stretched so that polling holds the broker's one lane --
 and the interpreter -- at most ``max_share`` of the time (:func:`poll_pause`). Registrations,
 actions and ticks go through the same lane and would otherwise queue behind back-to-back polls.
 """
