@@ -114,6 +114,7 @@ class RegistrySettings:
     max_batch: int = 256
     owned_elsewhere_strategies: tuple[str, ...] = ()
     owned_elsewhere_owners: tuple[str, ...] = ()
+    owned_elsewhere_magics: tuple[int, ...] = ()   # positions with these magics -> OWNED_ELSEWHERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ class PolicySettings:
     score_cooldown_s: float = 60.0    # fast (tick) re-scoring at most this often
     requote_retries: int = 3
     retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
+    l2_close_repeat: bool = False     # WARNING_L2: close again at every re-entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +199,12 @@ class SupervisorSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
+    """Retries back off from ``backoff_min_s`` doubling up to ``backoff_max_s`` (with jitter):
+    the defaults wait 3.9 to 7.8 s over 7 attempts, longer than a restart of DTMS (~1 s)."""
     timeout_s: float = 5.0
-    retries: int = 3
+    retries: int = 7
+    backoff_min_s: float = 0.25
+    backoff_max_s: float = 2.0
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     verify: bool = True
@@ -345,6 +351,13 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name}: must be > 0, got {value}")
     if not 0 < s.broker.poll_max_share <= 1:
         problems.append(f"broker.poll_max_share: must be in (0, 1], got {s.broker.poll_max_share}")
+    if s.client.retries < 1:
+        problems.append(f"client.retries: must be >= 1, got {s.client.retries}")
+    if not 0 < s.client.backoff_min_s <= s.client.backoff_max_s:
+        problems.append("client.backoff_min_s, client.backoff_max_s: must be 0 < min <= max, got "
+                        f"{s.client.backoff_min_s:g}, {s.client.backoff_max_s:g}")
+    from dtms.policy.overrides import policy_problems  # it imports this module's dataclasses
+    problems.extend(f"policy.{k}: {v}" for k, v in policy_problems(s.policy).items())
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtms.errors import InvalidArgument
+from dtms.policy.overrides import typing_problems
 
 
 class Direction(enum.StrEnum):
@@ -408,13 +409,12 @@ def parse_registration(args: Any) -> Registration:
     if policy is not None:
         if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
             errors["policy"] = "must be a map with string keys"
-        elif not all(isinstance(v, int | float | str | bool) or (
-                isinstance(v, list | tuple) and len(v) <= 32
-                and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v))
-                for v in policy.values()):
-            errors["policy"] = "values must be numbers, strings, booleans or lists of numbers"
         else:
-            out["policy"] = dict(policy)
+            # each key typed exactly and named (``policy.<key>``); bounds: resolve_policy
+            problems = typing_problems(policy)
+            errors.update(problems)
+            if not problems:
+                out["policy"] = dict(policy)
 
     if errors:
         raise InvalidArgument.many(errors)

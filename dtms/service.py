@@ -62,7 +62,7 @@ from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import Registration, TradeState, parse_registration
-from dtms.policy.lifecycle import resolve_policy
+from dtms.policy.overrides import resolve_policy
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
