@@ -238,6 +238,9 @@ def _as_dict(section: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """A TOML or environment value as the setting's type. Loose on purpose (env vars are text:
+    "5", "1.5,2.5", "true"); never for the wire, whose policy map is typed exactly by
+    ``dtms.policy.overrides``."""
     origin = typing.get_origin(kind)
     if origin is tuple:
         if isinstance(value, str):
@@ -280,29 +283,6 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
-
-
-def override(section: Any, values: Mapping[str, Any]) -> Any:
-    """A copy of one settings section with some keys changed, each coerced to its type.
-
-    Raises ConfigError naming every unknown or invalid key (``problems`` maps key -> reason).
-    """
-    field_types = typing.get_type_hints(type(section))
-    current = _as_dict(section)
-    problems: dict[str, str] = {}
-    for key, value in values.items():
-        if key not in field_types:
-            problems[key] = "unknown setting"
-            continue
-        try:
-            current[key] = _coerce(value, field_types[key], key)
-        except ConfigError as exc:
-            problems[key] = str(exc).split(": ", 1)[-1]
-    if problems:
-        err = ConfigError("; ".join(f"{k}: {v}" for k, v in problems.items()))
-        err.problems = problems  # type: ignore[attr-defined]
-        raise err
-    return type(section)(**current)
 
 
 def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) -> Settings:

@@ -310,6 +310,9 @@ class Registration:
     magic: int | None = None
     comment: str = ""
     policy: dict[str, Any] = field(default_factory=dict)
+    #: set only by ``recovery.adopt_unknown`` (never from the wire): a position with DTMS's
+    #: own magic that DTMS has no record of may then be taken on as a trade
+    adopted: bool = False
 
 
 _ENTRY_ALIASES = ("entry_price", "entry", "price_open")

@@ -208,7 +208,7 @@ class Service:
             log.warning("adopting unknown position %s (recovery.adopt_unknown)", ticket,
                         extra={"ticket": ticket})
             try:
-                self.registry.tell_nowait(Register(Registration(ticket, owner="dtms-adopted")))
+                self.registry.tell_nowait(Register(Registration(ticket, owner="dtms-adopted", adopted=True)))
             except (MailboxFull, ActorStopped) as exc:  # stays listed in status as unknown
                 log.error("position %s not adopted: %r", ticket, exc, extra={"ticket": ticket})
 

@@ -34,6 +34,7 @@ from dtms.model import (
     ({"ticket": 1, "policy": {1: 1}}, "policy", "must be a map with string keys"),
     ({"ticket": 1, "entry": 1.1, "price_open": 1.2}, "entry", "aliases ['entry', 'price_open'] disagree"),
     ({"ticket": 1, "lots": 1}, "lots", "unknown field"),
+    ({"ticket": 1, "adopted": True}, "adopted", "unknown field"),   # recovery only
 ])
 def test_invalid_registration_names_the_field(args, field, reason):
     with pytest.raises(InvalidArgument) as err:

@@ -119,3 +119,9 @@ def test_a_reregistration_is_checked_against_the_stored_trade(reg, field, state)
     assert (error.details["field"] if error else None) == field
     if error is not None:
         assert (error.code, error.details["state"]) == ("CONFLICT", state.value)
+
+
+def test_only_the_adopt_unknown_recovery_takes_on_a_position_with_dtms_magic() -> None:
+    p = _position(OURS, "left over")
+    assert isinstance(position_refusal(Registration(ticket=100), p, RULES), DtmsPosition)
+    assert position_refusal(Registration(ticket=100, adopted=True), p, RULES) is None

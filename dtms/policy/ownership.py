@@ -10,7 +10,9 @@ In the order checked:
 
    * DTMS's own position: its magic is ``broker.magic`` or its comment is DTMS's tag
      ``<tag>:<ticket>:<seq>`` (a hedge or an order DTMS opened) -> DTMS_POSITION, with
-     ``hedge_of: <ticket>`` when the comment names the trade;
+     ``hedge_of: <ticket>`` when the comment names the trade; except when the operator asked
+     DTMS to adopt the positions with its magic it has no record of
+     (``recovery.adopt_unknown``: ``Registration.adopted``, never set from the wire);
    * its magic is configured as another manager's (``registry.owned_elsewhere_magics``) ->
      OWNED_ELSEWHERE naming the magic, whatever the request says (or leaves out);
    * ``magic`` given and different from the position's -> CONFLICT naming both;
@@ -73,7 +75,7 @@ def request_refusal(reg: Registration, rules: OwnershipRules) -> DtmsError | Non
 def position_refusal(reg: Registration, p: Position, rules: OwnershipRules
                      ) -> DtmsError | None:
     trade = hedge_of(p.comment, rules.comment_tag)
-    if p.magic == rules.our_magic or trade is not None:
+    if (p.magic == rules.our_magic or trade is not None) and not reg.adopted:
         what = f"DTMS's hedge of trade {trade}" if trade is not None else "DTMS's own position"
         details = {"hedge_of": trade} if trade is not None else {}
         return DtmsPosition(f"position {p.ticket} is {what} (magic {p.magic}, comment "
