@@ -83,9 +83,9 @@ class ClientError(Exception):
 class ServiceUnavailable(ClientError, ConnectionError):
     """DTMS could not be reached (after the allowed retries) or the client is closed.
 
-    After ``register``/``register_batch`` the registration may have been stored all the same
-    (the connection dropped after the request was sent and before the reply): the message says
-    so; registering again is safe.
+    After ``register``/``register_batch`` whose request went out, the registration may have
+    been stored all the same (the connection dropped after the request was sent and before the
+    reply): the message says so; registering again is safe.
     """
 
 
@@ -355,7 +355,7 @@ class Client:
             outcome = "success"
             return result
         except (ServiceUnavailable, CallTimeout):
-            outcome = "failure"
+            outcome = "abandon" if self._closed else "failure"  # closing is not the service's fault
             raise
         except DtmsError as err:
             outcome = "failure" if err.code == "NOT_READY" else "success"
@@ -367,12 +367,14 @@ class Client:
     async def _attempts(self, method: str, args: dict[str, Any] | None, timeout: float,
                         attempts: int, on_link: Callable[[_Link], None] | None) -> Any:
         last: Exception | None = None
+        reached = False   # a request went out on a connection: it may have been processed
         for attempt in range(1, attempts + 1):
             wait = 0.0
             try:
                 link = await self._get_link(timeout)
                 if on_link is not None:
                     on_link(link)
+                reached = True
                 return await self._request(link, method, args, timeout)
             except _ConnectionLost as exc:
                 last = exc
@@ -387,7 +389,8 @@ class Client:
                 await anyio.sleep(delay)
         stored = ("; the registration may have been stored all the same (the connection can "
                   "drop after the request was sent and before the reply): register again, it is "
-                  "idempotent, or read the trade" if method in REGISTER_METHODS else "")
+                  "idempotent, or read the trade" if reached and method in REGISTER_METHODS
+                  else "")
         raise ServiceUnavailable(f"{method}: DTMS at {self.address} unavailable after "
                                  f"{attempts} attempt(s): {last}{stored}") from last
 

@@ -331,6 +331,12 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name}: must be > 0, got {value}")
     if not 0 < s.broker.poll_max_share <= 1:
         problems.append(f"broker.poll_max_share: must be in (0, 1], got {s.broker.poll_max_share}")
+    if any(m < 0 for m in s.registry.owned_elsewhere_magics):
+        problems.append("registry.owned_elsewhere_magics: each must be >= 0, got "
+                        f"{list(s.registry.owned_elsewhere_magics)}")
+    if s.broker.magic in s.registry.owned_elsewhere_magics:
+        problems.append(f"registry.owned_elsewhere_magics: must not hold DTMS's own "
+                        f"broker.magic ({s.broker.magic})")
     if s.client.retries < 1:
         problems.append(f"client.retries: must be >= 1, got {s.client.retries}")
     if not 0 < s.client.backoff_min_s <= s.client.backoff_max_s:

@@ -384,7 +384,11 @@ async def test_service_unavailable_after_register_says_it_may_have_been_stored()
         assert "after 2 attempt(s)" in str(exc.value)
         with pytest.raises(ServiceUnavailable) as exc:
             await client.call("drop_first", retry=False)
-        assert "may have been stored" not in str(exc.value)
+        assert "may have been stored" not in str(exc.value)   # not a registration
+    async with Client(port=closed_port(), retries=2, **fast()) as client:
+        with pytest.raises(ServiceUnavailable, match="cannot connect") as exc:
+            await client.register({"ticket": 1})
+        assert "may have been stored" not in str(exc.value)   # it never left the client
 
 
 async def test_batch_trade_trades_and_status_call_their_methods():

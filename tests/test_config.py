@@ -112,7 +112,11 @@ def test_default_client_retry_budget_waits_longer_than_a_restart():
     ({"DTMS_CLIENT_RETRIES": "0"}, "client.retries: must be >= 1"),
     ({"DTMS_CLIENT_BACKOFF_MIN_S": "3"}, "client.backoff_min_s, client.backoff_max_s"),
     ({"DTMS_CLIENT_BACKOFF_MIN_S": "0"}, "client.backoff_min_s, client.backoff_max_s"),
+    ({"DTMS_REGISTRY_OWNED_ELSEWHERE_MAGICS": "5,-1"},
+     r"registry.owned_elsewhere_magics: each must be >= 0, got \[5, -1\]"),
+    ({"DTMS_REGISTRY_OWNED_ELSEWHERE_MAGICS": "770077"},
+     r"registry.owned_elsewhere_magics: must not hold DTMS's own broker.magic \(770077\)"),
 ])
-def test_client_retry_settings_are_validated(env, message):
+def test_client_and_registry_settings_are_validated(env, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load(ROOT / "config" / "dtms.toml", environ=env)
