@@ -25,7 +25,6 @@ from dtms.config import RpcSettings, Settings
 from dtms.errors import InvalidArgument, NotFound, NotReady, Overloaded, Unauthenticated
 from dtms.rpc.protocol import MAX_MSGID
 from dtms.rpc.server import Connection, RpcServer
-from tests.conftest import eventually, running
 
 pytestmark = pytest.mark.anyio
 
@@ -460,30 +459,6 @@ async def test_notification_sent_before_the_subscribe_response_is_not_lost(
         async for item in client.subscribe():
             assert item == ("trade_state", {"i": 0})
             break
-
-
-async def test_default_retries_ride_out_a_dtms_restart_on_the_same_port(settings, sim):
-    a = sim.open_position("EURUSD", "BUY", 0.10)
-    b = sim.open_position("GBPUSD", "SELL", 0.10)
-    async with running(settings, sim) as svc:
-        port = svc.rpc.port
-    pinned = settings.replace(rpc={"port": port})
-    async with Client("127.0.0.1", port) as client:   # the shipped retry defaults
-        async with running(pinned, sim):
-            assert (await client.register({"ticket": a}))["created"] is True
-        result: dict[str, Any] = {}
-
-        async def register_b() -> None:
-            result.update(await client.register({"ticket": b}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(register_b)
-            await anyio.sleep(1.0)   # DTMS is down this long (a restart measures 0.5-1 s)
-            async with running(pinned, sim) as svc:
-                await eventually(lambda: result, timeout=20)
-                assert (result["created"], result["trade"]["ticket"]) == (True, b)
-                assert sorted(svc.registry.trades) == [a, b]
-        assert client.breaker_state == "closed"
 
 
 def test_from_settings_takes_rpc_and_client_sections():
