@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dtms.config import PolicySettings
 from dtms.errors import InvalidArgument
+from dtms.policy import overrides
 from dtms.policy.lifecycle import decide
 from dtms.policy.overrides import BOUNDS, ORDER, policy_problems, resolve_policy
 from tests.test_lifecycle import BUY, HEALTHY, L1, QUIET, make_trade, score, snap
@@ -170,8 +171,12 @@ def test_a_consistent_set_of_thresholds_is_accepted() -> None:
     assert (p.hedge_score, p.l2_score, p.l1_score) == (-3.0, -3.0, -1.0)
 
 
-def test_every_policy_field_has_a_bound() -> None:
-    assert set(BOUNDS) == {f.name for f in dataclasses.fields(PolicySettings)}
+def test_every_policy_field_has_a_bound_and_a_row_in_the_modules_table() -> None:
+    fields = [f.name for f in dataclasses.fields(PolicySettings)]
+    assert set(BOUNDS) == set(fields)
+    table = overrides.__doc__.split("bound\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split()[0] for line in table.splitlines() if line and line[0] != "="]
+    assert rows == fields
     assert policy_problems(POLICY) == {}
 
 

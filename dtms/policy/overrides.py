@@ -12,33 +12,33 @@ This module owns what a client may put in a registration's ``policy`` map and wh
 * :func:`resolve_policy` -- the settings with a trade's map applied, or one InvalidArgument
   naming every bad ``policy.<key>`` with its bound.
 
-=========================  ==============  ==================================================
-key                        type            bound
-=========================  ==============  ==================================================
-l1_score                   number          finite; hedge_score <= l2_score <= l1_score
-l2_score                   number          finite; see l1_score
-hedge_score                number          finite; see l1_score
-l1_exit_score              number          finite; > l1_score (hysteresis: no flapping)
-l2_exit_score              number          finite; > l2_score
-recovery_score             number          finite
-flat_timer_min             number          >= 0 (minutes)
-recovery_min               number          >= 0 (minutes)
-l1_tighten_r               number          > 0 (0 would put the stop at the price)
-l2_close_fraction          number          in (0, 1]
-hedge_ratio                number          in (0, 1]
-breakeven_r                number          >= 0
-breakeven_buffer_spreads   number          >= 0
-trail_activation_r         number          >= 0
-trail_atr_mult             number          > 0
-trail_step_points          number          >= 0
-partial_levels_r           list of numbers each > 0, strictly increasing; one per fraction
-partial_fractions          list of numbers each in (0, 1], sum <= 1; one per level
-time_stop_min              number          >= 0 (minutes; 0 = off)
-score_cooldown_s           number          >= 0
-requote_retries            integer         0..10
-retry_after_s              number          > 0 (0 would resend a failed action at every tick)
-l2_close_repeat            bool            true / false
-=========================  ==============  ==================================================
+=========================  ================  ================================================
+key                        type              bound
+=========================  ================  ================================================
+l1_score                   number            finite; hedge_score <= l2_score <= l1_score
+l2_score                   number            finite; see l1_score
+hedge_score                number            finite; see l1_score
+l1_exit_score              number            finite; > l1_score (hysteresis: no flapping)
+l2_exit_score              number            finite; > l2_score
+recovery_score             number            finite
+flat_timer_min             number            >= 0 (minutes)
+recovery_min               number            >= 0 (minutes)
+l1_tighten_r               number            > 0 (0 would put the stop at the price)
+l2_close_fraction          number            in (0, 1]
+hedge_ratio                number            in (0, 1]
+breakeven_r                number            >= 0
+breakeven_buffer_spreads   number            >= 0
+trail_activation_r         number            >= 0
+trail_atr_mult             number            > 0
+trail_step_points          number            >= 0
+partial_levels_r           list of numbers   each > 0, strictly increasing; one per fraction
+partial_fractions          list of numbers   each in (0, 1], sum <= 1; one per level
+time_stop_min              number            >= 0 (minutes; 0 = off)
+score_cooldown_s           number            >= 0
+requote_retries            integer           0..10
+retry_after_s              number            > 0 (0 would resend a failed action at every tick)
+l2_close_repeat            bool              true / false
+=========================  ================  ================================================
 
 Every number must be finite. The two ladder lists are checked after merging with the
 configured ladder: overriding ``partial_fractions`` alone is fine when it has one fraction per
@@ -49,7 +49,7 @@ Example::
 
     >>> resolve_policy(PolicySettings(), {"partial_levels_r": [-1], "partial_fractions": [0.9]})
     Traceback (most recent call last):
-    dtms.errors.InvalidArgument: policy.partial_levels_r: each level must be > 0, got -1.0
+    dtms.errors.InvalidArgument: policy.partial_levels_r: each must be > 0, got -1.0
 """
 
 from __future__ import annotations
