@@ -13,15 +13,19 @@ Unhappy paths, per call:
   -> retried up to ``retries`` attempts in total with exponential backoff and jitter, waiting at
   least the error's ``retry_after``; then the last ``DtmsError`` is raised, or
   :class:`ServiceUnavailable` (a ``ConnectionError``) if the service could not be reached.
-  Nothing else is retried. (Registration is idempotent, so retrying it is safe.)
+  Nothing else is retried. (Registration is idempotent, so retrying it is safe.) The defaults
+  (7 attempts, waits from 0.25 s doubling up to 2 s, each jittered to 50-100 %) wait 3.9 to
+  7.8 s in all: a call made while DTMS restarts (about 1 s) lands on the new process.
 * no response within ``timeout`` -> :class:`CallTimeout` (a ``TimeoutError``), not retried: the
   request may or may not have been processed;
 * the circuit breaker is open -> :class:`CircuitOpen` at once, without touching the network.
 
-The breaker counts *attempts*: ``breaker_failures`` consecutive connection errors, timeouts or
-``NOT_READY`` answers open it; any other answer (even ``INVALID_ARGUMENT``) proves the service is
-up and resets the count. After ``breaker_reset_s`` it is half-open: one probe goes through, and
-its success closes the breaker, its failure opens it again.
+The breaker counts *calls*: a call that failed after all its attempts (connection errors,
+timeouts, ``NOT_READY``) is one failure, and ``breaker_failures`` consecutive failed calls open
+it; it is checked once, before a call's first attempt, so a call is never cut off half-way
+through its retries. Any other answer (even ``INVALID_ARGUMENT``) proves the service is up and
+resets the count. After ``breaker_reset_s`` it is half-open: one probe call goes through (with
+its retries), and its success closes the breaker, its failure opens it again.
 
 Example::
 
@@ -50,6 +54,7 @@ from anyio.from_thread import start_blocking_portal
 
 from dtms.config import Settings
 from dtms.errors import DtmsError, Unauthenticated
+from dtms.model import normalize_symbol
 from dtms.rpc.protocol import (
     MAX_MSGID,
     DecodeError,
@@ -62,6 +67,8 @@ from dtms.rpc.protocol import (
 log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = frozenset({"NOT_READY", "OVERLOADED"})
+#: methods whose request may have been stored although no reply came back
+REGISTER_METHODS = frozenset({"register", "register_batch"})
 #: Replies can be large (``trades`` lists); the server's own frame limit protects the server.
 CLIENT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: Upper bound on a server-sent ``retry_after`` we are willing to sleep for.
@@ -74,7 +81,12 @@ class ClientError(Exception):
 
 
 class ServiceUnavailable(ClientError, ConnectionError):
-    """DTMS could not be reached (after the allowed retries) or the client is closed."""
+    """DTMS could not be reached (after the allowed retries) or the client is closed.
+
+    After ``register``/``register_batch`` whose request went out, the registration may have
+    been stored all the same (the connection dropped after the request was sent and before the
+    reply): the message says so; registering again is safe.
+    """
 
 
 class CircuitOpen(ServiceUnavailable):
@@ -275,8 +287,8 @@ class Client:
     """Async DTMS client. Use as ``async with Client(...) as c`` (it owns a reader task)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8001, *, token: str = "",
-                 timeout: float = 5.0, retries: int = 3, backoff_min: float = 0.1,
-                 backoff_max: float = 5.0, breaker_failures: int = 5,
+                 timeout: float = 5.0, retries: int = 7, backoff_min: float = 0.25,
+                 backoff_max: float = 2.0, breaker_failures: int = 5,
                  breaker_reset_s: float = 30.0, verify: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
@@ -335,37 +347,52 @@ class Client:
                     on_link: Callable[[_Link], None] | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
         attempts = self.retries if retry else 1
+        # one call, one breaker verdict: checked before the first attempt, recorded after the last
+        probe = self._breaker.allow() if use_breaker else False
+        outcome = "abandon"
+        try:
+            result = await self._attempts(method, args, timeout, attempts, on_link)
+            outcome = "success"
+            return result
+        except (ServiceUnavailable, CallTimeout):
+            outcome = "abandon" if self._closed else "failure"  # closing is not the service's fault
+            raise
+        except DtmsError as err:
+            outcome = "failure" if err.code == "NOT_READY" else "success"
+            raise
+        finally:
+            if use_breaker:
+                self._breaker.record(outcome, probe=probe)
+
+    async def _attempts(self, method: str, args: dict[str, Any] | None, timeout: float,
+                        attempts: int, on_link: Callable[[_Link], None] | None) -> Any:
         last: Exception | None = None
+        reached = False   # a request went out on a connection: it may have been processed
         for attempt in range(1, attempts + 1):
-            probe = self._breaker.allow() if use_breaker else False
-            outcome, wait = "abandon", 0.0
+            wait = 0.0
             try:
                 link = await self._get_link(timeout)
                 if on_link is not None:
                     on_link(link)
-                result = await self._request(link, method, args, timeout)
-                outcome = "success"
-                return result
+                reached = True
+                return await self._request(link, method, args, timeout)
             except _ConnectionLost as exc:
-                outcome, last = "failure", exc
-            except CallTimeout:
-                outcome = "failure"
-                raise
+                last = exc
             except DtmsError as err:
-                outcome = "failure" if err.code == "NOT_READY" else "success"
                 if err.code not in RETRYABLE_CODES or attempt == attempts:
                     raise
                 last, wait = err, _retry_after(err)
-            finally:
-                if use_breaker:
-                    self._breaker.record(outcome, probe=probe)
             if attempt < attempts:
                 delay = max(self._backoff(attempt), wait)
                 log.info("dtms client: %s failed (%s); attempt %d/%d in %.2fs", method, last,
                          attempt + 1, attempts, delay)
                 await anyio.sleep(delay)
+        stored = ("; the registration may have been stored all the same (the connection can "
+                  "drop after the request was sent and before the reply): register again, it is "
+                  "idempotent, or read the trade" if reached and method in REGISTER_METHODS
+                  else "")
         raise ServiceUnavailable(f"{method}: DTMS at {self.address} unavailable after "
-                                 f"{attempts} attempt(s): {last}") from last
+                                 f"{attempts} attempt(s): {last}{stored}") from last
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.backoff_max, self.backoff_min * 2 ** (attempt - 1))
@@ -455,7 +482,9 @@ class Client:
 
     async def register(self, trade: dict[str, Any], *, verify: bool | None = None
                        ) -> dict[str, Any]:
-        """Register one trade; with ``verify`` read it back and raise VerificationFailed if absent."""
+        """Register one trade; with ``verify`` read it back and raise VerificationFailed unless
+        it is the trade asked for: same ticket, the symbol and direction asked for (if given),
+        and the volume DTMS reported (the broker's, which may differ from the request's)."""
         result = await self.call("register", trade)
         if not (self.verify if verify is None else verify):
             return result
@@ -465,9 +494,10 @@ class Client:
         except (DtmsError, ClientError) as exc:
             raise VerificationFailed(f"ticket {ticket} registered but reading it back failed: "
                                      f"{exc}", ticket=ticket, registration=result) from exc
-        if _ticket_of(view) != ticket:
-            raise VerificationFailed(f"ticket {ticket} registered but `trade` returned "
-                                     f"{_ticket_of(view)!r}", ticket=ticket, registration=result)
+        wrong = _verify_problems(trade, result, view)
+        if wrong:
+            raise VerificationFailed(f"ticket {ticket} registered but `trade` answered "
+                                     f"{'; '.join(wrong)}", ticket=ticket, registration=result)
         return result
 
     async def register_batch(self, trades: list[dict[str, Any]]) -> dict[str, Any]:
@@ -616,7 +646,8 @@ def _settings_kwargs(settings: Settings) -> dict[str, Any]:
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     c = settings.client
     return {"host": host, "port": settings.rpc.port, "token": settings.rpc.token,
-            "timeout": c.timeout_s, "retries": c.retries, "breaker_failures": c.breaker_failures,
+            "timeout": c.timeout_s, "retries": c.retries, "backoff_min": c.backoff_min_s,
+            "backoff_max": c.backoff_max_s, "breaker_failures": c.breaker_failures,
             "breaker_reset_s": c.breaker_reset_s, "verify": c.verify}
 
 
@@ -627,15 +658,40 @@ def _retry_after(err: DtmsError) -> float:
     return 0.0
 
 
-def _ticket_of(view: Any) -> Any:
-    """The ticket in a ``trade`` answer: top-level ``ticket`` or ``trade.ticket``."""
+def _trade_of(view: Any) -> dict[str, Any]:
+    """The trade map in a ``trade``/``register`` answer: top level or under ``trade``."""
     if isinstance(view, dict):
         if "ticket" in view:
-            return view["ticket"]
+            return view
         inner = view.get("trade")
         if isinstance(inner, dict):
-            return inner.get("ticket")
-    return None
+            return inner
+    return {}
+
+
+def _verify_problems(asked: dict[str, Any], reply: Any, view: Any) -> list[str]:
+    """What the read-back trade contradicts: the request's ticket, symbol and direction, and
+    the registration reply's trade (its volume is the broker's)."""
+    got, acked = _trade_of(view), _trade_of(reply)
+    wrong = []
+    if got.get("ticket") != asked.get("ticket"):
+        wrong.append(f"ticket {got.get('ticket')!r}")
+    symbol = asked.get("symbol")
+    if isinstance(symbol, str) and normalize_symbol(symbol) != normalize_symbol(
+            str(got.get("symbol", ""))):
+        wrong.append(f"symbol {got.get('symbol')!r}, not {symbol!r}")
+    direction = asked.get("direction")
+    if isinstance(direction, str) and direction.strip().upper() != got.get("direction"):
+        wrong.append(f"direction {got.get('direction')!r}, not {direction!r}")
+    for key in ("symbol", "direction"):
+        if key in acked and acked[key] != got.get(key):
+            wrong.append(f"{key} {got.get(key)!r}, registered as {acked[key]!r}")
+    volume = acked.get("volume")
+    if isinstance(volume, int | float) and not (
+            isinstance(got.get("volume"), int | float)
+            and abs(got["volume"] - volume) <= 1e-9):
+        wrong.append(f"volume {got.get('volume')!r}, registered as {volume!r}")
+    return wrong
 
 
 __all__ = ["Client", "SyncClient", "CircuitBreaker", "ClientError", "ServiceUnavailable",

@@ -114,6 +114,7 @@ class RegistrySettings:
     max_batch: int = 256
     owned_elsewhere_strategies: tuple[str, ...] = ()
     owned_elsewhere_owners: tuple[str, ...] = ()
+    owned_elsewhere_magics: tuple[int, ...] = ()   # positions with these magics -> OWNED_ELSEWHERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ class PolicySettings:
     score_cooldown_s: float = 60.0    # fast (tick) re-scoring at most this often
     requote_retries: int = 3
     retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
+    l2_close_repeat: bool = False     # WARNING_L2: close again at every re-entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +199,12 @@ class SupervisorSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
+    """Retries back off from ``backoff_min_s`` doubling up to ``backoff_max_s`` (with jitter):
+    the defaults wait 3.9 to 7.8 s over 7 attempts, longer than a restart of DTMS (~1 s)."""
     timeout_s: float = 5.0
-    retries: int = 3
+    retries: int = 7
+    backoff_min_s: float = 0.25
+    backoff_max_s: float = 2.0
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     verify: bool = True
@@ -232,6 +238,9 @@ def _as_dict(section: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """A TOML or environment value as the setting's type. Loose on purpose (env vars are text:
+    "5", "1.5,2.5", "true"); never for the wire, whose policy map is typed exactly by
+    ``dtms.policy.overrides``."""
     origin = typing.get_origin(kind)
     if origin is tuple:
         if isinstance(value, str):
@@ -274,29 +283,6 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
-
-
-def override(section: Any, values: Mapping[str, Any]) -> Any:
-    """A copy of one settings section with some keys changed, each coerced to its type.
-
-    Raises ConfigError naming every unknown or invalid key (``problems`` maps key -> reason).
-    """
-    field_types = typing.get_type_hints(type(section))
-    current = _as_dict(section)
-    problems: dict[str, str] = {}
-    for key, value in values.items():
-        if key not in field_types:
-            problems[key] = "unknown setting"
-            continue
-        try:
-            current[key] = _coerce(value, field_types[key], key)
-        except ConfigError as exc:
-            problems[key] = str(exc).split(": ", 1)[-1]
-    if problems:
-        err = ConfigError("; ".join(f"{k}: {v}" for k, v in problems.items()))
-        err.problems = problems  # type: ignore[attr-defined]
-        raise err
-    return type(section)(**current)
 
 
 def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) -> Settings:
@@ -345,6 +331,19 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name}: must be > 0, got {value}")
     if not 0 < s.broker.poll_max_share <= 1:
         problems.append(f"broker.poll_max_share: must be in (0, 1], got {s.broker.poll_max_share}")
+    if any(m < 0 for m in s.registry.owned_elsewhere_magics):
+        problems.append("registry.owned_elsewhere_magics: each must be >= 0, got "
+                        f"{list(s.registry.owned_elsewhere_magics)}")
+    if s.broker.magic in s.registry.owned_elsewhere_magics:
+        problems.append(f"registry.owned_elsewhere_magics: must not hold DTMS's own "
+                        f"broker.magic ({s.broker.magic})")
+    if s.client.retries < 1:
+        problems.append(f"client.retries: must be >= 1, got {s.client.retries}")
+    if not 0 < s.client.backoff_min_s <= s.client.backoff_max_s:
+        problems.append("client.backoff_min_s, client.backoff_max_s: must be 0 < min <= max, got "
+                        f"{s.client.backoff_min_s:g}, {s.client.backoff_max_s:g}")
+    from dtms.policy.overrides import policy_problems  # it imports this module's dataclasses
+    problems.extend(f"policy.{k}: {v}" for k, v in policy_problems(s.policy).items())
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -96,6 +96,14 @@ class OwnedElsewhere(DtmsError):
     status = 409
 
 
+class DtmsPosition(DtmsError):
+    """The position is DTMS's own (its magic or its comment tag): a hedge or an order DTMS
+    opened for a trade it manages. ``hedge_of`` names that trade when the comment does."""
+
+    code = "DTMS_POSITION"
+    status = 409
+
+
 class Overloaded(DtmsError):
     code = "OVERLOADED"
     status = 429
@@ -112,7 +120,7 @@ class Internal(DtmsError):
 ERRORS_BY_CODE: dict[str, type[DtmsError]] = {
     k.code: k
     for k in (NotReady, InvalidArgument, Unauthenticated, NotFound, Conflict, OwnedElsewhere,
-              Overloaded, Internal)
+              DtmsPosition, Overloaded, Internal)
 }
 
 

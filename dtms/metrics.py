@@ -26,9 +26,9 @@ from dtms.model import TradeState
 log = logging.getLogger(__name__)
 
 REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict",
-                        "owned_elsewhere", "not_ready", "error")
+                        "owned_elsewhere", "dtms_position", "not_ready", "error")
 RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
-             "OWNED_ELSEWHERE", "OVERLOADED", "INTERNAL")
+             "OWNED_ELSEWHERE", "DTMS_POSITION", "OVERLOADED", "INTERNAL")
 ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metrics", "core")
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "ticks", "rates", "positions",

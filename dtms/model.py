@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtms.errors import InvalidArgument
+from dtms.policy.overrides import typing_problems
 
 
 class Direction(enum.StrEnum):
@@ -309,6 +310,9 @@ class Registration:
     magic: int | None = None
     comment: str = ""
     policy: dict[str, Any] = field(default_factory=dict)
+    #: set only by ``recovery.adopt_unknown`` (never from the wire): a position with DTMS's
+    #: own magic that DTMS has no record of may then be taken on as a trade
+    adopted: bool = False
 
 
 _ENTRY_ALIASES = ("entry_price", "entry", "price_open")
@@ -408,13 +412,12 @@ def parse_registration(args: Any) -> Registration:
     if policy is not None:
         if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
             errors["policy"] = "must be a map with string keys"
-        elif not all(isinstance(v, int | float | str | bool) or (
-                isinstance(v, list | tuple) and len(v) <= 32
-                and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v))
-                for v in policy.values()):
-            errors["policy"] = "values must be numbers, strings, booleans or lists of numbers"
         else:
-            out["policy"] = dict(policy)
+            # each key typed exactly and named (``policy.<key>``); bounds: resolve_policy
+            problems = typing_problems(policy)
+            errors.update(problems)
+            if not problems:
+                out["policy"] = dict(policy)
 
     if errors:
         raise InvalidArgument.many(errors)

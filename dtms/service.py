@@ -62,7 +62,7 @@ from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import Registration, TradeState, parse_registration
-from dtms.policy.lifecycle import resolve_policy
+from dtms.policy.overrides import resolve_policy
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
@@ -208,7 +208,7 @@ class Service:
             log.warning("adopting unknown position %s (recovery.adopt_unknown)", ticket,
                         extra={"ticket": ticket})
             try:
-                self.registry.tell_nowait(Register(Registration(ticket, owner="dtms-adopted")))
+                self.registry.tell_nowait(Register(Registration(ticket, owner="dtms-adopted", adopted=True)))
             except (MailboxFull, ActorStopped) as exc:  # stays listed in status as unknown
                 log.error("position %s not adopted: %r", ticket, exc, extra={"ticket": ticket})
 

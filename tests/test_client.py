@@ -50,6 +50,9 @@ class App:
         self.fail: dict[str, list[Exception]] = {}
         self.ready_after = 0
         self.trade_ticket_offset = 0
+        self.trade_changes: dict[str, Any] = {}   # how `trade` differs from what was registered
+        self.views: dict[int, dict[str, Any]] = {}
+        self.drop_register = False
         self.subscribers: list[Connection] = []
 
     async def __call__(self, method: str, args: dict[str, Any], conn: Connection) -> Any:
@@ -68,12 +71,20 @@ class App:
             return "second time lucky"
         if method == "health":
             return {"ready": n > self.ready_after, "calls": n}
+        if method == "register" and self.drop_register:
+            conn.close("test drops the connection after the request arrived")
+            await anyio.sleep(5)
         if method == "register":
-            return {"ticket": args["ticket"], "result": "registered"}
+            view = {"ticket": args["ticket"], "symbol": args.get("symbol", "EURUSD").upper(),
+                    "direction": args.get("direction", "BUY").upper(), "volume": 0.1}
+            self.views[args["ticket"]] = view
+            return {"created": True, "trade": view, "adjusted": {}}
         if method == "register_batch":
             return {"results": [{"ticket": t["ticket"]} for t in args["trades"]]}
         if method == "trade":
-            return {"ticket": args["ticket"] + self.trade_ticket_offset, "state": "managed"}
+            view = self.views.get(args["ticket"], {"ticket": args["ticket"]})
+            return {**view, "ticket": args["ticket"] + self.trade_ticket_offset,
+                    "state": "HEALTHY", **self.trade_changes}
         if method == "subscribe":
             self.subscribers.append(conn)
             return {"subscribed": True}
@@ -234,13 +245,26 @@ async def test_breaker_opens_after_five_failures_against_a_closed_port_and_half_
         assert client.breaker_state == "open"
 
 
-async def test_breaker_opens_during_retries():
-    async with Client(port=closed_port(), retries=3, breaker_failures=5, clock=FakeClock(),
+async def test_breaker_counts_a_call_once_however_many_retries_it_made():
+    async with Client(port=closed_port(), retries=8, breaker_failures=5, clock=FakeClock(),
                       **fast()) as client:
-        with pytest.raises(ServiceUnavailable):
-            await client.call("health")  # 3 failures
-        with pytest.raises(CircuitOpen):
-            await client.call("health")  # 2 more, then the third attempt is refused
+        for _ in range(5):  # 8 attempts each, yet one failure each: never cut off half-way
+            with pytest.raises(ServiceUnavailable, match="after 8 attempt") as exc:
+                await client.call("health")
+            assert not isinstance(exc.value, CircuitOpen)
+        assert client.breaker_state == "open"
+        with pytest.raises(CircuitOpen, match="after 5 consecutive failures"):
+            await client.call("health")
+
+
+async def test_a_call_that_succeeds_after_retries_resets_the_breaker():
+    app = App()
+    app.fail["echo"] = [NotReady(retry_after=0)] * 4
+    async with serving(app) as server, Client(port=server.port, retries=5, breaker_failures=2,
+                                              clock=FakeClock(), **fast()) as client:
+        assert await client.call("echo") == {}
+        assert client.breaker_state == "closed"
+    assert app.calls["echo"] == 5
 
 
 async def test_half_open_probe_success_closes_the_breaker():
@@ -306,7 +330,7 @@ async def test_register_verifies_the_trade_reads_back():
     async with serving(app) as server, Client(port=server.port) as client:
         result = await client.register({"ticket": 42, "symbol": "EURUSD"})
         await client.register({"ticket": 43}, verify=False)
-    assert result == {"ticket": 42, "result": "registered"}
+    assert result["created"] is True and result["trade"]["ticket"] == 42
     assert app.calls["trade"] == 1
 
 
@@ -316,7 +340,7 @@ async def test_register_raises_verification_failed_when_trade_returns_another_ti
     async with serving(app) as server, Client(port=server.port) as client:
         with pytest.raises(VerificationFailed) as exc:
             await client.register({"ticket": 42})
-    assert exc.value.ticket == 42 and exc.value.registration["result"] == "registered"
+    assert exc.value.ticket == 42 and exc.value.registration["created"] is True
 
 
 async def test_register_raises_verification_failed_when_the_trade_is_unknown():
@@ -326,6 +350,44 @@ async def test_register_raises_verification_failed_when_the_trade_is_unknown():
         with pytest.raises(VerificationFailed) as exc:
             await client.register({"ticket": 42})
     assert isinstance(exc.value.__cause__, NotFound)
+
+
+@pytest.mark.parametrize(("asked", "changes", "named"), [
+    ({"ticket": 42, "symbol": "EURUSD"}, {"symbol": "GBPUSD"}, "symbol 'GBPUSD'"),
+    ({"ticket": 42, "direction": "buy"}, {"direction": "SELL"}, "direction 'SELL'"),
+    ({"ticket": 42}, {"volume": 0.05}, "volume 0.05, registered as 0.1"),
+    ({"ticket": 42, "volume": 0.3}, {"volume": 0.05}, "volume 0.05, registered as 0.1"),
+])
+async def test_register_verifies_symbol_direction_and_the_brokers_volume(asked, changes, named):
+    app = App()
+    app.trade_changes = changes
+    async with serving(app) as server, Client(port=server.port) as client:
+        with pytest.raises(VerificationFailed, match=named):
+            await client.register(asked)
+
+
+async def test_register_verification_takes_the_volume_dtms_reported_not_the_requests():
+    app = App()
+    async with serving(app) as server, Client(port=server.port) as client:
+        # asked 0.3, the broker has 0.1: DTMS reports 0.1 and the read-back agrees
+        result = await client.register({"ticket": 42, "symbol": "eurusd", "volume": 0.3})
+    assert result["trade"]["volume"] == 0.1
+
+
+async def test_service_unavailable_after_register_says_it_may_have_been_stored():
+    app = App()
+    async with serving(app) as server, Client(port=server.port, retries=2, **fast()) as client:
+        app.drop_register = True
+        with pytest.raises(ServiceUnavailable, match="may have been stored") as exc:
+            await client.register({"ticket": 1})
+        assert "after 2 attempt(s)" in str(exc.value)
+        with pytest.raises(ServiceUnavailable) as exc:
+            await client.call("drop_first", retry=False)
+        assert "may have been stored" not in str(exc.value)   # not a registration
+    async with Client(port=closed_port(), retries=2, **fast()) as client:
+        with pytest.raises(ServiceUnavailable, match="cannot connect") as exc:
+            await client.register({"ticket": 1})
+        assert "may have been stored" not in str(exc.value)   # it never left the client
 
 
 async def test_batch_trade_trades_and_status_call_their_methods():
@@ -425,7 +487,7 @@ def test_sync_client_works_from_plain_sync_code(threaded_server):
     with SyncClient(port=server.port, **fast()) as client:
         assert client.wait_ready(timeout=5)["ready"] is True
         assert client.call("echo", {"x": 1}) == {"x": 1}
-        assert client.register({"ticket": 9}) == {"ticket": 9, "result": "registered"}
+        assert client.register({"ticket": 9})["trade"]["ticket"] == 9
         with pytest.raises(NotFound):
             client.status()
         assert client.breaker_state == "closed"

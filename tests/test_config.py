@@ -61,3 +61,62 @@ def test_unknown_keys_are_refused(tmp_path):
     f.write_text("[rcp]\nport = 1\n")
     with pytest.raises(config.ConfigError, match=r"unknown config section \[rcp\]"):
         config.load(f, environ={})
+
+
+# == the [policy] section has the wire's bounds (issue 13 item 8) ==============================
+
+@pytest.mark.parametrize(("toml", "names"), [
+    ("partial_levels_r = [-1]\npartial_fractions = [0.9]\n", ["policy.partial_levels_r"]),
+    ("partial_fractions = [0.5]\n", ["policy.partial_levels_r", "policy.partial_fractions"]),
+    ("partial_levels_r = [1, 2]\npartial_fractions = [0.6, 0.6]\n", ["policy.partial_fractions"]),
+    ("l1_score = -5.0\n", ["policy.l2_score", "policy.l1_score"]),
+    ("requote_retries = 99\n", ["policy.requote_retries"]),
+    ("hedge_ratio = 0.0\n", ["policy.hedge_ratio"]),
+    ("flat_timer_min = -1.0\n", ["policy.flat_timer_min"]),
+])
+def test_policy_section_of_the_config_file_is_bounded(tmp_path, toml, names):
+    f = tmp_path / "c.toml"
+    f.write_text("[policy]\n" + toml)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(f, environ={})
+    assert [p.split(":")[0] for p in str(info.value).split("; ") if p.startswith("policy.")
+            ] == names
+
+
+def test_env_keeps_its_text_coercion_for_policy_keys():
+    s = config.load(ROOT / "config" / "dtms.toml", environ={
+        "DTMS_POLICY_PARTIAL_LEVELS_R": "1.5, 2.5", "DTMS_POLICY_PARTIAL_FRACTIONS": "0.25,0.25",
+        "DTMS_POLICY_REQUOTE_RETRIES": "5", "DTMS_POLICY_L2_CLOSE_REPEAT": "true",
+        "DTMS_REGISTRY_OWNED_ELSEWHERE_MAGICS": "1001,1002"})
+    assert (s.policy.partial_levels_r, s.policy.partial_fractions) == ((1.5, 2.5), (0.25, 0.25))
+    assert (s.policy.requote_retries, s.policy.l2_close_repeat) == (5, True)
+    assert s.registry.owned_elsewhere_magics == (1001, 1002)
+    with pytest.raises(config.ConfigError, match=r"policy.requote_retries: must be in \[0, 10\]"):
+        config.load(ROOT / "config" / "dtms.toml", environ={"DTMS_POLICY_REQUOTE_RETRIES": "11"})
+
+
+# == the client's retry budget covers a restart (issue 13, client) ============================
+
+def test_default_client_retry_budget_waits_longer_than_a_restart():
+    from dtms.client import Client
+    c = config.ClientSettings()
+    client = Client()
+    assert (client.retries, client.backoff_min, client.backoff_max) == (
+        c.retries, c.backoff_min_s, c.backoff_max_s)
+    bases = [min(c.backoff_max_s, c.backoff_min_s * 2 ** (a - 1)) for a in range(1, c.retries)]
+    # the jitter draws each wait from half its base to its base
+    assert (sum(bases) / 2, sum(bases)) == (3.875, 7.75)   # a restart measures 0.5-1 s
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DTMS_CLIENT_RETRIES": "0"}, "client.retries: must be >= 1"),
+    ({"DTMS_CLIENT_BACKOFF_MIN_S": "3"}, "client.backoff_min_s, client.backoff_max_s"),
+    ({"DTMS_CLIENT_BACKOFF_MIN_S": "0"}, "client.backoff_min_s, client.backoff_max_s"),
+    ({"DTMS_REGISTRY_OWNED_ELSEWHERE_MAGICS": "5,-1"},
+     r"registry.owned_elsewhere_magics: each must be >= 0, got \[5, -1\]"),
+    ({"DTMS_REGISTRY_OWNED_ELSEWHERE_MAGICS": "770077"},
+     r"registry.owned_elsewhere_magics: must not hold DTMS's own broker.magic \(770077\)"),
+])
+def test_client_and_registry_settings_are_validated(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(ROOT / "config" / "dtms.toml", environ=env)

@@ -28,7 +28,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtms.config import PolicySettings
-from dtms.errors import InvalidArgument
 from dtms.model import ActionIntent, ActionKind, Direction, SymbolSpec, Trade, TradeState
 from dtms.policy.lifecycle import (
     Decision,
@@ -37,7 +36,6 @@ from dtms.policy.lifecycle import (
     after_fill,
     decide,
     failed,
-    resolve_policy,
 )
 from dtms.policy.signals import Score
 
@@ -882,60 +880,6 @@ def test_a_hedge_whose_close_failed_is_not_forgotten_when_recovery_completes() -
     later = decide(first.trade, snap(*QUIET[BUY], now=NOW + 60), POLICY)
     offered = [i for d in (first, later) for i in d.intents if i.kind is CLOSE_HEDGE]
     assert offered, (first.trade.state, first.trade.hedge_ticket, first.trade.obligations)
-
-
-# == resolve_policy ============================================================================
-
-def test_resolve_policy_without_overrides_is_the_settings_themselves() -> None:
-    assert resolve_policy(POLICY, {}) is POLICY
-
-
-def test_resolve_policy_applies_and_coerces_a_trades_overrides() -> None:
-    p = resolve_policy(POLICY, {"breakeven_r": "1.5", "trail_atr_mult": 3, "l1_score": -3,
-                                "partial_levels_r": "1.5, 2.5", "partial_fractions": "0.25,0.25",
-                                "requote_retries": "5", "time_stop_min": 90})
-    assert p.breakeven_r == 1.5 and isinstance(p.breakeven_r, float)
-    assert p.trail_atr_mult == 3.0 and isinstance(p.trail_atr_mult, float)
-    assert p.l1_score == -3.0 and isinstance(p.l1_score, float)
-    assert p.partial_levels_r == (1.5, 2.5)
-    assert p.partial_fractions == (0.25, 0.25)
-    assert p.requote_retries == 5
-    assert p.time_stop_min == 90.0
-    assert p.l2_score == POLICY.l2_score          # the rest comes from the settings
-    assert POLICY.breakeven_r == 1.0              # the settings are not changed
-
-
-def test_resolve_policy_overrides_change_decisions() -> None:
-    p = resolve_policy(POLICY, {"l1_score": "-3"})
-    assert decide(make_trade(), snap(*QUIET[BUY], score=score(-2.5)), p).trade.state is HEALTHY
-    assert decide(make_trade(), snap(*QUIET[BUY], score=score(-3.0)), p).trade.state is L1
-
-
-def test_resolve_policy_names_every_bad_key() -> None:
-    with pytest.raises(InvalidArgument) as info:
-        resolve_policy(POLICY, {"bogus": 1, "breakeven_r": "abc", "l1_score": -3,
-                                "partial_fractions": "x,0.2", "requote_retries": "2.5"})
-    err = info.value
-    assert err.code == "INVALID_ARGUMENT"
-    assert err.details["field"] == "policy.bogus"
-    assert err.details["errors"] == {
-        "policy.bogus": "unknown setting",
-        "policy.breakeven_r": "expected a number, got 'abc'",
-        "policy.partial_fractions": "expected a number, got 'x'",
-        "policy.requote_retries": "expected an integer, got '2.5'",
-    }
-    assert err.message.startswith("policy.bogus: unknown setting; policy.breakeven_r: ")
-
-
-# Regression (fixed): `resolve_policy` accepts non-finite numbers: "nan" and "inf" coerce through float().
-# Input: {"l1_score": "nan", "breakeven_r": "inf"}. Expected: InvalidArgument naming
-# policy.l1_score and policy.breakeven_r. Actual: accepted; with l1_score = nan every
-# comparison is false, so a score of -9 never leaves HEALTHY (the defence is silently off),
-# and with breakeven_r = inf the breakeven stop never moves.
-def test_resolve_policy_refuses_non_finite_numbers() -> None:
-    with pytest.raises(InvalidArgument) as info:
-        resolve_policy(POLICY, {"l1_score": "nan", "breakeven_r": "inf"})
-    assert set(info.value.details["errors"]) == {"policy.l1_score", "policy.breakeven_r"}
 
 
 # == after_fill ================================================================================

@@ -83,8 +83,9 @@ async def test_metrics_count_registrations_and_trades_by_state(settings, sim):
         assert m[("dtms_broker_connected", ())] == 1
         assert m[("dtms_rpc_requests_total", (("code", "OK"), ("method", "register")))] == 2
         assert m[("dtms_rpc_requests_total", (("code", "NOT_FOUND"), ("method", "register")))] == 1
-        # registrations ask for their tickets (one call each here: they came one at a time)
+        # registrations ask for their tickets (one call each here: they came one at a time),
+        # the repeated one too: a re-registration is checked against the broker (issue 13)
         assert m[("dtms_broker_requests_total",
-                  (("operation", "positions_of"), ("outcome", "ok")))] == 2
+                  (("operation", "positions_of"), ("outcome", "ok")))] == 3
         assert m[("dtms_broker_requests_total", (("operation", "position_changes"), ("outcome", "ok")))] >= 2
         assert m[("dtms_store_commit_duration_seconds_count", ())] == 3  # archive pass, register, close

@@ -26,12 +26,15 @@ from dtms.model import (
     ({"ticket": 1, "sl": -0.1}, "sl", "must be a number >= 0 (0 or nil = none)"),
     ({"ticket": 1, "symbol": ""}, "symbol", "must be a non-empty string of at most 32 characters"),
     ({"ticket": 1, "magic": -1}, "magic", "must be an integer >= 0"),
-    ({"ticket": 1, "policy": {"be_r": [True]}}, "policy",
-     "values must be numbers, strings, booleans or lists of numbers"),
-    ({"ticket": 1, "policy": {"be_r": {"a": 1}}}, "policy",
-     "values must be numbers, strings, booleans or lists of numbers"),
+    ({"ticket": 1, "policy": {"breakeven_r": [True]}}, "policy.breakeven_r",
+     "expected a number, got list [True]"),
+    ({"ticket": 1, "policy": {"breakeven_r": {"a": 1}}}, "policy.breakeven_r",
+     "expected a number, got dict {'a': 1}"),
+    ({"ticket": 1, "policy": {"be_r": 1}}, "policy.be_r", "unknown setting"),
+    ({"ticket": 1, "policy": {1: 1}}, "policy", "must be a map with string keys"),
     ({"ticket": 1, "entry": 1.1, "price_open": 1.2}, "entry", "aliases ['entry', 'price_open'] disagree"),
     ({"ticket": 1, "lots": 1}, "lots", "unknown field"),
+    ({"ticket": 1, "adopted": True}, "adopted", "unknown field"),   # recovery only
 ])
 def test_invalid_registration_names_the_field(args, field, reason):
     with pytest.raises(InvalidArgument) as err:

@@ -5,17 +5,30 @@ the same ticket, however concurrent, are handled one after the other, so the sec
 first and exactly one trade actor exists. The trade actors run under a dynamic supervisor that
 lives inside the registry (the registry's subtree in SPEC section 1).
 
-``Register`` on the unhappy paths, in the order checked:
+``Register`` on the unhappy paths, in the order checked (the ownership and conflict rules are
+the pure functions of :mod:`dtms.policy.ownership`):
 
-* ticket already managed, or stored (even closed) -> the stored trade, ``created: false``,
-  nothing changed;
 * strategy_type/owner configured as another manager's -> ``OWNED_ELSEWHERE``;
+* ticket stored as CLOSED (or archived) -> checked against its stored record only (the broker
+  has no position any more): a contradicting symbol, direction or magic -> ``CONFLICT``,
+  otherwise the closed trade, ``created: false``; a trader re-sending a trade that has since
+  closed learns that it closed, and nothing is reopened;
 * terminal unreachable -> ``NOT_READY`` (retry; registration is idempotent);
-* no open position with that ticket at the broker -> ``NOT_FOUND``;
-* symbol or direction contradicting the broker's position -> ``CONFLICT`` naming the field;
-* otherwise the trade is built from the broker's truth (volume, SL, TP, entry price; any
-  difference from the request is reported in ``adjusted``), stored durably, and only then is its
-  actor started and the registration acknowledged (``created: true``).
+* no open position with that ticket at the broker -> ``NOT_FOUND`` (a stored open trade whose
+  position is missing answers the stored trade, ``created: false``: the position watcher
+  confirms the close and records why);
+* the position is DTMS's own hedge or order (our magic or our comment tag) -> ``DTMS_POSITION``;
+  its magic is configured as another manager's -> ``OWNED_ELSEWHERE``;
+* ``magic``, symbol or direction contradicting the broker's position -> ``CONFLICT`` naming the
+  field; for a stored trade, also contradicting the stored trade -> ``CONFLICT``;
+* ticket already managed, or stored (SUSPENDED) -> the stored trade, ``created: false``,
+  nothing changed (``adjusted`` says where the request differs from the broker);
+* otherwise (a new ticket, or a RELEASED one adopted again) the trade is built from the broker's
+  truth (volume, SL, TP, entry price; any difference from the request is reported in
+  ``adjusted``), stored durably, and only then is its actor started and the registration
+  acknowledged (``created: true``).
+
+A re-registration is thus checked against the broker exactly like a new ticket (SPEC 4).
 
 On start the registry reloads every stored trade that is not closed and restarts its actor in
 exactly its stored state; the position watcher then reconciles them against the broker.
@@ -50,6 +63,7 @@ from dtms.errors import (
     BrokerError,
     Conflict,
     DtmsError,
+    DtmsPosition,
     Internal,
     NotFound,
     NotReady,
@@ -66,7 +80,12 @@ from dtms.model import (
     Trade,
     TradeState,
     Transition,
-    normalize_symbol,
+)
+from dtms.policy.ownership import (
+    OwnershipRules,
+    position_refusal,
+    request_refusal,
+    stored_refusal,
 )
 from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
 
@@ -128,6 +147,7 @@ class RegistryActor(Actor):
         self._on_recovered = on_recovered
         self.supervisor: DynamicSupervisor | None = None
         self.recovered = False  # this incarnation has reloaded every stored open trade
+        self.rules = OwnershipRules.from_settings(settings)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -379,7 +399,7 @@ class RegistryActor(Actor):
                 outcome[reg.ticket] = reply
             else:
                 checks.append(reg)
-                room -= 1
+                room -= 0 if _open(stored.get(reg.ticket)) else 1
         if not checks:
             return outcome
         try:
@@ -394,9 +414,14 @@ class RegistryActor(Actor):
         made: list[tuple[Trade, Transition, dict[str, Any]]] = []
         for reg in checks:
             try:
-                made.append(self._build(reg, positions.get(reg.ticket), stored.get(reg.ticket)))
+                built = self._build(reg, positions.get(reg.ticket), stored.get(reg.ticket))
             except DtmsError as exc:
                 outcome[reg.ticket] = exc
+                continue
+            if isinstance(built, dict):
+                outcome[reg.ticket] = built
+            else:
+                made.append(built)
         if not made:
             return outcome
         # durable first, acknowledged after
@@ -414,41 +439,50 @@ class RegistryActor(Actor):
         return outcome
 
     def _admit(self, reg: Registration, existing: Trade | None, room: int) -> dict | None:
-        """The reply for a ticket DTMS already has, None for one to check with the broker, or
-        the error (ownership, capacity) that refuses it."""
-        if existing is not None and existing.state is not TradeState.RELEASED:
-            self.metrics.registrations.labels("existing").inc()
-            log.info("duplicate registration of %s", reg.ticket, extra={"ticket": reg.ticket})
-            return {"created": False, "trade": existing.view(), "adjusted": {}}
-        rs = self.settings.registry
-        if reg.strategy_type and reg.strategy_type.lower() in {
-                s.lower() for s in rs.owned_elsewhere_strategies}:
-            self.metrics.registrations.labels("owned_elsewhere").inc()
-            raise OwnedElsewhere(f"strategy_type {reg.strategy_type!r} is managed by another "
-                                 "manager", field="strategy_type")
-        if reg.owner and reg.owner.lower() in {o.lower() for o in rs.owned_elsewhere_owners}:
-            self.metrics.registrations.labels("owned_elsewhere").inc()
-            raise OwnedElsewhere(f"owner {reg.owner!r} is another manager", field="owner")
-        if room <= 0:
+        """The reply for a closed ticket, None for one to check with the broker, or the error
+        (ownership, conflict with a closed trade, capacity) that refuses it."""
+        error = request_refusal(reg, self.rules)
+        if error is None and existing is not None and existing.state is TradeState.CLOSED:
+            error = stored_refusal(reg, existing)
+            if error is None:
+                return self._existing(reg, existing, {})
+        if error is not None:
+            raise self._refused(error)
+        if room <= 0 and not _open(existing):
+            rs = self.settings.registry
             raise Overloaded(f"DTMS manages its maximum of {rs.max_trades} trades",
                              retry_after=60.0, field="ticket")
         return None
 
-    def _build(self, reg: Registration, p: Position | None,
-               existing: Trade | None) -> tuple[Trade, Transition, dict[str, Any]]:
-        """The trade as the broker has it, its transition, and what differed from ``reg``."""
+    def _existing(self, reg: Registration, existing: Trade,
+                  adjusted: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.registrations.labels("existing").inc()
+        log.info("duplicate registration of %s (%s)", reg.ticket, existing.state.value,
+                 extra={"ticket": reg.ticket, "state": existing.state.value})
+        return {"created": False, "trade": existing.view(), "adjusted": adjusted}
+
+    def _refused(self, error: DtmsError) -> DtmsError:
+        label = {OwnedElsewhere: "owned_elsewhere", Conflict: "conflict",
+                 DtmsPosition: "dtms_position", NotFound: "not_found"}.get(type(error), "error")
+        self.metrics.registrations.labels(label).inc()
+        log.info("registration refused: %s", error, extra={"code": error.code})
+        return error
+
+    def _build(self, reg: Registration, p: Position | None, existing: Trade | None
+               ) -> tuple[Trade, Transition, dict[str, Any]] | dict[str, Any]:
+        """The trade as the broker has it, its transition, and what differed from ``reg``;
+        or the reply for a stored open trade (``created: false``)."""
         if p is None:
-            self.metrics.registrations.labels("not_found").inc()
-            raise NotFound(f"no open position with ticket {reg.ticket} at the broker",
-                           field="ticket")
-        if reg.symbol is not None and normalize_symbol(reg.symbol) != normalize_symbol(p.symbol):
-            self.metrics.registrations.labels("conflict").inc()
-            raise Conflict(f"symbol {reg.symbol!r} contradicts the broker's {p.symbol!r}",
-                           field="symbol", broker=p.symbol)
-        if reg.direction is not None and reg.direction is not p.direction:
-            self.metrics.registrations.labels("conflict").inc()
-            raise Conflict(f"direction {reg.direction.value} contradicts the broker's "
-                           f"{p.direction.value}", field="direction", broker=p.direction.value)
+            if _open(existing):
+                assert existing is not None
+                return self._existing(reg, existing, {})
+            raise self._refused(NotFound(f"no open position with ticket {reg.ticket} at the "
+                                         "broker", field="ticket"))
+        error = position_refusal(reg, p, self.rules)
+        if error is None and existing is not None:
+            error = stored_refusal(reg, existing)
+        if error is not None:
+            raise self._refused(error)
 
         adjusted: dict[str, dict[str, float]] = {}
         for name, given, truth in (("entry_price", reg.entry_price, p.price_open),
@@ -456,6 +490,9 @@ class RegistryActor(Actor):
                                    ("tp", reg.tp, p.tp)):
             if given is not None and abs(given - truth) > 1e-9:
                 adjusted[name] = {"given": given, "broker": truth}
+        if _open(existing):
+            assert existing is not None
+            return self._existing(reg, existing, adjusted)
 
         now = self.clock()
         trade = Trade(ticket=p.ticket, symbol=p.symbol, direction=p.direction,
@@ -471,3 +508,8 @@ class RegistryActor(Actor):
             transition = Transition(trade.ticket, now, existing.state.value, "HEALTHY",
                                     "registered again")
         return trade, transition, adjusted
+
+
+def _open(trade: Trade | None) -> bool:
+    """A stored trade DTMS still holds (managed or SUSPENDED): re-registering answers it."""
+    return trade is not None and trade.state not in (TradeState.RELEASED, TradeState.CLOSED)

@@ -62,8 +62,8 @@ from dtms.policy.lifecycle import (
     after_fill,
     decide,
     failed,
-    resolve_policy,
 )
+from dtms.policy.overrides import resolve_policy
 from dtms.policy.signals import trade_score
 
 log = logging.getLogger(__name__)

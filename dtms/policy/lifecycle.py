@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dtms.config import ConfigError, PolicySettings, override
-from dtms.errors import InvalidArgument
+from dtms.config import PolicySettings
 from dtms.model import ActionIntent, ActionKind, Direction, SymbolSpec, Trade, TradeState
 
 if TYPE_CHECKING:
@@ -78,48 +76,6 @@ class Decision:
     intents: tuple[ActionIntent, ...]
     transition: tuple[str, str, str] | None   # (from, to, reason)
     watch: Watch
-
-
-def resolve_policy(base: PolicySettings, overrides: Mapping[str, Any]) -> PolicySettings:
-    """The policy for one trade: settings with its registration's ``policy`` map applied.
-
-    Raises InvalidArgument naming every bad key as ``policy.<key>``.
-    """
-    if not overrides:
-        return base
-    try:
-        policy = override(base, overrides)
-    except ConfigError as exc:
-        problems = getattr(exc, "problems", {"": str(exc)})
-        raise InvalidArgument.many({f"policy.{k}": v for k, v in problems.items()}) from exc
-    problems = {f"policy.{k}": v for k, v in policy_problems(policy).items() if k in overrides}
-    if problems:
-        raise InvalidArgument.many(problems)
-    return policy
-
-
-def policy_problems(p: PolicySettings) -> dict[str, str]:
-    """What is wrong with a policy (empty when nothing): finite numbers, fractions in (0, 1]."""
-    problems: dict[str, str] = {}
-    for f in dataclasses.fields(p):
-        value = getattr(p, f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            problems[f.name] = "must be a finite number"
-    for name in ("l2_close_fraction", "hedge_ratio"):
-        if name not in problems and not 0 < getattr(p, name) <= 1:
-            problems[name] = "must be in (0, 1]"
-    if any(not 0 < v <= 1 for v in p.partial_fractions if math.isfinite(v)):
-        problems["partial_fractions"] = "each must be in (0, 1]"
-    if len(p.partial_fractions) != len(p.partial_levels_r):
-        problems["partial_levels_r"] = "needs one fraction per level (partial_fractions)"
-    for name in ("flat_timer_min", "recovery_min", "l1_tighten_r", "breakeven_r",
-                 "breakeven_buffer_spreads", "trail_activation_r", "trail_atr_mult",
-                 "trail_step_points", "time_stop_min", "score_cooldown_s", "retry_after_s",
-                 "requote_retries"):
-        if name not in problems and getattr(p, name) < 0:
-            problems[name] = "must be >= 0"
-    return problems
 
 
 def _sign(direction: Direction) -> float:
