@@ -148,6 +148,7 @@ class PolicySettings:
     score_cooldown_s: float = 60.0    # fast (tick) re-scoring at most this often
     requote_retries: int = 3
     retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
+    l2_close_repeat: bool = False     # WARNING_L2: close again at every re-entry
 
 
 @dataclass(frozen=True, slots=True)

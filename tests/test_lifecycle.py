@@ -225,7 +225,7 @@ def test_l2_returns_to_l1_at_its_exit_score_without_any_action(
     if state is L1:
         assert d.transition == ("WARNING_L2", "WARNING_L1",
                                 "score -2.00 >= -2.00 (stops are kept, never loosened)")
-        assert d.trade.obligations == {}
+        assert d.trade.obligations == {"L2:partial": "done"}   # the cut is made once per trade
     else:
         assert d.transition is None
 
@@ -240,7 +240,7 @@ def test_l2_at_hedge_score_hedges_half_the_volume(hedging: bool) -> None:
     assert acts(d) == [(HEDGE, "hedge", 0.0, 0.25)]
     assert d.intents[0].reason == ("hedged: hedge 0.5x volume" if hedging
                                    else "hedged: reduce (netting account) 0.5x volume")
-    assert d.trade.obligations == {"hedge": "pending"}
+    assert d.trade.obligations == {"L2:partial": "done", "hedge": "pending"}
     assert d.watch == Watch(at=NOW - 600 + 75 * 60)   # the flat timer's end
 
 
@@ -294,7 +294,8 @@ def test_hedged_with_structure_resuming_recovers_and_closes_the_hedge(
     assert d.trade.state is RECOVERING
     assert d.trade.recovery_since == NOW
     assert acts(d) == intents
-    assert d.trade.obligations == ({"recover:close_hedge": "pending"} if intents else {})
+    assert d.trade.obligations == ({"hedge": "done", "recover:close_hedge": "pending"}
+                                   if intents else {"hedge": "done"})
     assert d.watch == Watch(at=NOW + 30 * 60)
 
 
@@ -422,6 +423,91 @@ def test_one_evaluation_moves_at_most_one_rung(
     d = decide(t, snap(*QUIET[BUY], score=score(-9.0)), POLICY)
     assert moved(d) == (state.value, to.value)
     assert [i.kind for i in d.intents] == kinds
+
+
+# == each defensive cut once per trade (issue 13, item 1) ======================================
+
+def fill(trade: Trade, d: Decision, *, hedging: bool = True) -> Trade:
+    """``d.trade`` with every intent of ``d`` filled the way the trade actor records it (partial
+    volumes floored to the 0.01 step, the hedge given ticket 555)."""
+    t = d.trade
+    for i in d.intents:
+        volume = {PARTIAL: math.floor(round(i.volume / 0.01, 6)) * 0.01, HEDGE: i.volume,
+                  CLOSE_HEDGE: t.hedge_volume}.get(i.kind, t.volume)
+        t = t.copy(**after_fill(t, i, volume=volume, hedge_ticket=HEDGE_TICKET, sl=i.sl or None,
+                                hedging=hedging),
+                   obligations={**t.obligations, i.obligation: "done"})
+    return t
+
+
+def walk(trade: Trade, path: list[tuple[float, Score]], policy: PolicySettings = POLICY, *,
+         hedging: bool = True) -> list[Decision]:
+    """Evaluate ``trade`` at each ``(minutes after NOW, score)`` of ``path`` at a quiet price,
+    every intent filled before the next step."""
+    out = []
+    for minutes, sc in path:
+        d = decide(trade, snap(*QUIET[BUY], now=NOW + minutes * 60, score=sc, hedging=hedging),
+                   policy)
+        out.append(d)
+        trade = fill(trade, d, hedging=hedging)
+    return out
+
+
+#: L1 -> L2 -> L1 -> L2 -> L1 -> L2, one bar apart: the USDJPY demo trade of issue 13
+REENTRIES = [(5 * n, score(-4.0 if n % 2 == 0 else -2.0)) for n in range(6)]
+
+
+# Regression (issue 13, item 1): the WARNING_L2 close repeats at every L1 -> L2 re-entry. A demo
+# trade went 0.10 -> 0.05 -> 0.02 -> 0.01 lots, one cut per re-entry: `_Plan.move` dropped the
+# done "L2:partial" obligation on the L2 -> L1 state change, so the next L2 owed it again.
+@pytest.mark.parametrize(("repeat", "closes", "left"), [
+    (False, [0.5], 0.5),
+    (True, [0.5, 0.25, 0.125], 0.13),   # l2_close_repeat: half again at every re-entry
+])
+def test_l2_close_happens_once_across_reentries(repeat: bool, closes: list[float],
+                                                left: float) -> None:
+    policy = dataclasses.replace(POLICY, l2_close_repeat=repeat)
+    t = make_trade(state=L1, flat_since=NOW - 600, obligations={"sl:L1": "done"})
+    decisions = walk(t, REENTRIES, policy)
+    assert [moved(d) for d in decisions] == [("WARNING_L1", "WARNING_L2"),
+                                             ("WARNING_L2", "WARNING_L1")] * 3
+    assert [i.volume for d in decisions for i in d.intents if i.kind is PARTIAL] == closes
+    assert fill(decisions[-1].trade, decisions[-1]).volume == left   # 0.125 fills as 0.12
+    # with the repeat, a re-entry is a new episode that owes the close again
+    assert decisions[-1].trade.obligations.get("L2:partial") == (None if repeat else "done")
+
+
+def test_l2_close_still_owed_after_a_reentry_when_it_never_filled() -> None:
+    """Lifetime is about the cut, not the attempt: a close that failed is owed at the next L2."""
+    t = make_trade(state=L2, flat_since=NOW - 600, obligations={"L2:partial": failed(NOW - 60),
+                                                               "sl:L2": "done"})
+    back = decide(t, snap(*QUIET[BUY], score=score(-2.0)), POLICY)
+    assert moved(back) == ("WARNING_L2", "WARNING_L1")
+    assert back.trade.obligations == {"L2:partial": failed(NOW - 60)}
+    again = decide(back.trade, snap(*QUIET[BUY], now=NOW + 300, score=score(-4.0)), POLICY)
+    assert moved(again) == ("WARNING_L1", "WARNING_L2")
+    assert acts(again) == [(PARTIAL, "L2:partial", 0.0, 0.5), (MODIFY_SL, "sl:L2", 1.10020, 0.0)]
+
+
+# Regression (issue 13, item 1): the hedge is opened again after a recovery. HEDGED -> RECOVERING
+# (hedge closed) -> HEALTHY dropped the done "hedge" obligation, so the next decline through
+# L1 and L2 hedged a second time.
+@pytest.mark.parametrize("hedging", [True, False])
+def test_the_hedge_is_opened_once_per_trade_even_after_a_recovery(hedging: bool) -> None:
+    t = make_trade(state=L2, volume=0.5, initial_volume=1.0, flat_since=NOW - 600,
+                   obligations={"L2:partial": "done", "sl:L2": "done"})
+    path = [(0, score(-6.0)),                               # L2 -> HEDGED: hedge
+            (5, score(-6.0, structure_with_trade=True)),    # -> RECOVERING: close the hedge
+            (40, score(2.0)),                               # -> HEALTHY
+            (45, score(-2.0)), (50, score(-4.0)),           # -> L1 -> L2
+            (55, score(-6.0))]                              # -> HEDGED again: no new hedge
+    decisions = walk(t, path, hedging=hedging)
+    assert [moved(d) for d in decisions] == [
+        ("WARNING_L2", "HEDGED"), ("HEDGED", "RECOVERING"), ("RECOVERING", "HEALTHY"),
+        ("HEALTHY", "WARNING_L1"), ("WARNING_L1", "WARNING_L2"), ("WARNING_L2", "HEDGED")]
+    assert [i.kind for d in decisions for i in d.intents if i.kind in (HEDGE, PARTIAL)] == [HEDGE]
+    assert decisions[-1].intents == ()
+    assert decisions[-1].trade.obligations == {"L2:partial": "done", "hedge": "done"}
 
 
 # == profit protection while HEALTHY ===========================================================
@@ -828,6 +914,7 @@ def test_a_transition_drops_the_old_episode_but_keeps_pending_and_lifetime_oblig
     d = decide(t, snap(*QUIET[BUY], score=score(0.0)), POLICY)
     assert moved(d) == ("WARNING_L1", "HEALTHY")
     assert d.trade.obligations == {"close": "pending", "sl:breakeven": "done",
+                                   "L2:partial": failed(NOW - 1), "hedge": "skipped",
                                    "partial:0": "done", "partial:1": failed(NOW - 1),
                                    "partial:2": "deferred"}
     assert t.obligations == obligations          # the input trade is not mutated
@@ -970,7 +1057,7 @@ LADDER_EDGES = frozenset({
     (HEALTHY, L1), (L1, HEALTHY), (L1, L2), (L2, L1), (L2, HEDGED), (HEDGED, RECOVERING),
     (RECOVERING, HEALTHY), *((s, CLOSED) for s in (HEALTHY, L1, L2, HEDGED, RECOVERING)),
 })
-LIFETIME = ("sl:breakeven", "partial:")
+LIFETIME = ("sl:breakeven", "partial:", "L2:partial", "hedge")   # owed once per trade
 STEP = 0.01   # EURUSD volume step and minimum
 
 SCORES = st.one_of(
