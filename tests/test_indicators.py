@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -207,6 +208,16 @@ ST_C = [9.5, 10.5, 10, 9.8, 11.2, 11.5, 11, 12.3, 10.6, 10.2, 9.6, 10.4, 9.1]
 def test_structure_bos_then_choch_then_bos(bars, expected):
     assert structure(ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1) == expected
 
+
+@pytest.mark.parametrize(("bars", "event_time"), [(4, None), (5, 4 * 900.0), (9, 8 * 900.0),
+                                                  (12, 8 * 900.0), (13, 12 * 900.0)])
+def test_structure_with_times_gives_the_open_time_of_the_bar_that_made_the_last_event(
+        bars, event_time):
+    times = [MIDNIGHT + 900 * i for i in range(bars)]
+    st = structure(ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1, times=times)
+    assert st.last_event_time == (None if event_time is None else MIDNIGHT + event_time)
+    assert dataclasses.replace(st, last_event_time=None) == structure(
+        ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1)     # nothing else changes
 
 def test_a_wick_through_the_swing_is_no_break_only_a_close_is():
     close = list(ST_C)

@@ -65,8 +65,8 @@ def make_trade(direction: Direction = BUY, *, state: TradeState = HEALTHY,
     return Trade(ticket=7, symbol="EURUSD", direction=direction, entry_price=ENTRY,
                  volume=volume, initial_volume=fields.pop("initial_volume", volume),
                  sl=initial_sl if sl is None else sl, tp=0.0, initial_sl=initial_sl,
-                 state=state, state_since=NOW - 60, opened_at=fields.pop("opened_at", NOW - 600),
-                 **fields)
+                 state=state, state_since=fields.pop("state_since", NOW - 60),
+                 opened_at=fields.pop("opened_at", NOW - 600), **fields)
 
 
 def snap(bid: float, ask: float | None = None, *, now: float = NOW, atr: float = 0.0,
@@ -77,9 +77,10 @@ def snap(bid: float, ask: float | None = None, *, now: float = NOW, atr: float =
 
 def score(total: float, *, confluence: str = "mixed", vwap_flip: bool = False,
           structure_with_trade: bool = False, threshold_scale: float = 1.0,
-          layers: dict[str, float] | None = None) -> Score:
+          layers: dict[str, float] | None = None, structure_closed_at: float = 0.0) -> Score:
     return Score(total=total, layers=layers or {}, confluence=confluence, vwap_flip=vwap_flip,
-                 structure_with_trade=structure_with_trade, threshold_scale=threshold_scale)
+                 structure_with_trade=structure_with_trade, threshold_scale=threshold_scale,
+                 structure_closed_at=structure_closed_at)
 
 
 def acts(d: Decision) -> list[tuple[ActionKind, str, float, float]]:
@@ -289,7 +290,8 @@ def test_hedged_with_structure_resuming_recovers_and_closes_the_hedge(
         hedge_ticket: int, intents: list[Any]) -> None:
     t = make_trade(state=HEDGED, volume=0.5, flat_since=NOW - 600, hedge_ticket=hedge_ticket,
                    hedge_volume=0.25 if hedge_ticket else 0.0, obligations={"hedge": "done"})
-    d = decide(t, snap(*QUIET[BUY], score=score(-7.0, structure_with_trade=True)), POLICY)
+    d = decide(t, snap(*QUIET[BUY], score=score(-7.0, structure_with_trade=True,
+                                                structure_closed_at=NOW)), POLICY)
     assert d.transition == ("HEDGED", "RECOVERING", "structure resumes the trade's direction")
     assert d.trade.state is RECOVERING
     assert d.trade.recovery_since == NOW
@@ -297,6 +299,47 @@ def test_hedged_with_structure_resuming_recovers_and_closes_the_hedge(
     assert d.trade.obligations == ({"hedge": "done", "recover:close_hedge": "pending"}
                                    if intents else {"hedge": "done"})
     assert d.watch == Watch(at=NOW + 30 * 60)
+
+
+HEDGED_AT = NOW - 600     # the tick time of the bar close that hedged the trade (state_since)
+
+
+# Regression (issue 13, item 2): HEDGED -> RECOVERING needed nothing new. `structure_with_trade`
+# only says the LAST M15 break is in the trade's direction, so a structure that was already
+# with the trade when it was hedged (hedged on adverse confluence, say) closed the hedge at the
+# next bar. Recovery needs an event on an M15 bar that closed after the moment of the hedge.
+@pytest.mark.parametrize(("with_trade", "closed_at", "state"), [
+    (True, 0.0, HEDGED),                    # no event at all
+    (True, HEDGED_AT - 900, HEDGED),        # an event the hedge decision already saw
+    (True, HEDGED_AT, HEDGED),              # the M15 bar that closed with the hedging bar
+    (True, HEDGED_AT + 1, RECOVERING),      # closed after the hedge: new
+    (True, NOW, RECOVERING),                # closed at this very bar close
+    (False, NOW, HEDGED),                   # new, but against the trade
+])
+def test_hedged_recovers_only_on_a_structure_event_closed_after_the_hedge(
+        with_trade: bool, closed_at: float, state: TradeState) -> None:
+    t = make_trade(state=HEDGED, state_since=HEDGED_AT, volume=0.5, flat_since=NOW - 1200,
+                   hedge_ticket=HEDGE_TICKET, hedge_volume=0.25, obligations={"hedge": "done"})
+    sc = score(-1.0, structure_with_trade=with_trade, structure_closed_at=closed_at)
+    d = decide(t, snap(*QUIET[BUY], score=sc), POLICY)
+    assert d.trade.state is state
+    assert acts(d) == ([(CLOSE_HEDGE, "recover:close_hedge", 0.0, 0.0)]
+                       if state is RECOVERING else [])
+
+
+def test_the_structure_that_was_with_the_trade_when_it_was_hedged_does_not_end_the_hedge() -> None:
+    """The bar that hedges cannot count: its score's event is at or before the hedge."""
+    t = make_trade(state=L2, volume=0.5, initial_volume=1.0, flat_since=NOW - 600,
+                   obligations={"L2:partial": "done", "sl:L2": "done"})
+    old = NOW - 900      # a bullish BOS on the M15 bar that closed 15 min ago
+    path = [(0, score(-3.0, confluence="adverse", vwap_flip=True, structure_with_trade=True,
+                      structure_closed_at=old)),              # -> HEDGED
+            (5, score(-3.0, structure_with_trade=True, structure_closed_at=old)),
+            (10, score(-3.0, structure_with_trade=True, structure_closed_at=old)),
+            (15, score(-3.0, structure_with_trade=True, structure_closed_at=NOW + 900))]
+    decisions = walk(t, path)
+    assert [d.trade.state for d in decisions] == [HEDGED, HEDGED, HEDGED, RECOVERING]
+    assert [i.kind for d in decisions for i in d.intents] == [HEDGE, CLOSE_HEDGE]
 
 
 def test_hedged_without_structure_stays_hedged_and_does_not_hedge_twice() -> None:
@@ -308,7 +351,8 @@ def test_hedged_without_structure_stays_hedged_and_does_not_hedge_twice() -> Non
     assert d.watch == Watch(at=NOW - 600 + 4500)
 
 
-@pytest.mark.parametrize("fresh", [score(+3.0, structure_with_trade=True), None])
+@pytest.mark.parametrize("fresh", [score(+3.0, structure_with_trade=True,
+                                           structure_closed_at=NOW), None])
 def test_hedged_past_the_flat_timer_closes_trade_and_hedge(fresh: Score | None) -> None:
     """Timers fire on any evaluation (a price event too) and before the score's own rule."""
     t = make_trade(state=HEDGED, volume=0.5, flat_since=NOW - 75 * 60,
@@ -497,7 +541,8 @@ def test_the_hedge_is_opened_once_per_trade_even_after_a_recovery(hedging: bool)
     t = make_trade(state=L2, volume=0.5, initial_volume=1.0, flat_since=NOW - 600,
                    obligations={"L2:partial": "done", "sl:L2": "done"})
     path = [(0, score(-6.0)),                               # L2 -> HEDGED: hedge
-            (5, score(-6.0, structure_with_trade=True)),    # -> RECOVERING: close the hedge
+            (5, score(-6.0, structure_with_trade=True,      # -> RECOVERING: close the hedge
+                      structure_closed_at=NOW + 300)),
             (40, score(2.0)),                               # -> HEALTHY
             (45, score(-2.0)), (50, score(-4.0)),           # -> L1 -> L2
             (55, score(-6.0))]                              # -> HEDGED again: no new hedge
@@ -795,7 +840,8 @@ ONE_SHOT = {
                      snap(*QUIET[BUY], score=score(-6.0)), POLICY),
     "hedged to recovering": (make_trade(state=HEDGED, flat_since=NOW - 600,
                                         hedge_ticket=HEDGE_TICKET),
-                             snap(*QUIET[BUY], score=score(0.0, structure_with_trade=True)),
+                             snap(*QUIET[BUY], score=score(0.0, structure_with_trade=True,
+                                                           structure_closed_at=NOW)),
                              POLICY),
     "flat timer": (make_trade(state=HEDGED, flat_since=NOW - 4500, hedge_ticket=HEDGE_TICKET),
                    snap(*QUIET[BUY]), POLICY),
@@ -1073,6 +1119,8 @@ SCORES = st.one_of(
         vwap_flip=st.booleans(),
         structure_with_trade=st.booleans(),
         threshold_scale=st.sampled_from([1.0, 0.85, 1.2, 1.5]),
+        # none, older than any hedge, newer than any hedge of a walk
+        structure_closed_at=st.sampled_from([0.0, NOW - 900, NOW + 10**6]),
     ),
 )
 POLICIES = st.sampled_from([POLICY, LADDER, dataclasses.replace(LADDER, time_stop_min=240.0)])

@@ -45,13 +45,14 @@ TOTALS = st.sampled_from([-9.0, -6.0, -5.99, -4.0, -3.99, -2.0, -1.99, 0.0, 1.0,
 OUTCOMES = st.sampled_from(["done"] * 6 + ["failed", "skipped", "deferred", "pending"])
 
 
-def _score(data: st.DataObject) -> Score | None:
+def _score(data: st.DataObject, now: float) -> Score | None:
     if data.draw(st.integers(0, 4)) == 0:
         return None                                   # a price event, no bar closed
     return Score(total=data.draw(TOTALS), layers={},
                  confluence=data.draw(st.sampled_from(["adverse", "mixed", "favourable"])),
                  vwap_flip=data.draw(st.booleans()),
-                 structure_with_trade=data.draw(st.booleans()), threshold_scale=1.0)
+                 structure_with_trade=data.draw(st.booleans()), threshold_scale=1.0,
+                 structure_closed_at=data.draw(st.sampled_from([0.0, now - 900, now])))
 
 
 def _walk(data: st.DataObject) -> tuple[Trade, PolicySettings, bool, list[tuple[ActionIntent,
@@ -97,7 +98,7 @@ def _walk(data: st.DataObject) -> tuple[Trade, PolicySettings, bool, list[tuple[
         now += data.draw(st.sampled_from([0, 5, 60, 300, 900, 1800]))
         snap = Snapshot(now=now, bid=mid, ask=round(mid + 0.0002, 5), spec=EURUSD,
                         hedging=hedging, atr=data.draw(st.sampled_from([0.0, 0.0005])),
-                        score=_score(data))
+                        score=_score(data, now))
         d = decide(trade, snap, policy)
         again.update(i.obligation for i in d.intents
                      if trade.obligations.get(i.obligation) in ("done", "skipped")

@@ -9,7 +9,7 @@ import pytest
 
 from dtms.config import SignalSettings
 from dtms.model import Direction
-from dtms.policy.indicators import StructureState, macd, rsi
+from dtms.policy.indicators import StructureState, macd, rsi, structure
 from dtms.policy.signals import (
     LAYERS,
     Bars,
@@ -299,6 +299,16 @@ def test_rising_market_scores_buy_positive_and_sell_its_exact_negative():
     assert sell.layers == {k: -v for k, v in buy.layers.items()}
     assert (buy.confluence, sell.confluence) == ("favourable", "adverse")
     assert (buy.structure_with_trade, sell.structure_with_trade) == (True, False)
+    # the last BOS: bar i's close made it, the bar closed at its open time + 15 min
+    event = structure(m15.high, m15.low, m15.close, DEFAULT.swing_strength).last_event_index
+    assert buy.structure_closed_at == sell.structure_closed_at == m15.time[event] + 900
+    assert sig.structure.last_event_time == m15.time[event]
+
+
+def test_without_any_structure_event_the_score_says_it_closed_at_zero():
+    sig = market_signals(one_bar(MIDNIGHT, 100, 101, 99, 100.5), EMPTY, symbol="EURUSD",
+                         settings=DEFAULT)
+    assert trade_score(sig, BUY).structure_closed_at == 0.0
 
 
 @pytest.mark.parametrize("direction", [BUY, SELL])

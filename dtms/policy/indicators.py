@@ -286,10 +286,13 @@ class StructureState:
     last_event_direction: Literal["up", "down"] | None = None
     swing_high: float | None = None   # the last confirmed, not yet broken swing high
     swing_low: float | None = None    # the last confirmed, not yet broken swing low
+    #: ``times[last_event_index]``: the OPEN time of the bar whose close made the last event
+    #: (the event is known once that bar has closed); None with no event or no ``times``
+    last_event_time: float | None = None
 
 
 def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float],
-              strength: int = 2) -> StructureState:
+              strength: int = 2, *, times: Sequence[float] | None = None) -> StructureState:
     """Market structure from closed bars, walked oldest first. The rule, per bar ``j``:
 
     1. If bar ``j`` confirms a swing (at ``j - strength``, see :func:`swings`), that swing becomes
@@ -302,9 +305,15 @@ def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float
 
     One close never breaks both levels: that needs a swing high below a swing low, and whichever
     of the two formed later would have closed through the other on its own bar.
+
+    With ``times`` (the bars' open times), the state also says when the last event happened
+    (``last_event_time``), so that a caller can tell a new event from one it has already seen.
     """
     _check_period(strength, "strength")
     n = _check_bars(high, low, close)
+    if times is not None:
+        _check_lengths(times=times, close=close)
+        _check_finite("times", times)
     by_confirm: dict[int, list[Swing]] = {}
     for s in swings(high, low, strength):
         by_confirm.setdefault(s.index + strength, []).append(s)
@@ -332,4 +341,5 @@ def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float
         trend=trend, last_event=event, last_event_index=event_index,
         last_event_direction=None if event is None else trend,
         swing_high=None if sh is None else sh.price,
-        swing_low=None if sl is None else sl.price)
+        swing_low=None if sl is None else sl.price,
+        last_event_time=None if event is None or times is None else float(times[event_index]))

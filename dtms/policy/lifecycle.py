@@ -293,13 +293,21 @@ def _ladder(plan: _Plan, p: PolicySettings) -> None:
                else "adverse confluence with a VWAP flip")
         plan.move(TradeState.HEDGED, why)
         _hedge(plan, p)
-    elif state is TradeState.HEDGED and score.structure_with_trade:
+    elif state is TradeState.HEDGED and _structure_resumes(t, score):
         plan.move(TradeState.RECOVERING, "structure resumes the trade's direction",
                   recovery_since=now)
         if t.hedge_ticket:
             plan.emit(ActionKind.CLOSE_HEDGE, "recover:close_hedge", "recovering: close hedge")
     else:
         _retry_owed(plan, p)
+
+
+def _structure_resumes(t: Trade, score: Score) -> bool:
+    """A structure event in the trade's direction that is NEW since the trade was hedged: on an
+    M15 bar that closed after ``state_since`` (the tick time of the bar close that hedged it).
+    Every bar that had closed by then was in the score that hedged, so its event cannot count;
+    the last event merely pointing the trade's way is the market the trade was hedged in."""
+    return score.structure_with_trade and score.structure_closed_at > t.state_since
 
 
 def _retry_owed(plan: _Plan, p: PolicySettings) -> None:

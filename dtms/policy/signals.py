@@ -70,6 +70,7 @@ RANGE_SCALING = {"structure": 0.5, "momentum": 1.25}
 TREND_SCALING = {"ema": 1.25}
 #: UTC hour at which each session ends (exclusive), in order
 SESSIONS = (("asia", 7), ("london", 12), ("overlap", 16), ("newyork", 21), ("late", 24))
+M15_SECONDS = 900           # the structure timeframe's bar length
 _EPS = 1e-12                # float slack so that a share of exactly the ratio counts as reaching it
 
 
@@ -179,8 +180,11 @@ class Score:
     layers: dict[str, float]
     confluence: str                 # favourable | adverse | mixed
     vwap_flip: bool
-    structure_with_trade: bool
+    structure_with_trade: bool      # the last M15 structure event is in the trade's direction
     threshold_scale: float
+    #: broker-server time at which the M15 bar whose close made the last structure event closed
+    #: (its open time + 15 min); 0.0 with no event (never newer than anything)
+    structure_closed_at: float = 0.0
 
 
 # -- regime ----------------------------------------------------------------------------------
@@ -334,7 +338,7 @@ def market_signals(m5: Bars, m15: Bars, *, symbol: str, settings: SignalSettings
         regime, atr_now = _regime(m5, symbol, s)
         weights = _weights(s, regime.mode)
     with _layer("structure"):
-        st = structure(m15.high, m15.low, m15.close, s.swing_strength)
+        st = structure(m15.high, m15.low, m15.close, s.swing_strength, times=m15.time)
         if len(m15) >= 2 * s.swing_strength + 1:
             layers["structure"] = structure_value(st)
     with _layer("vwap"):
@@ -397,6 +401,7 @@ def trade_score(signals: MarketSignals, direction: Direction) -> Score:
         elif favourable / moving >= ratio - _EPS:
             confluence = "favourable"
     side = signals.vwap_side_bars
+    event_time = signals.structure.last_event_time
     return Score(
         total=sum(contributions.values()),
         layers=contributions,
@@ -405,4 +410,5 @@ def trade_score(signals: MarketSignals, direction: Direction) -> Score:
         structure_with_trade=signals.structure.last_event_direction
         == ("up" if d is Direction.BUY else "down"),
         threshold_scale=signals.regime.threshold_scale,
+        structure_closed_at=0.0 if event_time is None else event_time + M15_SECONDS,
     )
