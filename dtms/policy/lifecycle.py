@@ -31,7 +31,9 @@ Example::
 
 Scores are trade-relative (positive = good for the trade); thresholds are scaled by the
 regime's ``threshold_scale`` (so a quiet session needs a worse score to act). One evaluation
-moves at most one rung of the ladder.
+moves at most one rung of the ladder. "Structure resumes the trade's direction" (HEDGED ->
+RECOVERING) means a new event: a BOS/CHOCH the trade's way on an M15 bar that closed after the
+trade was hedged (``Score.structure_closed_at > state_since``).
 """
 
 from __future__ import annotations
