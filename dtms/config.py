@@ -21,9 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "DTMS_"
 DEFAULT_FILE = Path("config/dtms.toml")
+_ZONE_HINT = ('an IANA time zone name such as "Europe/Athens" (UTC+2, UTC+3 in summer) or '
+              '"Etc/GMT-2" (UTC+2 all year)')
+#: settings that were replaced, and by what: an old file or variable is told what to use
+REPLACED = {"signals.server_utc_offset_h": f"signals.server_timezone, {_ZONE_HINT}"}
 
 
 class ConfigError(ValueError):
@@ -169,7 +174,7 @@ class SignalSettings:
     range_bb_width: float = 0.004     # Bollinger width / middle below this = range
     confluence_ratio: float = 0.70
     swing_strength: int = 2           # bars each side of a swing high/low
-    server_utc_offset_h: float = 0.0  # broker server time minus UTC, for sessions and VWAP
+    server_timezone: str = "UTC"      # the broker server's IANA time zone, for sessions and VWAP
     session_multipliers: dict[str, float] = field(default_factory=lambda: {
         "asia": 1.2, "london": 1.0, "overlap": 0.9, "newyork": 1.0, "late": 1.2})
     volatility_multipliers: dict[str, float] = field(default_factory=lambda: {
@@ -299,7 +304,9 @@ def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) 
         current = _as_dict(getattr(base, name))
         for key, value in values.items():
             if key not in field_types:
-                raise ConfigError(f"unknown setting {name}.{key}")
+                instead = REPLACED.get(f"{name}.{key}")
+                raise ConfigError(f"unknown setting {name}.{key}"
+                                  + (f": replaced by {instead}" if instead else ""))
             current[key] = _coerce(value, field_types[key], f"{name}.{key}")
         sections[name] = klass(**current)
     settings = dataclasses.replace(base, **sections)
@@ -344,6 +351,11 @@ def _validate(s: Settings) -> None:
                         f"{s.client.backoff_min_s:g}, {s.client.backoff_max_s:g}")
     from dtms.policy.overrides import policy_problems  # it imports this module's dataclasses
     problems.extend(f"policy.{k}: {v}" for k, v in policy_problems(s.policy).items())
+    try:
+        ZoneInfo(s.signals.server_timezone)   # read once here; scoring finds it cached
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        problems.append(f"signals.server_timezone: unknown time zone "
+                        f"{s.signals.server_timezone!r}, expected {_ZONE_HINT}")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -19,6 +22,9 @@ from dtms.policy.indicators import (
     structure,
     swings,
     true_range,
+    utc_day,
+    utc_days,
+    utc_offset_s,
     vwap_slope,
     wilder,
 )
@@ -141,7 +147,49 @@ ONE_DAY = [2, 14 / 4, (14 + 20) / 6, (34 + 7) / 7]    # no midnight inside
     (VW_T, 2.0, ONE_DAY),                          # these server times are 21:50-22:05 UTC
 ])
 def test_session_vwap_resets_at_utc_midnight(times, offset, expected):
-    same(session_vwap(times, VW_H, VW_L, VW_C, VW_V, utc_offset_h=offset), expected)
+    tz = timezone(timedelta(hours=offset))
+    same(session_vwap(times, VW_H, VW_L, VW_C, VW_V, tz=tz), expected)
+
+
+ATHENS = ZoneInfo("Europe/Athens")     # UTC+2; UTC+3 from 2026-03-29 to 2026-10-25
+
+
+def server(*wall: int) -> float:
+    """The broker-server timestamp MT5 gives a bar opening at this server wall-clock time."""
+    return datetime(*wall, tzinfo=UTC).timestamp()
+
+
+# Regression (issue 13, item 6): `signals.server_utc_offset_h` was one fixed number, so for a
+# server on Athens time the VWAP anchor (UTC midnight) sat at 02:00 server time all year, an
+# hour late for the seven summer months. The anchor follows the zone through both switches.
+@pytest.mark.parametrize(("first", "anchors"), [
+    # 2026-03-29: clocks go 03:00 -> 04:00 (01:00 UTC). UTC midnight: 02:00 winter, 03:00 summer
+    ((2026, 3, 27, 22), [server(2026, 3, 28, 2), server(2026, 3, 29, 2),
+                         server(2026, 3, 30, 3), server(2026, 3, 31, 3)]),
+    # 2026-10-25: clocks go 04:00 -> 03:00 (01:00 UTC). UTC midnight: 03:00 summer, 02:00 winter
+    ((2026, 10, 23, 22), [server(2026, 10, 24, 3), server(2026, 10, 25, 3),
+                          server(2026, 10, 26, 2), server(2026, 10, 27, 2)]),
+])
+def test_session_vwap_resets_at_utc_midnight_on_both_sides_of_a_dst_switch(first, anchors):
+    start = server(*first)
+    times = [start + 300 * i for i in range(4 * 288)]      # four days of M5 bars
+    n = len(times)
+    # each bar's typical price is its index: a session's VWAP is the mean index since its start
+    idx = [float(i + 1) for i in range(n)]
+    vw = session_vwap(times, idx, idx, idx, [1.0] * n, ATHENS)
+    starts = [times[i] for i in range(1, n) if vw[i] == idx[i]]
+    assert starts == anchors
+    # the slope's session follows the same anchor: 5 bars after a reset there is a slope
+    at = times.index(anchors[2])
+    assert vwap_slope(vw[:at + 5], times[:at + 5], 5, ATHENS) == 0.0
+    assert vwap_slope(vw[:at + 6], times[:at + 6], 5, ATHENS) == pytest.approx(0.5)
+
+
+def test_utc_days_is_utc_day_of_each_time_across_a_dst_switch():
+    times = [server(2026, 3, 28, 0) + 300 * i for i in range(3 * 288)]
+    assert utc_days(times, ATHENS) == [utc_day(t, ATHENS) for t in times]
+    assert [utc_offset_s(server(2026, 1, 15, 12), ATHENS),
+            utc_offset_s(server(2026, 7, 15, 12), ATHENS)] == [7200.0, 10800.0]
 
 
 @pytest.mark.parametrize(("volume", "expected"), [
@@ -207,6 +255,16 @@ ST_C = [9.5, 10.5, 10, 9.8, 11.2, 11.5, 11, 12.3, 10.6, 10.2, 9.6, 10.4, 9.1]
 def test_structure_bos_then_choch_then_bos(bars, expected):
     assert structure(ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1) == expected
 
+
+@pytest.mark.parametrize(("bars", "event_time"), [(4, None), (5, 4 * 900.0), (9, 8 * 900.0),
+                                                  (12, 8 * 900.0), (13, 12 * 900.0)])
+def test_structure_with_times_gives_the_open_time_of_the_bar_that_made_the_last_event(
+        bars, event_time):
+    times = [MIDNIGHT + 900 * i for i in range(bars)]
+    st = structure(ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1, times=times)
+    assert st.last_event_time == (None if event_time is None else MIDNIGHT + event_time)
+    assert dataclasses.replace(st, last_event_time=None) == structure(
+        ST_H[:bars], ST_L[:bars], ST_C[:bars], strength=1)     # nothing else changes
 
 def test_a_wick_through_the_swing_is_no_break_only_a_close_is():
     close = list(ST_C)

@@ -63,8 +63,8 @@ def make_trade(direction: Direction = BUY, *, state: TradeState = HEALTHY,
     return Trade(ticket=7, symbol="EURUSD", direction=direction, entry_price=ENTRY,
                  volume=volume, initial_volume=fields.pop("initial_volume", volume),
                  sl=initial_sl if sl is None else sl, tp=0.0, initial_sl=initial_sl,
-                 state=state, state_since=NOW - 60, opened_at=fields.pop("opened_at", NOW - 600),
-                 **fields)
+                 state=state, state_since=fields.pop("state_since", NOW - 60),
+                 opened_at=fields.pop("opened_at", NOW - 600), **fields)
 
 
 def snap(bid: float, ask: float | None = None, *, now: float = NOW, atr: float = 0.0,
@@ -75,9 +75,10 @@ def snap(bid: float, ask: float | None = None, *, now: float = NOW, atr: float =
 
 def score(total: float, *, confluence: str = "mixed", vwap_flip: bool = False,
           structure_with_trade: bool = False, threshold_scale: float = 1.0,
-          layers: dict[str, float] | None = None) -> Score:
+          layers: dict[str, float] | None = None, structure_closed_at: float = 0.0) -> Score:
     return Score(total=total, layers=layers or {}, confluence=confluence, vwap_flip=vwap_flip,
-                 structure_with_trade=structure_with_trade, threshold_scale=threshold_scale)
+                 structure_with_trade=structure_with_trade, threshold_scale=threshold_scale,
+                 structure_closed_at=structure_closed_at)
 
 
 def acts(d: Decision) -> list[tuple[ActionKind, str, float, float]]:
@@ -223,7 +224,7 @@ def test_l2_returns_to_l1_at_its_exit_score_without_any_action(
     if state is L1:
         assert d.transition == ("WARNING_L2", "WARNING_L1",
                                 "score -2.00 >= -2.00 (stops are kept, never loosened)")
-        assert d.trade.obligations == {}
+        assert d.trade.obligations == {"L2:partial": "done"}   # the cut is made once per trade
     else:
         assert d.transition is None
 
@@ -238,7 +239,7 @@ def test_l2_at_hedge_score_hedges_half_the_volume(hedging: bool) -> None:
     assert acts(d) == [(HEDGE, "hedge", 0.0, 0.25)]
     assert d.intents[0].reason == ("hedged: hedge 0.5x volume" if hedging
                                    else "hedged: reduce (netting account) 0.5x volume")
-    assert d.trade.obligations == {"hedge": "pending"}
+    assert d.trade.obligations == {"L2:partial": "done", "hedge": "pending"}
     assert d.watch == Watch(at=NOW - 600 + 75 * 60)   # the flat timer's end
 
 
@@ -287,13 +288,56 @@ def test_hedged_with_structure_resuming_recovers_and_closes_the_hedge(
         hedge_ticket: int, intents: list[Any]) -> None:
     t = make_trade(state=HEDGED, volume=0.5, flat_since=NOW - 600, hedge_ticket=hedge_ticket,
                    hedge_volume=0.25 if hedge_ticket else 0.0, obligations={"hedge": "done"})
-    d = decide(t, snap(*QUIET[BUY], score=score(-7.0, structure_with_trade=True)), POLICY)
+    d = decide(t, snap(*QUIET[BUY], score=score(-7.0, structure_with_trade=True,
+                                                structure_closed_at=NOW)), POLICY)
     assert d.transition == ("HEDGED", "RECOVERING", "structure resumes the trade's direction")
     assert d.trade.state is RECOVERING
     assert d.trade.recovery_since == NOW
     assert acts(d) == intents
-    assert d.trade.obligations == ({"recover:close_hedge": "pending"} if intents else {})
+    assert d.trade.obligations == ({"hedge": "done", "recover:close_hedge": "pending"}
+                                   if intents else {"hedge": "done"})
     assert d.watch == Watch(at=NOW + 30 * 60)
+
+
+HEDGED_AT = NOW - 600     # the tick time of the bar close that hedged the trade (state_since)
+
+
+# Regression (issue 13, item 2): HEDGED -> RECOVERING needed nothing new. `structure_with_trade`
+# only says the LAST M15 break is in the trade's direction, so a structure that was already
+# with the trade when it was hedged (hedged on adverse confluence, say) closed the hedge at the
+# next bar. Recovery needs an event on an M15 bar that closed after the moment of the hedge.
+@pytest.mark.parametrize(("with_trade", "closed_at", "state"), [
+    (True, 0.0, HEDGED),                    # no event at all
+    (True, HEDGED_AT - 900, HEDGED),        # an event the hedge decision already saw
+    (True, HEDGED_AT, HEDGED),              # the M15 bar that closed with the hedging bar
+    (True, HEDGED_AT + 1, RECOVERING),      # closed after the hedge: new
+    (True, NOW, RECOVERING),                # closed at this very bar close
+    (False, NOW, HEDGED),                   # new, but against the trade
+])
+def test_hedged_recovers_only_on_a_structure_event_closed_after_the_hedge(
+        with_trade: bool, closed_at: float, state: TradeState) -> None:
+    t = make_trade(state=HEDGED, state_since=HEDGED_AT, volume=0.5, flat_since=NOW - 1200,
+                   hedge_ticket=HEDGE_TICKET, hedge_volume=0.25, obligations={"hedge": "done"})
+    sc = score(-1.0, structure_with_trade=with_trade, structure_closed_at=closed_at)
+    d = decide(t, snap(*QUIET[BUY], score=sc), POLICY)
+    assert d.trade.state is state
+    assert acts(d) == ([(CLOSE_HEDGE, "recover:close_hedge", 0.0, 0.0)]
+                       if state is RECOVERING else [])
+
+
+def test_the_structure_that_was_with_the_trade_when_it_was_hedged_does_not_end_the_hedge() -> None:
+    """The bar that hedges cannot count: its score's event is at or before the hedge."""
+    t = make_trade(state=L2, volume=0.5, initial_volume=1.0, flat_since=NOW - 600,
+                   obligations={"L2:partial": "done", "sl:L2": "done"})
+    old = NOW - 900      # a bullish BOS on the M15 bar that closed 15 min ago
+    path = [(0, score(-3.0, confluence="adverse", vwap_flip=True, structure_with_trade=True,
+                      structure_closed_at=old)),              # -> HEDGED
+            (5, score(-3.0, structure_with_trade=True, structure_closed_at=old)),
+            (10, score(-3.0, structure_with_trade=True, structure_closed_at=old)),
+            (15, score(-3.0, structure_with_trade=True, structure_closed_at=NOW + 900))]
+    decisions = walk(t, path)
+    assert [d.trade.state for d in decisions] == [HEDGED, HEDGED, HEDGED, RECOVERING]
+    assert [i.kind for d in decisions for i in d.intents] == [HEDGE, CLOSE_HEDGE]
 
 
 def test_hedged_without_structure_stays_hedged_and_does_not_hedge_twice() -> None:
@@ -305,7 +349,8 @@ def test_hedged_without_structure_stays_hedged_and_does_not_hedge_twice() -> Non
     assert d.watch == Watch(at=NOW - 600 + 4500)
 
 
-@pytest.mark.parametrize("fresh", [score(+3.0, structure_with_trade=True), None])
+@pytest.mark.parametrize("fresh", [score(+3.0, structure_with_trade=True,
+                                           structure_closed_at=NOW), None])
 def test_hedged_past_the_flat_timer_closes_trade_and_hedge(fresh: Score | None) -> None:
     """Timers fire on any evaluation (a price event too) and before the score's own rule."""
     t = make_trade(state=HEDGED, volume=0.5, flat_since=NOW - 75 * 60,
@@ -420,6 +465,92 @@ def test_one_evaluation_moves_at_most_one_rung(
     d = decide(t, snap(*QUIET[BUY], score=score(-9.0)), POLICY)
     assert moved(d) == (state.value, to.value)
     assert [i.kind for i in d.intents] == kinds
+
+
+# == each defensive cut once per trade (issue 13, item 1) ======================================
+
+def fill(trade: Trade, d: Decision, *, hedging: bool = True) -> Trade:
+    """``d.trade`` with every intent of ``d`` filled the way the trade actor records it (partial
+    volumes floored to the 0.01 step, the hedge given ticket 555)."""
+    t = d.trade
+    for i in d.intents:
+        volume = {PARTIAL: math.floor(round(i.volume / 0.01, 6)) * 0.01, HEDGE: i.volume,
+                  CLOSE_HEDGE: t.hedge_volume}.get(i.kind, t.volume)
+        t = t.copy(**after_fill(t, i, volume=volume, hedge_ticket=HEDGE_TICKET, sl=i.sl or None,
+                                hedging=hedging),
+                   obligations={**t.obligations, i.obligation: "done"})
+    return t
+
+
+def walk(trade: Trade, path: list[tuple[float, Score]], policy: PolicySettings = POLICY, *,
+         hedging: bool = True) -> list[Decision]:
+    """Evaluate ``trade`` at each ``(minutes after NOW, score)`` of ``path`` at a quiet price,
+    every intent filled before the next step."""
+    out = []
+    for minutes, sc in path:
+        d = decide(trade, snap(*QUIET[BUY], now=NOW + minutes * 60, score=sc, hedging=hedging),
+                   policy)
+        out.append(d)
+        trade = fill(trade, d, hedging=hedging)
+    return out
+
+
+#: L1 -> L2 -> L1 -> L2 -> L1 -> L2, one bar apart: the USDJPY demo trade of issue 13
+REENTRIES = [(5 * n, score(-4.0 if n % 2 == 0 else -2.0)) for n in range(6)]
+
+
+# Regression (issue 13, item 1): the WARNING_L2 close repeats at every L1 -> L2 re-entry. A demo
+# trade went 0.10 -> 0.05 -> 0.02 -> 0.01 lots, one cut per re-entry: `_Plan.move` dropped the
+# done "L2:partial" obligation on the L2 -> L1 state change, so the next L2 owed it again.
+@pytest.mark.parametrize(("repeat", "closes", "left"), [
+    (False, [0.5], 0.5),
+    (True, [0.5, 0.25, 0.125], 0.13),   # l2_close_repeat: half again at every re-entry
+])
+def test_l2_close_happens_once_across_reentries(repeat: bool, closes: list[float],
+                                                left: float) -> None:
+    policy = dataclasses.replace(POLICY, l2_close_repeat=repeat)
+    t = make_trade(state=L1, flat_since=NOW - 600, obligations={"sl:L1": "done"})
+    decisions = walk(t, REENTRIES, policy)
+    assert [moved(d) for d in decisions] == [("WARNING_L1", "WARNING_L2"),
+                                             ("WARNING_L2", "WARNING_L1")] * 3
+    assert [i.volume for d in decisions for i in d.intents if i.kind is PARTIAL] == closes
+    assert fill(decisions[-1].trade, decisions[-1]).volume == left   # 0.125 fills as 0.12
+    # with the repeat, a re-entry is a new episode that owes the close again
+    assert decisions[-1].trade.obligations.get("L2:partial") == (None if repeat else "done")
+
+
+def test_l2_close_still_owed_after_a_reentry_when_it_never_filled() -> None:
+    """Lifetime is about the cut, not the attempt: a close that failed is owed at the next L2."""
+    t = make_trade(state=L2, flat_since=NOW - 600, obligations={"L2:partial": failed(NOW - 60),
+                                                               "sl:L2": "done"})
+    back = decide(t, snap(*QUIET[BUY], score=score(-2.0)), POLICY)
+    assert moved(back) == ("WARNING_L2", "WARNING_L1")
+    assert back.trade.obligations == {"L2:partial": failed(NOW - 60)}
+    again = decide(back.trade, snap(*QUIET[BUY], now=NOW + 300, score=score(-4.0)), POLICY)
+    assert moved(again) == ("WARNING_L1", "WARNING_L2")
+    assert acts(again) == [(PARTIAL, "L2:partial", 0.0, 0.5), (MODIFY_SL, "sl:L2", 1.10020, 0.0)]
+
+
+# Regression (issue 13, item 1): the hedge is opened again after a recovery. HEDGED -> RECOVERING
+# (hedge closed) -> HEALTHY dropped the done "hedge" obligation, so the next decline through
+# L1 and L2 hedged a second time.
+@pytest.mark.parametrize("hedging", [True, False])
+def test_the_hedge_is_opened_once_per_trade_even_after_a_recovery(hedging: bool) -> None:
+    t = make_trade(state=L2, volume=0.5, initial_volume=1.0, flat_since=NOW - 600,
+                   obligations={"L2:partial": "done", "sl:L2": "done"})
+    path = [(0, score(-6.0)),                               # L2 -> HEDGED: hedge
+            (5, score(-6.0, structure_with_trade=True,      # -> RECOVERING: close the hedge
+                      structure_closed_at=NOW + 300)),
+            (40, score(2.0)),                               # -> HEALTHY
+            (45, score(-2.0)), (50, score(-4.0)),           # -> L1 -> L2
+            (55, score(-6.0))]                              # -> HEDGED again: no new hedge
+    decisions = walk(t, path, hedging=hedging)
+    assert [moved(d) for d in decisions] == [
+        ("WARNING_L2", "HEDGED"), ("HEDGED", "RECOVERING"), ("RECOVERING", "HEALTHY"),
+        ("HEALTHY", "WARNING_L1"), ("WARNING_L1", "WARNING_L2"), ("WARNING_L2", "HEDGED")]
+    assert [i.kind for d in decisions for i in d.intents if i.kind in (HEDGE, PARTIAL)] == [HEDGE]
+    assert decisions[-1].intents == ()
+    assert decisions[-1].trade.obligations == {"L2:partial": "done", "hedge": "done"}
 
 
 # == profit protection while HEALTHY ===========================================================
@@ -707,7 +838,8 @@ ONE_SHOT = {
                      snap(*QUIET[BUY], score=score(-6.0)), POLICY),
     "hedged to recovering": (make_trade(state=HEDGED, flat_since=NOW - 600,
                                         hedge_ticket=HEDGE_TICKET),
-                             snap(*QUIET[BUY], score=score(0.0, structure_with_trade=True)),
+                             snap(*QUIET[BUY], score=score(0.0, structure_with_trade=True,
+                                                           structure_closed_at=NOW)),
                              POLICY),
     "flat timer": (make_trade(state=HEDGED, flat_since=NOW - 4500, hedge_ticket=HEDGE_TICKET),
                    snap(*QUIET[BUY]), POLICY),
@@ -826,6 +958,7 @@ def test_a_transition_drops_the_old_episode_but_keeps_pending_and_lifetime_oblig
     d = decide(t, snap(*QUIET[BUY], score=score(0.0)), POLICY)
     assert moved(d) == ("WARNING_L1", "HEALTHY")
     assert d.trade.obligations == {"close": "pending", "sl:breakeven": "done",
+                                   "L2:partial": failed(NOW - 1), "hedge": "skipped",
                                    "partial:0": "done", "partial:1": failed(NOW - 1),
                                    "partial:2": "deferred"}
     assert t.obligations == obligations          # the input trade is not mutated
@@ -914,7 +1047,7 @@ LADDER_EDGES = frozenset({
     (HEALTHY, L1), (L1, HEALTHY), (L1, L2), (L2, L1), (L2, HEDGED), (HEDGED, RECOVERING),
     (RECOVERING, HEALTHY), *((s, CLOSED) for s in (HEALTHY, L1, L2, HEDGED, RECOVERING)),
 })
-LIFETIME = ("sl:breakeven", "partial:")
+LIFETIME = ("sl:breakeven", "partial:", "L2:partial", "hedge")   # owed once per trade
 STEP = 0.01   # EURUSD volume step and minimum
 
 SCORES = st.one_of(
@@ -930,6 +1063,8 @@ SCORES = st.one_of(
         vwap_flip=st.booleans(),
         structure_with_trade=st.booleans(),
         threshold_scale=st.sampled_from([1.0, 0.85, 1.2, 1.5]),
+        # none, older than any hedge, newer than any hedge of a walk
+        structure_closed_at=st.sampled_from([0.0, NOW - 900, NOW + 10**6]),
     ),
 )
 POLICIES = st.sampled_from([POLICY, LADDER, dataclasses.replace(LADDER, time_stop_min=240.0)])

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from dtms import config
 from dtms.config import SignalSettings
 from dtms.model import Direction
-from dtms.policy.indicators import StructureState, macd, rsi
+from dtms.policy.indicators import StructureState, macd, rsi, structure
 from dtms.policy.signals import (
     LAYERS,
     Bars,
@@ -30,6 +35,7 @@ from dtms.policy.signals import (
 )
 
 MIDNIGHT = 19_000 * 86_400  # a UTC midnight
+ROOT = Path(__file__).resolve().parents[1]
 H = 3600
 BUY, SELL = Direction.BUY, Direction.SELL
 DEFAULT = SignalSettings()
@@ -98,15 +104,57 @@ def hand_signals(layers: dict[str, float | None], weights: dict[str, float] | No
     (MIDNIGHT + 14 * H, 5.5, "london"),      # 08:30 UTC
 ])
 def test_session_by_utc_hour(server_time, offset, session):
-    assert session_of(server_time, offset) == session
+    assert session_of(server_time, timezone(timedelta(hours=offset))) == session
 
 
-def test_market_signals_reads_the_session_with_the_server_offset():
+def server(*wall: int) -> float:
+    """The broker-server timestamp MT5 gives this server wall-clock time."""
+    return datetime(*wall, tzinfo=UTC).timestamp()
+
+
+# Regression (issue 13, item 6): `signals.server_utc_offset_h` was one fixed number, so a server
+# on Athens time (UTC+2, UTC+3 in summer) had every session an hour off for seven months.
+@pytest.mark.parametrize(("hour", "january", "july"), [
+    (9, "london", "asia"),          # 07:00 UTC in January, 06:00 UTC in July
+    (10, "london", "london"),
+    (14, "overlap", "london"),      # 12:00 / 11:00 UTC
+    (18, "newyork", "overlap"),     # 16:00 / 15:00 UTC
+    (23, "late", "newyork"),        # 21:00 / 20:00 UTC
+])
+def test_the_same_server_hour_maps_to_its_utc_session_in_winter_and_in_summer(
+        hour, january, july):
+    athens = settings(server_timezone="Europe/Athens")
+    for day, session in (((2026, 1, 14), january), ((2026, 7, 15), july)):
+        m5 = one_bar(int(server(*day, hour)), 100, 101, 99, 100.5)
+        sig = market_signals(m5, EMPTY, symbol="EURUSD", settings=athens)
+        assert sig.regime.session == session, day
+
+
+@pytest.mark.parametrize(("wall", "session"), [
+    ((2026, 3, 28, 9, 30), "london"),   # 07:30 UTC, the last winter morning
+    ((2026, 3, 29, 9, 30), "asia"),     # 06:30 UTC, the first summer morning
+    ((2026, 10, 24, 9, 30), "asia"),    # 06:30 UTC, the last summer morning
+    ((2026, 10, 25, 9, 30), "london"),  # 07:30 UTC, the first winter morning
+])
+def test_sessions_move_with_the_server_clock_on_either_side_of_a_dst_switch(wall, session):
+    assert session_of(server(*wall), ZoneInfo("Europe/Athens")) == session
+
+
+def test_market_signals_reads_the_session_with_the_server_timezone():
     m5 = one_bar(MIDNIGHT + 9 * H, 100, 101, 99, 100.5)
-    sig = market_signals(m5, EMPTY, symbol="EURUSD", settings=settings(server_utc_offset_h=2.0))
+    sig = market_signals(m5, EMPTY, symbol="EURUSD",
+                         settings=settings(server_timezone="Etc/GMT-2"))   # UTC+2
     assert sig.regime.session == "london"
     sig = market_signals(m5, EMPTY, symbol="EURUSD", settings=DEFAULT)
     assert sig.regime.session == "london"  # 09:00 UTC too
+
+
+def test_an_unknown_server_timezone_is_a_regime_scoring_error():
+    m5 = one_bar(MIDNIGHT, 100, 101, 99, 100.5)
+    with pytest.raises(ScoringError, match="^regime: server_timezone: unknown time zone "
+                                           "'Mars/Olympus'"):
+        market_signals(m5, EMPTY, symbol="EURUSD",
+                       settings=settings(server_timezone="Mars/Olympus"))
 
 
 @pytest.mark.parametrize(("ratio", "band"), [
@@ -299,6 +347,16 @@ def test_rising_market_scores_buy_positive_and_sell_its_exact_negative():
     assert sell.layers == {k: -v for k, v in buy.layers.items()}
     assert (buy.confluence, sell.confluence) == ("favourable", "adverse")
     assert (buy.structure_with_trade, sell.structure_with_trade) == (True, False)
+    # the last BOS: bar i's close made it, the bar closed at its open time + 15 min
+    event = structure(m15.high, m15.low, m15.close, DEFAULT.swing_strength).last_event_index
+    assert buy.structure_closed_at == sell.structure_closed_at == m15.time[event] + 900
+    assert sig.structure.last_event_time == m15.time[event]
+
+
+def test_without_any_structure_event_the_score_says_it_closed_at_zero():
+    sig = market_signals(one_bar(MIDNIGHT, 100, 101, 99, 100.5), EMPTY, symbol="EURUSD",
+                         settings=DEFAULT)
+    assert trade_score(sig, BUY).structure_closed_at == 0.0
 
 
 @pytest.mark.parametrize("direction", [BUY, SELL])
@@ -393,3 +451,31 @@ def test_scoring_errors_raise_naming_the_layer(call, layer):
     with pytest.raises(ScoringError, match=f"^{layer}: "):
         call()
     assert issubclass(ScoringError, ValueError)
+
+
+# -- the server's time zone setting ------------------------------------------------------------
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "", "europe/athens", "/etc/localtime", "../x"])
+def test_an_unknown_server_timezone_is_refused_at_config_load_naming_the_setting(zone):
+    with pytest.raises(config.ConfigError, match=r"^signals\.server_timezone: unknown time zone "
+                                                 rf"{re.escape(repr(zone))}, expected an IANA"):
+        config.load(ROOT / "config" / "dtms.toml",
+                    environ={"DTMS_SIGNALS_SERVER_TIMEZONE": zone})
+
+
+def test_a_valid_server_timezone_loads():
+    s = config.load(ROOT / "config" / "dtms.toml",
+                    environ={"DTMS_SIGNALS_SERVER_TIMEZONE": "Europe/Athens"})
+    assert s.signals.server_timezone == "Europe/Athens"
+    assert config.Settings().signals.server_timezone == "UTC"
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_the_removed_server_utc_offset_h_says_to_use_server_timezone(tmp_path, source):
+    f = tmp_path / "dtms.toml"
+    f.write_text("[signals]\nserver_utc_offset_h = 2.0\n" if source == "file" else "")
+    env = {"DTMS_SIGNALS_SERVER_UTC_OFFSET_H": "2"} if source == "env" else {}
+    with pytest.raises(config.ConfigError, match=(
+            r"^unknown setting signals\.server_utc_offset_h: replaced by "
+            r'signals\.server_timezone, an IANA time zone name such as "Europe/Athens"')):
+        config.load(f, environ=env)

@@ -7,6 +7,10 @@ passed (MT5's ``copy_rates_from_pos(sym, tf, 0, n)`` returns it last; drop it). 
 index ``i`` depends only on inputs ``0..i``, so a forming bar passed by mistake would only corrupt
 the last value — but that is exactly the value a caller reads.
 
+Times are broker-server epoch seconds: MT5 stamps bars and ticks with the server's wall clock
+as if it were UTC. The server's real time zone (``signals.server_timezone``) is passed in as a
+``tzinfo``, so that UTC days follow the server through its daylight-saving changes.
+
 Series outputs have the input's length; entries before an indicator is defined are ``math.nan``.
 Bad input is loud: mismatched lengths, a period < 1, non-finite values or ``high < low`` raise
 ``ValueError``. Example::
@@ -22,10 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal
 
 NAN = math.nan
 SECONDS_PER_DAY = 86_400
+_EPOCH = datetime(1970, 1, 1)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -196,25 +202,51 @@ def macd(close: Sequence[float], fast: int = 12, slow: int = 26,
 
 # -- VWAP ------------------------------------------------------------------------------------
 
-def utc_day(t: float, utc_offset_h: float = 0.0) -> int:
-    """The UTC day number of a broker-server timestamp (server time = UTC + offset)."""
-    return int((t - utc_offset_h * 3600.0) // SECONDS_PER_DAY)
+def utc_offset_s(t: float, tz: tzinfo = UTC) -> float:
+    """How far the server clock of ``tz`` is ahead of UTC (seconds) at server timestamp ``t``.
+    A wall time the clock shows twice (the hour after a fall-back) takes the first, summer
+    offset; one it skips (after a spring-forward) the offset before the change."""
+    offset = (_EPOCH + timedelta(seconds=t)).replace(tzinfo=tz).utcoffset()
+    return 0.0 if offset is None else offset.total_seconds()
+
+
+def utc_day(t: float, tz: tzinfo = UTC) -> int:
+    """The UTC day number of a broker-server timestamp of a server on ``tz``'s clock."""
+    return int((t - utc_offset_s(t, tz)) // SECONDS_PER_DAY)
+
+
+def utc_days(times: Sequence[float], tz: tzinfo = UTC) -> list[int]:
+    """:func:`utc_day` of each timestamp. A zone lookup costs microseconds and this runs on
+    every bar close, so a server day whose offset is the same at its first and last second is
+    looked up once (days with a daylight-saving change, two a year, bar by bar)."""
+    per_day: dict[int, float | None] = {}
+    out = []
+    for t in times:
+        day = int(t // SECONDS_PER_DAY)
+        if day not in per_day:
+            start = day * SECONDS_PER_DAY
+            first, last = utc_offset_s(start, tz), utc_offset_s(start + SECONDS_PER_DAY - 1, tz)
+            per_day[day] = first if first == last else None
+        offset = per_day[day]
+        out.append(int((t - (utc_offset_s(t, tz) if offset is None else offset))
+                       // SECONDS_PER_DAY))
+    return out
 
 
 def session_vwap(times: Sequence[float], high: Sequence[float], low: Sequence[float],
                  close: Sequence[float], volume: Sequence[float],
-                 utc_offset_h: float = 0.0) -> list[float]:
+                 tz: tzinfo = UTC) -> list[float]:
     """Volume-weighted typical price ``(h + l + c) / 3``, cumulative within each UTC day and reset
-    at every UTC midnight. ``times`` are bar open times in broker-server epoch seconds; the bar
-    belongs to the UTC day of its open time. While a session's cumulative volume is 0 every bar
-    weighs the same (the running mean of typical prices), so a feed without volume still has a
-    VWAP; once volume arrives, zero-volume bars weigh nothing."""
+    at every UTC midnight. ``times`` are bar open times in broker-server epoch seconds of a
+    server on ``tz``'s clock (so the reset is at 02:00 server time in an Athens winter, 03:00 in
+    its summer); the bar belongs to the UTC day of its open time. While a session's cumulative
+    volume is 0 every bar weighs the same (the running mean of typical prices), so a feed
+    without volume still has a VWAP; once volume arrives, zero-volume bars weigh nothing."""
     n = _check_bars(high, low, close)
     _check_lengths(times=times, high=high, volume=volume)
     _check_finite("volume", volume)
     _check_finite("times", times)
-    if not math.isfinite(utc_offset_h):
-        raise ValueError(f"utc_offset_h is not finite: {utc_offset_h!r}")
+    days = utc_days(times, tz)
     out = [NAN] * n
     day = None
     pv = vol = tp_sum = 0.0
@@ -222,7 +254,7 @@ def session_vwap(times: Sequence[float], high: Sequence[float], low: Sequence[fl
     for i in range(n):
         if volume[i] < 0:
             raise ValueError(f"volume[{i}] is negative: {volume[i]}")
-        d = utc_day(times[i], utc_offset_h)
+        d = days[i]
         if d != day:
             day, pv, vol, tp_sum, count = d, 0.0, 0.0, 0.0, 0
         tp = (high[i] + low[i] + close[i]) / 3.0
@@ -235,7 +267,7 @@ def session_vwap(times: Sequence[float], high: Sequence[float], low: Sequence[fl
 
 
 def vwap_slope(vwap: Sequence[float], times: Sequence[float], bars: int = 5,
-               utc_offset_h: float = 0.0) -> float:
+               tz: tzinfo = UTC) -> float:
     """Slope of the VWAP per bar over the last ``bars`` bars of the current session:
     ``(vwap[-1] - vwap[-1 - bars]) / bars``. Both ends must lie in the last bar's UTC day, so the
     session needs ``bars + 1`` bars; with fewer the slope is 0 (a fresh anchor has no slope)."""
@@ -243,7 +275,7 @@ def vwap_slope(vwap: Sequence[float], times: Sequence[float], bars: int = 5,
     n = _check_lengths(vwap=vwap, times=times)
     if n < bars + 1:
         return 0.0
-    if utc_day(times[-1 - bars], utc_offset_h) != utc_day(times[-1], utc_offset_h):
+    if utc_day(times[-1 - bars], tz) != utc_day(times[-1], tz):
         return 0.0
     _check_finite("vwap", vwap[-1 - bars:])
     return (vwap[-1] - vwap[-1 - bars]) / bars
@@ -286,10 +318,13 @@ class StructureState:
     last_event_direction: Literal["up", "down"] | None = None
     swing_high: float | None = None   # the last confirmed, not yet broken swing high
     swing_low: float | None = None    # the last confirmed, not yet broken swing low
+    #: ``times[last_event_index]``: the OPEN time of the bar whose close made the last event
+    #: (the event is known once that bar has closed); None with no event or no ``times``
+    last_event_time: float | None = None
 
 
 def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float],
-              strength: int = 2) -> StructureState:
+              strength: int = 2, *, times: Sequence[float] | None = None) -> StructureState:
     """Market structure from closed bars, walked oldest first. The rule, per bar ``j``:
 
     1. If bar ``j`` confirms a swing (at ``j - strength``, see :func:`swings`), that swing becomes
@@ -302,9 +337,15 @@ def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float
 
     One close never breaks both levels: that needs a swing high below a swing low, and whichever
     of the two formed later would have closed through the other on its own bar.
+
+    With ``times`` (the bars' open times), the state also says when the last event happened
+    (``last_event_time``), so that a caller can tell a new event from one it has already seen.
     """
     _check_period(strength, "strength")
     n = _check_bars(high, low, close)
+    if times is not None:
+        _check_lengths(times=times, close=close)
+        _check_finite("times", times)
     by_confirm: dict[int, list[Swing]] = {}
     for s in swings(high, low, strength):
         by_confirm.setdefault(s.index + strength, []).append(s)
@@ -332,4 +373,5 @@ def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float
         trend=trend, last_event=event, last_event_index=event_index,
         last_event_direction=None if event is None else trend,
         swing_high=None if sh is None else sh.price,
-        swing_low=None if sl is None else sl.price)
+        swing_low=None if sl is None else sl.price,
+        last_event_time=None if event is None or times is None else float(times[event_index]))

@@ -11,7 +11,17 @@ returns and never emits an intent for an obligation that is pending, done or ski
 actor journals the trade and the intent in one commit before sending, then records the outcome
 (``done``, ``failed``, ``deferred``, ``skipped``). Failed and deferred obligations are offered
 again while the trade stays in that state; on a state change they are dropped (a new episode
-owes new duties) except the lifetime ones (breakeven, partial-ladder rungs).
+owes new duties) except the lifetime ones, which a state change never resets:
+
+- the cuts: the WARNING_L2 partial close (``L2:partial``; with ``policy.l2_close_repeat`` it is
+  owed again at every re-entry into WARNING_L2) and the hedge (``hedge``: once per trade, always;
+  a trade that declines again after a recovery has its L2 stop and the flat timer, not a second
+  hedge), and each partial-profit rung (``partial:<i>``);
+- breakeven (``sl:breakeven``).
+
+Stop tightening (``sl:L1``, ``sl:L2``) is per episode: it is offered again at each entry, which
+costs nothing, as a stop is only ever moved tighter. A lifetime cut that never filled (failed,
+deferred) stays owed and is offered at the next entry into its state.
 
 Example::
 
@@ -21,7 +31,9 @@ Example::
 
 Scores are trade-relative (positive = good for the trade); thresholds are scaled by the
 regime's ``threshold_scale`` (so a quiet session needs a worse score to act). One evaluation
-moves at most one rung of the ladder.
+moves at most one rung of the ladder. "Structure resumes the trade's direction" (HEDGED ->
+RECOVERING) means a new event: a BOS/CHOCH the trade's way on an M15 bar that closed after the
+trade was hedged (``Score.structure_closed_at > state_since``).
 """
 
 from __future__ import annotations
@@ -47,8 +59,16 @@ SETTLED = frozenset({PENDING, DONE, SKIPPED, DEFERRED})
 def failed(at: float) -> str:
     """The status of an obligation whose action failed at market time ``at``."""
     return f"{FAILED}:{at:.0f}"
-#: obligations that live as long as the trade (not reset by a state change)
-LIFETIME_PREFIXES = ("sl:breakeven", "partial:")
+#: obligations that live as long as the trade (not reset by a state change); see the docstring
+LIFETIME_KEYS = frozenset({"sl:breakeven", "L2:partial", "hedge"})
+LIFETIME_PREFIXES = ("partial:",)
+
+
+def lifetime(key: str, policy: PolicySettings) -> bool:
+    """Is obligation ``key`` owed once per trade (else once per episode of its state)?"""
+    if key == "L2:partial" and policy.l2_close_repeat:
+        return False
+    return key in LIFETIME_KEYS or key.startswith(LIFETIME_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +112,11 @@ def _better(direction: Direction, new: float, old: float) -> bool:
 class _Plan:
     """Accumulates one evaluation's changes; obligations are marked pending as they are owed."""
 
-    def __init__(self, trade: Trade, snap: Snapshot, retry_after_s: float) -> None:
+    def __init__(self, trade: Trade, snap: Snapshot, policy: PolicySettings) -> None:
         self.trade = trade
         self.snap = snap
-        self.retry_after_s = retry_after_s
+        self.policy = policy
+        self.retry_after_s = policy.retry_after_s
         self.obligations = dict(trade.obligations)
         self.intents: list[ActionIntent] = []
         self.changes: dict[str, Any] = {}
@@ -131,9 +152,10 @@ class _Plan:
         frm = self.trade.state
         self.transition = (frm.value, to.value, reason)
         self.changes.update(state=to, state_since=self.snap.now, **changes)
-        # a new state owes new duties: forget the old episode's, keep what is in flight
+        # a new state owes new duties: forget the old episode's, keep what is in flight and
+        # the lifetime ones (a cut that was made is never owed again)
         self.obligations = {k: v for k, v in self.obligations.items()
-                            if v == PENDING or k.startswith(LIFETIME_PREFIXES)}
+                            if v == PENDING or lifetime(k, self.policy)}
 
     def watch_price(self, direction: Direction, price_level: float) -> None:
         """Evaluate again when the trade's closing price reaches ``price_level``, in bid terms."""
@@ -156,7 +178,7 @@ def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
 
 def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
     """One evaluation of a managed trade. Paused or unmanaged trades only take the score."""
-    plan = _Plan(trade, snap, policy.retry_after_s)
+    plan = _Plan(trade, snap, policy)
     score = snap.score
     if score is not None:
         plan.changes.update(score=round(score.total, 4),
@@ -229,13 +251,21 @@ def _ladder(plan: _Plan, p: PolicySettings) -> None:
                else "adverse confluence with a VWAP flip")
         plan.move(TradeState.HEDGED, why)
         _hedge(plan, p)
-    elif state is TradeState.HEDGED and score.structure_with_trade:
+    elif state is TradeState.HEDGED and _structure_resumes(t, score):
         plan.move(TradeState.RECOVERING, "structure resumes the trade's direction",
                   recovery_since=now)
         if t.hedge_ticket:
             plan.emit(ActionKind.CLOSE_HEDGE, "recover:close_hedge", "recovering: close hedge")
     else:
         _retry_owed(plan, p)
+
+
+def _structure_resumes(t: Trade, score: Score) -> bool:
+    """A structure event in the trade's direction that is NEW since the trade was hedged: on an
+    M15 bar that closed after ``state_since`` (the tick time of the bar close that hedged it).
+    Every bar that had closed by then was in the score that hedged, so its event cannot count;
+    the last event merely pointing the trade's way is the market the trade was hedged in."""
+    return score.structure_with_trade and score.structure_closed_at > t.state_since
 
 
 def _retry_owed(plan: _Plan, p: PolicySettings) -> None:

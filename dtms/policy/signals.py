@@ -26,6 +26,10 @@ Layers (bullish-positive; constants below the imports)::
     candle     last M5 candle: (close - open) / (high - low); 0 when the body is < 10 % of the
                range (a doji) or the range is 0.
 
+Sessions are by UTC hour (``SESSIONS``) and the VWAP resets at UTC midnight; bar times are the
+broker server's clock, converted with its IANA time zone ``server_timezone`` (most brokers run
+UTC+2 in winter and UTC+3 in summer), so both follow the server through daylight saving.
+
 Regime scales the weights: in ``range`` mode structure x0.5 and momentum x1.25 (breaks fail and
 oscillators work in a range); in ``trend`` mode ema x1.25; ``unknown`` (too few bars for the
 Bollinger band) scales nothing. Every failure — NaN/inf, bad bars, bad settings — raises
@@ -42,7 +46,9 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dtms.config import SignalSettings
 from dtms.model import Direction, normalize_symbol
@@ -55,6 +61,7 @@ from dtms.policy.indicators import (
     rsi,
     session_vwap,
     structure,
+    utc_offset_s,
     vwap_slope,
 )
 
@@ -70,6 +77,7 @@ RANGE_SCALING = {"structure": 0.5, "momentum": 1.25}
 TREND_SCALING = {"ema": 1.25}
 #: UTC hour at which each session ends (exclusive), in order
 SESSIONS = (("asia", 7), ("london", 12), ("overlap", 16), ("newyork", 21), ("late", 24))
+M15_SECONDS = 900           # the structure timeframe's bar length
 _EPS = 1e-12                # float slack so that a share of exactly the ratio counts as reaching it
 
 
@@ -150,6 +158,7 @@ class Bars:
 @dataclass(frozen=True, slots=True)
 class Regime:
     session: str            # asia | london | overlap | newyork | late, by the last bar's UTC hour
+                            # (its open time, converted with signals.server_timezone)
     volatility: str         # low | normal | high by ATR ratio (the bounds themselves are normal)
     atr_ratio: float        # ATR now / mean ATR over atr_baseline_bars; 1.0 until ATR exists
     mode: str               # range | trend by Bollinger width; unknown with too few bars
@@ -179,15 +188,27 @@ class Score:
     layers: dict[str, float]
     confluence: str                 # favourable | adverse | mixed
     vwap_flip: bool
-    structure_with_trade: bool
+    structure_with_trade: bool      # the last M15 structure event is in the trade's direction
     threshold_scale: float
+    #: broker-server time at which the M15 bar whose close made the last structure event closed
+    #: (its open time + 15 min); 0.0 with no event (never newer than anything)
+    structure_closed_at: float = 0.0
 
 
 # -- regime ----------------------------------------------------------------------------------
 
-def session_of(t: float, utc_offset_h: float) -> str:
-    """The trading session of a broker-server timestamp by its UTC hour."""
-    hour = ((t - utc_offset_h * 3600.0) % 86_400) // 3600
+def server_zone(name: str) -> tzinfo:
+    """The broker server's time zone by IANA name (``signals.server_timezone``). zoneinfo caches
+    it: the zone file is read when the settings are validated, not per bar."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as e:
+        raise ValueError(f"server_timezone: unknown time zone {name!r}") from e
+
+
+def session_of(t: float, tz: tzinfo) -> str:
+    """The trading session of a broker-server timestamp (server clock ``tz``) by its UTC hour."""
+    hour = ((t - utc_offset_s(t, tz)) % 86_400) // 3600
     return next(name for name, end in SESSIONS if hour < end)
 
 
@@ -219,10 +240,10 @@ def _lookup(mapping: Mapping[str, float], keys: Iterable[str], what: str) -> flo
     return 1.0
 
 
-def _regime(m5: Bars, symbol: str, s: SignalSettings) -> tuple[Regime, float]:
+def _regime(m5: Bars, symbol: str, s: SignalSettings, tz: tzinfo) -> tuple[Regime, float]:
     if s.atr_baseline_bars < 1:
         raise ValueError(f"atr_baseline_bars must be >= 1, got {s.atr_baseline_bars}")
-    session = session_of(m5.time[-1], s.server_utc_offset_h)
+    session = session_of(m5.time[-1], tz)
     a = atr(m5.high, m5.low, m5.close, s.atr_period)
     now, ratio = 0.0, 1.0
     if not math.isnan(a[-1]):
@@ -326,20 +347,18 @@ def market_signals(m5: Bars, m15: Bars, *, symbol: str, settings: SignalSettings
         raise ScoringError("bars: m5 and m15 must be Bars")
     if not m5:
         raise ScoringError("bars: no closed M5 bars")
-    off = s.server_utc_offset_h
     layers: dict[str, float | None] = dict.fromkeys(LAYERS)
     with _layer("regime"):
-        if not math.isfinite(off):
-            raise ValueError(f"server_utc_offset_h is not finite: {off}")
-        regime, atr_now = _regime(m5, symbol, s)
+        tz = server_zone(s.server_timezone)
+        regime, atr_now = _regime(m5, symbol, s, tz)
         weights = _weights(s, regime.mode)
     with _layer("structure"):
-        st = structure(m15.high, m15.low, m15.close, s.swing_strength)
+        st = structure(m15.high, m15.low, m15.close, s.swing_strength, times=m15.time)
         if len(m15) >= 2 * s.swing_strength + 1:
             layers["structure"] = structure_value(st)
     with _layer("vwap"):
-        vw = session_vwap(m5.time, m5.high, m5.low, m5.close, m5.volume, off)
-        slope = vwap_slope(vw, m5.time, VWAP_SLOPE_BARS, off)
+        vw = session_vwap(m5.time, m5.high, m5.low, m5.close, m5.volume, tz)
+        slope = vwap_slope(vw, m5.time, VWAP_SLOPE_BARS, tz)
         side_n = side_bars(m5.close, vw)
         layers["vwap"] = vwap_value(side_n, slope, m5.volume)
     with _layer("momentum"):
@@ -397,6 +416,7 @@ def trade_score(signals: MarketSignals, direction: Direction) -> Score:
         elif favourable / moving >= ratio - _EPS:
             confluence = "favourable"
     side = signals.vwap_side_bars
+    event_time = signals.structure.last_event_time
     return Score(
         total=sum(contributions.values()),
         layers=contributions,
@@ -405,4 +425,5 @@ def trade_score(signals: MarketSignals, direction: Direction) -> Score:
         structure_with_trade=signals.structure.last_event_direction
         == ("up" if d is Direction.BUY else "down"),
         threshold_scale=signals.regime.threshold_scale,
+        structure_closed_at=0.0 if event_time is None else event_time + M15_SECONDS,
     )
