@@ -217,6 +217,37 @@ async def test_client_notification_is_logged_counted_and_not_fatal():
     assert metrics.rejected == ["client_notification"]
 
 
+async def test_bin_method_names_are_answered_like_str_ones_over_tcp():
+    """pynvim sends method names as msgpack bin: decoded as UTF-8, the connection lives."""
+    metrics = RecordingMetrics()
+    async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
+        await peer.send([2, b"nvim_subscribe", [b"BufEnter"]])    # bin notification first
+        await peer.send([0, 1, b"echo", [{"x": 1}]])
+        assert await peer.recv() == [1, 1, None, {"x": 1}]
+        await peer.send([0, 2, b"\xff\xfeecho", []])              # bin, not UTF-8
+        _, msgid, error, result = await peer.recv()
+        assert (msgid, error["code"], error["field"], result) == (2, "INVALID_ARGUMENT",
+                                                                  "method", None)
+        assert "not valid UTF-8" in error["message"]
+        assert await peer.call(3, "echo") == [1, 3, None, {}]
+    assert metrics.rejected == ["client_notification", "method_utf8"]
+
+
+@pytest.mark.parametrize(("notification", "reason"), [
+    ([2, b"\xff\xfe", []], "notification_method"),
+    ([2, 42, []], "notification_method"),
+    ([2, "tick", {"not": "an array"}], "notification_params"),
+])
+async def test_unusable_notification_is_logged_counted_and_ignored_never_closing(
+        notification, reason, caplog):
+    metrics = RecordingMetrics()
+    async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
+        await peer.send(notification)
+        assert await peer.call(1, "echo", {"alive": True}) == [1, 1, None, {"alive": True}]
+    assert metrics.rejected == [reason]
+    assert any("ignored unusable notification" in r.getMessage() for r in caplog.records)
+
+
 async def test_request_metrics_use_bounded_method_labels():
     metrics = RecordingMetrics()
     async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
@@ -334,7 +365,8 @@ async def test_notifications_reach_the_subscriber_on_its_connection():
     async with serving() as server, Raw.connect(server.port) as peer:
         await peer.send([0, 1, "notify", [{"n": 3}]])
         messages = [await peer.recv() for _ in range(4)]
-    assert [m for m in messages if m[0] == 2] == [[2, "tick", {"i": i}] for i in range(3)]
+    # msgpack-rpc: a notification is [2, method, params] with params an ARRAY ([map])
+    assert [m for m in messages if m[0] == 2] == [[2, "tick", [{"i": i}]] for i in range(3)]
     assert [1, 1, None, {"sent": 3}] in messages
 
 

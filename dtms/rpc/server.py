@@ -59,6 +59,7 @@ from dtms.config import RpcSettings
 from dtms.errors import DtmsError, Internal, Unauthenticated
 from dtms.rpc.protocol import (
     BadMessage,
+    BadNotification,
     DecodeError,
     FrameDecoder,
     Notification,
@@ -166,7 +167,7 @@ class Connection:
         self.notify_nowait(method, params)
 
     def notify_nowait(self, method: str, params: Any) -> None:
-        """Queue ``[2, method, params]`` for this connection without blocking.
+        """Queue ``[2, method, [params]]`` for this connection without blocking.
 
         If the queue is full the subscriber is too slow: the connection is closed (logged and
         counted) rather than blocking the caller or dropping the notification. On an already
@@ -382,6 +383,12 @@ class RpcServer:
             self._metrics.frame_rejected("client_notification")
             log.warning("rpc connection %d (%s): ignored client notification %r (use a request)",
                         conn.id, conn.peer, outcome.method[:60])
+            return True
+        if isinstance(outcome, BadNotification):
+            # nobody waits for an answer, and a peer's odd notification is no reason to close
+            self._metrics.frame_rejected(outcome.reason)
+            log.warning("rpc connection %d (%s): ignored unusable notification (%s): %s",
+                        conn.id, conn.peer, outcome.reason, outcome.detail)
             return True
         assert isinstance(outcome, BadMessage)
         self._metrics.frame_rejected(outcome.reason)
