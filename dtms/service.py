@@ -141,7 +141,7 @@ class Service:
                                       on_event=self._on_restart, on_recovered=self._on_recovered)
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
-                                            settings.metrics.port)
+                                            settings.metrics.port, token=settings.metrics.token)
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "health": self._health, "status": self._status, "register": self._register,
             "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,

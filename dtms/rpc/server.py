@@ -36,7 +36,9 @@ What happens on the unhappy paths:
 
 Auth: with a non-empty ``settings.token`` every method except the public ones needs either a
 prior ``auth {"token"}`` on the connection or a ``"token"`` key in the call's map (removed before
-the handler sees it). A non-loopback bind without a token is refused at construction.
+the handler sees it). A non-loopback bind without a token is refused at construction
+(:func:`dtms.net.refuse_open_bind`); a port that cannot be bound raises
+:class:`~dtms.net.ListenError` naming ``rpc.port``.
 
 Example::
 
@@ -53,7 +55,6 @@ Example::
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 import re
@@ -63,9 +64,11 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.stapled import MultiListener
 
 from dtms.config import RpcSettings
 from dtms.errors import DtmsError, Internal, Unauthenticated
+from dtms.net import is_loopback, listen_tcp, refuse_open_bind
 from dtms.rpc.protocol import (
     BadMessage,
     BadNotification,
@@ -116,15 +119,6 @@ class NullMetrics:
 def method_label(method: str) -> str:
     """The metrics label for a method name: itself if it looks like one, else ``unknown``."""
     return method if _METHOD_LABEL.fullmatch(method) else "unknown"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname other than localhost, or "" (all interfaces)
 
 
 def _new_trace_id() -> str:
@@ -261,15 +255,13 @@ class RpcServer:
     def __init__(self, settings: RpcSettings, handler: Handler, *,
                  metrics: RpcMetrics | None = None,
                  is_public_method: Callable[[str], bool] = lambda m: m == "health") -> None:
-        if not settings.token and not is_loopback(settings.host):
-            raise ValueError(
-                f"refusing to serve RPC on non-loopback host {settings.host!r} without an auth "
-                f"token: set rpc.token (DTMS_RPC_TOKEN) or bind to 127.0.0.1")
+        refuse_open_bind("rpc", settings.host, settings.token)
         if settings.max_inflight_per_conn <= 0 or settings.max_frame_bytes <= 0:
             raise ValueError("rpc.max_inflight_per_conn and rpc.max_frame_bytes must be > 0")
         self.settings = settings
         self.port = settings.port
         self._conns: dict[int, Connection] = {}
+        self._listener: MultiListener[SocketStream] | None = None
         self._handler = handler
         self._metrics: RpcMetrics = metrics or NullMetrics()
         self._is_public = is_public_method
@@ -285,11 +277,22 @@ class RpcServer:
         """Open connections (including ones closing)."""
         return len(self._conns)
 
+    async def listen(self) -> int:
+        """Bind the port now, if not yet bound (``run`` binds it otherwise); returns the port.
+
+        Raises :class:`~dtms.net.ListenError` naming ``rpc.port`` when it cannot: a caller that
+        binds before starting the service can report a busy port as a clear start-up error.
+        """
+        if self._listener is None:
+            self._listener = await listen_tcp("rpc", self.settings.host, self.settings.port)
+            self.port = self._listener.extra(SocketAttribute.local_port)
+        return self.port
+
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.settings.host,
-                                                   local_port=self.settings.port)
+        await self.listen()
+        listener, self._listener = self._listener, None  # the next incarnation binds anew
+        assert listener is not None
         try:
-            self.port = listener.extra(SocketAttribute.local_port)
             log.info("rpc server listening on %s port %d (auth %s)", self.settings.host, self.port,
                      "required" if self._token else "off")
             async with anyio.create_task_group() as tg:
