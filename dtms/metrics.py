@@ -34,7 +34,8 @@ REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict
                         "owned_elsewhere", "not_ready", "error")
 RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
              "OWNED_ELSEWHERE", "OVERLOADED", "INTERNAL")
-ACTOR_KINDS = ("trade", "store", "broker", "positions", "registry", "rpc", "metrics", "core")
+ACTOR_KINDS = ("trade", "market", "store", "broker", "positions", "registry", "rpc", "metrics",
+               "core")
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "ticks", "rates", "positions",
                      "positions_of", "position_changes", "deals_for_position", "deals_between",

@@ -50,7 +50,12 @@ def refuse_open_bind(section: str, host: str, token: str) -> None:
 
 
 class ListenError(OSError):
-    """A port could not be bound; the message names it and the settings that change it."""
+    """A port could not be bound; the message names it and the settings that change it.
+    ``section`` is ``"rpc"`` or ``"metrics"``."""
+
+    def __init__(self, message: str, *, section: str) -> None:
+        super().__init__(message)
+        self.section = section
 
 
 async def listen_tcp(section: str, host: str, port: int) -> MultiListener[SocketStream]:
@@ -63,7 +68,8 @@ async def listen_tcp(section: str, host: str, port: int) -> MultiListener[Socket
         raise ListenError(
             f"cannot listen on the {section} port {port} of {host}: {what}; set {section}.port "
             f"({_env(section, 'port')}) to a free port"
-            + ("" if busy else f", or {section}.host ({_env(section, 'host')})")) from exc
+            + ("" if busy else f", or {section}.host ({_env(section, 'host')})"),
+            section=section) from exc
 
 
 __all__ = ["ListenError", "is_loopback", "listen_tcp", "refuse_open_bind"]

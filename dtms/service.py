@@ -60,16 +60,16 @@ from dtms.config import Settings
 from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
 from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
-from dtms.metrics import Metrics, MetricsServer
+from dtms.metrics import ACTOR_KINDS, Metrics, MetricsServer
 from dtms.model import Registration, TradeState, parse_registration
 from dtms.policy.lifecycle import resolve_policy
+from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
-MAX_PAGE = 1000
 
 
 class StartupTimeout(RuntimeError):
@@ -476,6 +476,8 @@ class Service:
         limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
         since = _since_arg(args)
         kind = _str_arg(args, "kind")
+        if kind is not None and kind not in ACTOR_KINDS:
+            raise InvalidArgument(f"must be one of {', '.join(ACTOR_KINDS)}", field="kind")
         return {"restarts": await self.store.ask(ListRestarts(limit, since, kind))}
 
 

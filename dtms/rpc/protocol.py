@@ -44,6 +44,9 @@ REQUEST: Final = 0
 RESPONSE: Final = 1
 NOTIFICATION: Final = 2
 MAX_MSGID: Final = 2**32 - 1
+#: The most rows one listing method (``trades``, ``actions``, ``transitions``, ``restarts``)
+#: returns; the ``dtms`` command's ``--limit`` bounds are this too.
+MAX_PAGE: Final = 1000
 
 #: Upper bound on declared array/map lengths: msgpack pre-allocates containers from the declared
 #: length, so without it 5 bytes could ask for a 4-billion-slot list.
@@ -341,7 +344,7 @@ def parse_reply(msg: Any) -> Response | Notification | BadNotification:
 
 
 __all__ = [
-    "REQUEST", "RESPONSE", "NOTIFICATION", "MAX_MSGID", "MAX_CONTAINER_LEN",
+    "REQUEST", "RESPONSE", "NOTIFICATION", "MAX_MSGID", "MAX_CONTAINER_LEN", "MAX_PAGE",
     "DecodeError", "FrameTooLarge", "ExtTypeRejected", "FrameDecoder", "make_unpacker",
     "pack", "encode_request", "encode_response", "encode_error", "encode_notification",
     "Request", "Response", "Notification", "BadMessage", "BadNotification",
