@@ -214,3 +214,29 @@ def test_requests_survive_arbitrary_chunking(requests, chunk):
     out = [parse_request(m) for i in range(0, len(data), chunk)
            for m in decoder.feed(data[i:i + chunk])]
     assert out == [Request(msgid, "m", args) for msgid, args in requests]
+
+
+_wire_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(method=_wire_values, params=_wire_values)
+@settings(max_examples=300, deadline=None)
+def test_no_notification_is_ever_a_reason_to_close(method, params):
+    """Whatever a peer sends as [2, method, params], it is used or ignored -- never fatal."""
+    outcome = parse_request([2, method, params])
+    assert isinstance(outcome, Notification | BadNotification)
+    if isinstance(outcome, Notification):
+        assert isinstance(outcome.method, str) and outcome.method
+        assert isinstance(outcome.params, list)
+
+
+@given(msgid=st.integers(0, MAX_MSGID), method=_wire_values, params=_wire_values)
+@settings(max_examples=300, deadline=None)
+def test_a_request_with_a_valid_msgid_is_always_answered(msgid, method, params):
+    outcome = parse_request([0, msgid, method, params])
+    assert isinstance(outcome, Request) or (isinstance(outcome, BadMessage)
+                                            and outcome.msgid == msgid)
