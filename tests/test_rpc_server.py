@@ -585,3 +585,11 @@ def test_wrong_token_is_logged_without_the_token(caplog):
     anyio.run(main)
     assert any("wrong token" in r.getMessage() for r in caplog.records)
     assert not any("leaked-guess" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_frame_timeout_must_be_positive(value):
+    from dtms.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=f"rpc.frame_timeout_s: must be > 0, got {value}"):
+        Settings().replace(rpc={"frame_timeout_s": value})
