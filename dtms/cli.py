@@ -5,11 +5,14 @@ positions in the simulated terminal and registers them through the protocol). Th
 commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transitions``,
 ``restarts``) read the same settings as the server, so they find it on the same port.
 
-Exit codes (also in ``--help``): 0 ok; 2 usage (bad arguments or configuration); 3 not ready
-(the service answered NOT_READY, cannot be reached, or -- for ``serve`` -- failed to start or
-to become ready within ``service.startup_timeout_s``); 4 not found (unknown ticket); 1 anything
-else, including ``serve`` stopping because the root supervisor exceeded its restart intensity.
-Errors from the service are printed to stderr as their error map.
+Exit codes (also in ``--help``): 0 ok; 2 usage (bad arguments or configuration; the message
+names the argument and its allowed values or bounds, which are the server's); 3 not ready
+(the service answered NOT_READY, cannot be reached, or -- for ``serve`` -- failed to start, e.g.
+a port in use, named with the setting that changes it, or to become ready within
+``service.startup_timeout_s``); 4 not found (unknown ticket); 1 anything else, including
+``serve`` stopping because the root supervisor exceeded its restart intensity. Errors from the
+service are printed to stderr as their error map. ``--help`` shows the values of the loaded
+settings (config file and ``DTMS_*`` variables), not built-in defaults.
 """
 
 from __future__ import annotations
@@ -21,21 +24,62 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
 from dtms import __version__, config
 from dtms.errors import DtmsError
+from dtms.metrics import ACTOR_KINDS
+from dtms.model import TradeState
+from dtms.net import ListenError
+from dtms.rpc.protocol import MAX_PAGE
 
 log = logging.getLogger("dtms.cli")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_READY, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 DEMO_SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "BTCUSD")
 DEMO_MAGIC = 1001
+#: What the server accepts for ``trades`` ``state`` and ``restarts`` ``kind``.
+TRADE_STATES = tuple(TradeState.__members__)
+RESTART_KINDS = ACTOR_KINDS
 
 
-def _parser() -> argparse.ArgumentParser:
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int in ``low..high``; otherwise a usage error naming the bound."""
+    bound = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+_TICKET = _integer(1)
+_PORT = _integer(0, 65535)
+_PAGE = _integer(1, MAX_PAGE)
+
+
+def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
+    """The ``dtms`` parser; help texts show the values of ``settings`` (config file and env)."""
+    rpc, metrics = settings.rpc, settings.metrics
     p = argparse.ArgumentParser(
         prog="dtms", description="Defensive Trade Management System",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -43,16 +87,20 @@ def _parser() -> argparse.ArgumentParser:
                "4 not found, 1 anything else")
     p.add_argument("--version", action="version", version=f"dtms {__version__}")
     p.add_argument("--config", help="TOML config file (default: $DTMS_CONFIG or config/dtms.toml)")
-    p.add_argument("--host", help="rpc host (default from config: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="rpc port (default from config: 8001)")
+    p.add_argument("--host", help=f"rpc host (rpc.host, now {rpc.host})")
+    p.add_argument("--port", type=_PORT, help=f"rpc port (rpc.port, now {rpc.port})")
     p.add_argument("--token", help="auth token, if the service requires one")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the DTMS service")
-    s.add_argument("--metrics-port", type=int, help="metrics/health HTTP port (default 9108)")
-    s.add_argument("--db", help="SQLite file (default data/dtms.sqlite3)")
-    s.add_argument("--backend", help="sim (default), mt5, or module:NAME")
-    s.add_argument("--demo", type=int, default=0, metavar="N",
+    s = sub.add_parser("serve", help="run the DTMS service",
+                       description=f"Run DTMS: msgpack-rpc on {rpc.host}:{rpc.port}, metrics and "
+                                   f"health on http://{metrics.host}:{metrics.port}.")
+    s.add_argument("--metrics-port", type=_PORT,
+                   help=f"metrics/health HTTP port (metrics.port, now {metrics.port})")
+    s.add_argument("--db", help=f"SQLite file (store.path, now {settings.store.path})")
+    s.add_argument("--backend", help=f"sim, sim-remote, mt5, or module:NAME (broker.backend, now "
+                                     f"{settings.broker.backend})")
+    s.add_argument("--demo", type=_integer(0), default=0, metavar="N",
                    help="open N positions in the simulated terminal and register them")
     s.add_argument("--log-format", choices=("json", "text"))
 
@@ -62,12 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("health", help="readiness of the service (exit 0 when ready)")
     sub.add_parser("status", help="service status, trades by state, broker")
     ac = sub.add_parser("actions", help="the action journal, newest first")
-    ac.add_argument("--ticket", type=int)
-    ac.add_argument("--limit", type=int, default=50)
-    ac.add_argument("--since", type=float, help="unix timestamp (journal time)")
+    ac.add_argument("--ticket", type=_TICKET)
+    ac.add_argument("--limit", type=_PAGE, default=50, help=f"1..{MAX_PAGE} (default 50)")
+    ac.add_argument("--since", type=_non_negative, help="unix timestamp (journal time)")
 
     r = sub.add_parser("register", help="register an open position")
-    r.add_argument("ticket", type=int)
+    r.add_argument("ticket", type=_TICKET)
     r.add_argument("--symbol")
     r.add_argument("--direction", choices=("BUY", "SELL", "buy", "sell"))
     r.add_argument("--entry-price", type=float)
@@ -80,29 +128,31 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--comment")
 
     t = sub.add_parser("trade", help="one trade by ticket")
-    t.add_argument("ticket", type=int)
+    t.add_argument("ticket", type=_TICKET)
     ts = sub.add_parser("trades", help="list trades")
-    ts.add_argument("--state")
+    ts.add_argument("--state", type=str.upper, choices=TRADE_STATES, metavar="STATE",
+                    help=f"one of {', '.join(TRADE_STATES)} (any case)")
     ts.add_argument("--symbol")
     ts.add_argument("--open", action="store_true", help="only trades not closed")
-    ts.add_argument("--limit", type=int, default=100)
-    ts.add_argument("--offset", type=int, default=0)
+    ts.add_argument("--limit", type=_PAGE, default=100, help=f"1..{MAX_PAGE} (default 100)")
+    ts.add_argument("--offset", type=_integer(0), default=0)
     ts.add_argument("--json", action="store_true", help="print JSON instead of a table")
     tr = sub.add_parser("transitions", help="state transitions of a trade")
-    tr.add_argument("ticket", type=int)
+    tr.add_argument("ticket", type=_TICKET)
     rs = sub.add_parser("restarts", help="restart history of the supervision tree")
-    rs.add_argument("--limit", type=int, default=50)
-    rs.add_argument("--kind", help="trade, store, broker, positions, registry, rpc, metrics, core")
-    rs.add_argument("--since", type=float, help="unix timestamp")
+    rs.add_argument("--limit", type=_PAGE, default=50, help=f"1..{MAX_PAGE} (default 50)")
+    rs.add_argument("--kind", type=str.lower, choices=RESTART_KINDS, metavar="KIND",
+                    help=f"one of {', '.join(RESTART_KINDS)}")
+    rs.add_argument("--since", type=_non_negative, help="unix timestamp")
     w = sub.add_parser("watch", help="live view of trades, state changes, actions and restarts")
-    w.add_argument("--limit", type=int, default=40, help="trades shown at most")
+    w.add_argument("--limit", type=_integer(1), default=40, help="trades shown at most")
     for name, text in (("pause", "stop acting on a trade, or --all (still followed and scored)"),
                        ("resume", "resume a paused trade (or --all), or a SUSPENDED one")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("ticket", type=int, nargs="?")
+        cmd.add_argument("ticket", type=_TICKET, nargs="?")
         cmd.add_argument("--all", action="store_true", help="every managed trade")
     sub.add_parser("unregister", help="stop managing a trade (the position stays open)"
-                   ).add_argument("ticket", type=int)
+                   ).add_argument("ticket", type=_TICKET)
     for name, command in sub.choices.items():
         if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
@@ -110,8 +160,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
-    settings = config.load(args.config)
+def _preload(argv: Sequence[str]) -> config.Settings | config.ConfigError:
+    """The settings named by ``--config`` (or the default file) and env, before the full parse,
+    so that ``--help`` shows them; a bad configuration is reported after the parse."""
+    pre = argparse.ArgumentParser(prog="dtms", add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        return config.load(known.config)
+    except config.ConfigError as exc:
+        return exc
+
+
+def _settings(settings: config.Settings, args: argparse.Namespace) -> config.Settings:
+    """``settings`` with the command-line flags applied."""
     rpc: dict[str, Any] = {}
     if args.host:
         rpc["host"] = args.host
@@ -133,9 +195,14 @@ def _settings(args: argparse.Namespace) -> config.Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    loaded = _preload(argv)
+    args = build_parser(loaded if isinstance(loaded, config.Settings) else config.Settings()
+                        ).parse_args(argv)
     try:
-        settings = _settings(args)
+        if isinstance(loaded, config.ConfigError):
+            raise loaded
+        settings = _settings(loaded, args)
     except config.ConfigError as exc:
         print(f"dtms: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -175,6 +242,11 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
         return EXIT_NOT_READY
 
     async def run() -> None:
+        # Bind both ports before the tree starts: a busy port is a start-up error that names
+        # its setting (ListenError), not a child crash with a traceback.
+        await service.rpc.listen()
+        if settings.metrics.enabled:
+            await service.metrics_server.listen()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             await tg.start(service.run)
@@ -188,6 +260,11 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
 
     try:
         anyio.run(run)
+    except ListenError as exc:
+        flag = {"rpc": "--port", "metrics": "serve --metrics-port"}.get(exc.section)
+        print(f"dtms: cannot start: {exc}" + (f" (or pass {flag})" if flag else ""),
+              file=sys.stderr)
+        return EXIT_NOT_READY
     except (StartupTimeout, StartupFailed, SupervisorEscalation, BaseExceptionGroup) as exc:
         fatal = _find(exc, (StartupTimeout, StartupFailed, SupervisorEscalation))
         if fatal is None:

@@ -53,13 +53,15 @@ from anyio.abc import SocketStream, TaskGroup
 from anyio.from_thread import start_blocking_portal
 
 from dtms.config import Settings
-from dtms.errors import DtmsError, Unauthenticated
+from dtms.errors import DtmsError, InvalidArgument, Unauthenticated
 from dtms.model import normalize_symbol
 from dtms.rpc.protocol import (
     MAX_MSGID,
+    BadNotification,
     DecodeError,
     FrameDecoder,
     Response,
+    args_from_params,
     encode_request,
     parse_reply,
 )
@@ -257,12 +259,25 @@ class _Link:
             pending.error, pending.result = reply.error, reply.result
             pending.event.set()
             return
+        if isinstance(reply, BadNotification):
+            log.warning("dtms client: %s: ignored unusable notification (%s): %s", self.name,
+                        reply.reason, reply.detail)
+            return
+        if isinstance(reply.params, dict):
+            params = reply.params  # a DTMS before issue 13 sent the map bare
+        else:
+            try:
+                params = args_from_params(reply.params)  # the spec: [map]
+            except InvalidArgument as err:
+                log.warning("dtms client: %s: ignored unusable notification %r: %s", self.name,
+                            reply.method[:60], err.message)
+                return
         if not self.subscriptions:
             log.debug("dtms client: %s: notification %r without subscriber", self.name,
                       reply.method)
         for sub in list(self.subscriptions):
             try:
-                sub.send.send_nowait((reply.method, reply.params))
+                sub.send.send_nowait((reply.method, params))
             except anyio.WouldBlock:
                 log.warning("dtms client: %s: subscriber fell %d notifications behind; ending "
                             "its subscription", self.name, SUBSCRIPTION_QUEUE)

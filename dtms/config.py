@@ -55,6 +55,7 @@ class RpcSettings:
     max_connections: int = 1024
     max_inflight_per_conn: int = 128
     idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 10.0     # a message must arrive whole this soon after its first byte
     request_timeout_s: float = 30.0
     notify_queue: int = 1024
 
@@ -64,6 +65,7 @@ class MetricsSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    token: str = ""                   # Bearer token; required for a non-loopback host
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +334,7 @@ def _validate(s: Settings) -> None:
     for name, value in (("rpc.max_frame_bytes", s.rpc.max_frame_bytes),
                         ("rpc.max_connections", s.rpc.max_connections),
                         ("rpc.max_inflight_per_conn", s.rpc.max_inflight_per_conn),
+                        ("rpc.frame_timeout_s", s.rpc.frame_timeout_s),
                         ("service.startup_timeout_s", s.service.startup_timeout_s),
                         ("broker.poll_interval_s", s.broker.poll_interval_s)):
         if value <= 0:

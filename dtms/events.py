@@ -3,10 +3,12 @@
 The store publishes every trade change right after it is committed, so a subscriber never hears
 of a change that is not durable:
 
-* ``[2, "trade.state", {ticket, from_state, to_state, reason, at, trade}]`` for a transition
+* ``[2, "trade.state", [{ticket, from_state, to_state, reason, at, trade}]]`` for a transition
   (registration, close, suspension, resumption, release...);
-* ``[2, "trade.updated", {ticket, trade}]`` for any other stored change (SL/TP or volume changed
-  at the broker, paused/resumed).
+* ``[2, "trade.updated", [{ticket, trade}]]`` for any other stored change (SL/TP or volume
+  changed at the broker, paused/resumed).
+
+(params are an array of one map, as msgpack-rpc says; ``publish`` takes the map.)
 
 ``publish`` never blocks and never awaits: each connection has a bounded notification queue and a
 subscriber too slow to drain it is disconnected by the rpc server (logged and counted), never

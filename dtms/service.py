@@ -60,16 +60,16 @@ from dtms.config import Settings
 from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
 from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
-from dtms.metrics import Metrics, MetricsServer
+from dtms.metrics import ACTOR_KINDS, Metrics, MetricsServer
 from dtms.model import Registration, TradeState, parse_registration
 from dtms.policy.overrides import resolve_policy
+from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
-MAX_PAGE = 1000
 
 
 class StartupTimeout(RuntimeError):
@@ -141,7 +141,7 @@ class Service:
                                       on_event=self._on_restart, on_recovered=self._on_recovered)
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
-                                            settings.metrics.port)
+                                            settings.metrics.port, token=settings.metrics.token)
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "health": self._health, "status": self._status, "register": self._register,
             "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,
@@ -476,6 +476,8 @@ class Service:
         limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
         since = _since_arg(args)
         kind = _str_arg(args, "kind")
+        if kind is not None and kind not in ACTOR_KINDS:
+            raise InvalidArgument(f"must be one of {', '.join(ACTOR_KINDS)}", field="kind")
         return {"restarts": await self.store.ask(ListRestarts(limit, since, kind))}
 
 

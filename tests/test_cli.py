@@ -233,3 +233,94 @@ def test_dtms_killed_while_the_terminal_process_lives_on_resumes_its_trades(env,
                 p.wait(timeout=30)
         terminal.send_signal(signal.SIGTERM)
         terminal.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- usage errors exit 2
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (["trade", "--", "-5"], ["argument ticket", "an integer >= 1", "'-5'"]),
+    (["trade", "abc"], ["argument ticket", "an integer >= 1", "'abc'"]),
+    (["transitions", "0"], ["argument ticket", ">= 1"]),
+    (["unregister", "--", "-1"], ["argument ticket", ">= 1"]),
+    (["pause", "--", "-3"], ["argument ticket", ">= 1"]),
+    (["register", "0", "--symbol", "EURUSD"], ["argument ticket", ">= 1"]),
+    (["trades", "--state", "bogus"], ["argument --state", "'BOGUS'", "HEALTHY", "CLOSED"]),
+    (["trades", "--limit", "5000"], ["argument --limit", "1..1000", "'5000'"]),
+    (["trades", "--limit", "0"], ["argument --limit", "1..1000"]),
+    (["trades", "--offset", "-1"], ["argument --offset", ">= 0"]),
+    (["actions", "--limit", "1001"], ["argument --limit", "1..1000"]),
+    (["actions", "--ticket", "0"], ["argument --ticket", ">= 1"]),
+    (["actions", "--since", "-5"], ["argument --since", "a number >= 0"]),
+    (["restarts", "--kind", "bogus"], ["argument --kind", "'bogus'", "trade", "market"]),
+    (["restarts", "--limit", "5000"], ["argument --limit", "1..1000"]),
+    (["--port", "70000", "health"], ["argument --port", "0..65535"]),
+    (["serve", "--metrics-port", "-1"], ["argument --metrics-port", "0..65535"]),
+    (["serve", "--demo", "-2"], ["argument --demo", ">= 0"]),
+    (["watch", "--limit", "0"], ["argument --limit", ">= 1"]),
+])
+def test_bad_arguments_are_usage_errors_exit_2_naming_the_argument_and_its_bounds(
+        argv, names, capsys, monkeypatch, tmp_path):
+    from dtms import cli
+
+    def must_not_run(*args: object, **kwargs: object) -> int:
+        raise AssertionError(f"{argv} reached the command instead of a usage error")
+
+    monkeypatch.chdir(tmp_path)  # no config/dtms.toml here: the defaults
+    monkeypatch.setattr(cli, "serve", must_not_run)
+    monkeypatch.setattr(cli, "client_command", must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for name in names:
+        assert name in err, err
+
+
+def test_cli_bounds_are_the_servers():
+    from dtms import cli, metrics, service
+    from dtms.model import TradeState
+
+    parser = cli.build_parser(cli.config.Settings())
+    args = parser.parse_args(["trades", "--state", "warning_l1", "--limit", "1000"])
+    assert (args.state, args.limit) == ("WARNING_L1", 1000)
+    assert parser.parse_args(["restarts", "--kind", "Market"]).kind == "market"
+    assert cli.MAX_PAGE == service.MAX_PAGE == 1000
+    assert tuple(TradeState.__members__) == cli.TRADE_STATES
+    assert cli.RESTART_KINDS == metrics.ACTOR_KINDS
+
+
+# ---------------------------------------------------------------- start-up errors, help
+
+
+def test_port_in_use_exits_3_naming_the_port_and_its_setting_without_a_traceback(env):
+    for which, var in (("rpc", "DTMS_RPC_PORT"), ("metrics", "DTMS_METRICS_PORT")):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = dtms("serve", env=dict(env, **{var: str(port)}))
+        assert result.returncode == 3, result.stderr
+        assert (f"dtms: cannot start: cannot listen on the {which} port {port} of 127.0.0.1: "
+                f"already in use (another DTMS?); set {which}.port ({var}) to a free port"
+                ) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_metrics_on_a_non_loopback_host_without_a_token_exits_3_naming_both_settings(env):
+    result = dtms("serve", env=dict(env, DTMS_METRICS_HOST="0.0.0.0"))
+    assert result.returncode == 3, result.stderr
+    assert "metrics.host" in result.stderr and "metrics.token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_shows_the_ports_of_the_loaded_settings(env):
+    env = dict(env, DTMS_RPC_PORT="8123", DTMS_METRICS_PORT="9123", DTMS_RPC_HOST="127.0.0.9")
+    top = dtms("--help", env=env)
+    assert top.returncode == 0
+    assert "8123" in top.stdout and "127.0.0.9" in top.stdout
+    assert "8001" not in top.stdout
+    serve = dtms("serve", "--help", env=env)
+    assert serve.returncode == 0
+    assert "9123" in serve.stdout and "8123" in serve.stdout
+    assert "9108" not in serve.stdout and "8001" not in serve.stdout

@@ -504,3 +504,50 @@ def test_sync_client_subscribe_iterates(subscribed_app_publishes_first, threaded
             break
         assert client.call("echo") == {}
     assert app.calls["subscribe"] == 1
+
+
+# ---------------------------------------------------------------- notifications on the wire
+
+
+@asynccontextmanager
+async def raw_server(frames_after_subscribe: list[Any]) -> AsyncIterator[int]:
+    """A bare msgpack-rpc peer: answers ``subscribe`` and then sends ``frames`` exactly."""
+    import msgpack
+
+    async def handle(stream: Any) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        async with stream:
+            while True:
+                try:
+                    unpacker.feed(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                for msg in unpacker:
+                    await stream.send(msgpack.packb([1, msg[1], None, {"subscribed": True}]))
+                    if msg[2] == "subscribe":
+                        await stream.send(b"".join(msgpack.packb(f)
+                                                   for f in frames_after_subscribe))
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port)
+        tg.cancel_scope.cancel()
+
+
+async def test_subscribe_yields_the_map_of_spec_notifications_and_skips_unusable_ones(caplog):
+    frames = [[2, "trade.state", [{"ticket": 1}]],      # the spec: params is [map]
+              [2, "trade.state", 5],                     # unusable: logged, skipped
+              [2, b"trade.updated", [{"ticket": 2}]],    # a bin method name
+              [2, "trade.updated", {"ticket": 3}]]       # DTMS before issue 13: a bare map
+    received = []
+    async with raw_server(frames) as port, Client(port=port) as client:
+        with anyio.fail_after(5):
+            async for item in client.subscribe():
+                received.append(item)
+                if len(received) == 3:
+                    break
+        assert await client.call("echo") == {"subscribed": True}  # the connection lives
+    assert received == [("trade.state", {"ticket": 1}), ("trade.updated", {"ticket": 2}),
+                        ("trade.updated", {"ticket": 3})]
+    assert any("unusable notification" in r.getMessage() for r in caplog.records)

@@ -9,14 +9,52 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dtms.errors import NotFound
+from dtms.metrics import Metrics, MetricsServer
 from tests.conftest import client_for, eventually, running
 
 pytestmark = pytest.mark.anyio
 
 
-async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "dtms.example.com", ""])
+def test_non_loopback_metrics_host_without_a_token_is_refused_naming_both_settings(host):
+    with pytest.raises(ValueError) as exc:
+        MetricsServer(Metrics(), dict, host, 0)
+    message = str(exc.value)
+    assert "metrics.host" in message and "metrics.token" in message
+    assert "DTMS_METRICS_TOKEN" in message
+    MetricsServer(Metrics(), dict, host, 0, token="s3cret")  # with a token it may
+
+
+@pytest.mark.parametrize(("authorization", "status"), [
+    ("", 401),
+    ("Authorization: Bearer wrong\r\n", 401),
+    ("Authorization: Bearer s3cre\r\n", 401),
+    ("Authorization: Basic czNjcmV0\r\n", 401),
+    ("Authorization: s3cret\r\n", 401),
+    ("Authorization: Bearer s3cret\r\n", 200),
+    ("authorization: bearer s3cret\r\n", 200),   # header and scheme names are case-insensitive
+])
+async def test_metrics_with_a_token_needs_the_bearer_header_over_tcp(authorization, status):
+    server = MetricsServer(Metrics(), lambda: {"ready": True}, "127.0.0.1", 0, token="s3cret")
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        got, headers, body = await http_get(server.port, "/metrics", headers=authorization)
+        # /health stays open for probes, as the rpc port's `health` method does
+        health, _, health_body = await http_get(server.port, "/health")
+        tg.cancel_scope.cancel()
+    assert got == status
+    if status == 401:
+        assert headers["WWW-Authenticate"] == 'Bearer realm="dtms metrics"'
+        assert b"dtms_" not in body
+    else:
+        assert b"dtms_rpc_connections" in body
+    assert (health, json.loads(health_body)) == (200, {"ready": True})
+
+
+async def http_get(port: int, path: str, *, headers: str = ""
+                   ) -> tuple[int, dict[str, str], bytes]:
     async with await anyio.connect_tcp("127.0.0.1", port) as s:
-        await s.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
         data = b""
         while True:
             try:

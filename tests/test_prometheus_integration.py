@@ -163,7 +163,7 @@ async def check_series(prom: Prometheus, target: str, *, n_created: int) -> None
         # known label values are there from the start, at 0
         'count(dtms_actions_total{job="dtms"})': 6 * 5,
         'count(dtms_action_duration_seconds_count{job="dtms"})': 6,
-        'count(dtms_actor_giveups_total{job="dtms"})': 8,
+        'count(dtms_actor_giveups_total{job="dtms"})': 9,  # ACTOR_KINDS
         'sum(dtms_actor_giveups_total{job="dtms"})': 0,
         'count(dtms_mailbox_depth{job="dtms"})': 5,  # store, broker, market, positions, registry
         'count(dtms_trades{job="dtms"})': 8,

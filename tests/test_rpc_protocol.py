@@ -11,6 +11,7 @@ from dtms.errors import InvalidArgument
 from dtms.rpc.protocol import (
     MAX_MSGID,
     BadMessage,
+    BadNotification,
     DecodeError,
     ExtTypeRejected,
     FrameDecoder,
@@ -60,7 +61,7 @@ def test_bad_message_with_readable_msgid_is_answered_naming_the_field(msg, msgid
 
 @pytest.mark.parametrize("msg", [
     "hello", 42, None, {"a": 1}, [], [0], [0, "1", "echo", []], [0, None, "echo", []],
-    [0, True, "echo", []], [0, 1.0, "echo", []], [2, 5, []],
+    [0, True, "echo", []], [0, 1.0, "echo", []],
 ])
 def test_bad_message_without_usable_msgid_cannot_be_answered(msg):
     outcome = parse_request(msg)
@@ -70,6 +71,37 @@ def test_bad_message_without_usable_msgid_cannot_be_answered(msg):
 
 def test_client_notification_is_recognised():
     assert parse_request([2, "ping", []]) == Notification("ping", [])
+
+
+def test_bin_method_names_are_decoded_as_utf8_in_requests_and_notifications():
+    # pynvim, a real msgpack-rpc peer, sends its first notification's name as bin
+    assert parse_request([0, 7, b"trade", [{"ticket": 1}]]) == Request(7, "trade", {"ticket": 1})
+    assert parse_request([0, 7, "h\u00e9".encode(), []]) == Request(7, "h\u00e9", {})
+    assert parse_request([2, b"nvim_subscribe", [b"x"]]) == Notification("nvim_subscribe",
+                                                                          [b"x"])
+
+
+def test_request_with_a_bin_method_that_is_not_utf8_is_answered_naming_the_method():
+    outcome = parse_request([0, 7, b"\xff\xfeecho", []])
+    assert isinstance(outcome, BadMessage)
+    assert (outcome.msgid, outcome.reason) == (7, "method_utf8")
+    wire = outcome.error.to_wire()
+    assert (wire["code"], wire["field"]) == ("INVALID_ARGUMENT", "method")
+    assert "not valid UTF-8" in wire["message"]
+
+
+@pytest.mark.parametrize(("msg", "reason"), [
+    ([2, 5, []], "notification_method"),
+    ([2, None, []], "notification_method"),
+    ([2, "", []], "notification_method"),
+    ([2, b"\xff", []], "notification_method"),
+    ([2, "tick", {"i": 1}], "notification_params"),
+    ([2, "tick", None], "notification_params"),
+])
+def test_unusable_notification_is_to_be_ignored_not_a_reason_to_close(msg, reason):
+    outcome = parse_request(msg)
+    assert isinstance(outcome, BadNotification)
+    assert outcome.reason == reason
 
 
 def test_args_from_params_rejects_non_arrays():
@@ -83,7 +115,8 @@ def test_encoders_follow_the_public_spec():
                                                                           [{"ticket": 9}]]
     assert msgpack.unpackb(encode_request(3, "health")) == [0, 3, "health", []]
     assert msgpack.unpackb(encode_response(3, None, {"ok": True})) == [1, 3, None, {"ok": True}]
-    assert msgpack.unpackb(encode_notification("tick", {"i": 1})) == [2, "tick", {"i": 1}]
+    # msgpack-rpc: params of a notification are an array, as a request's are
+    assert msgpack.unpackb(encode_notification("tick", {"i": 1})) == [2, "tick", [{"i": 1}]]
     wire = msgpack.unpackb(encode_error(4, InvalidArgument("must be > 0", field="volume")))
     assert wire == [1, 4, {"code": "INVALID_ARGUMENT", "status": 400,
                            "message": "volume: must be > 0", "field": "volume"}, None]
@@ -91,7 +124,11 @@ def test_encoders_follow_the_public_spec():
 
 def test_parse_reply_accepts_responses_and_notifications_only():
     assert parse_reply([1, 3, None, 5]) == Response(3, None, 5)
-    assert parse_reply([2, "tick", {"i": 1}]) == Notification("tick", {"i": 1})
+    assert parse_reply([2, "tick", [{"i": 1}]]) == Notification("tick", [{"i": 1}])
+    assert parse_reply([2, b"tick", [{"i": 1}]]) == Notification("tick", [{"i": 1}])
+    assert parse_reply([2, "tick", {"i": 1}]) == Notification("tick", {"i": 1})  # DTMS < 13
+    assert isinstance(parse_reply([2, b"\xff", []]), BadNotification)
+    assert isinstance(parse_reply([2, "tick", 5]), BadNotification)
     for bad in ([1, 3, "error", None], [0, 1, "x", []], "x", [1, -1, None, None]):
         with pytest.raises(DecodeError):
             parse_reply(bad)
@@ -177,3 +214,29 @@ def test_requests_survive_arbitrary_chunking(requests, chunk):
     out = [parse_request(m) for i in range(0, len(data), chunk)
            for m in decoder.feed(data[i:i + chunk])]
     assert out == [Request(msgid, "m", args) for msgid, args in requests]
+
+
+_wire_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(method=_wire_values, params=_wire_values)
+@settings(max_examples=300, deadline=None)
+def test_no_notification_is_ever_a_reason_to_close(method, params):
+    """Whatever a peer sends as [2, method, params], it is used or ignored -- never fatal."""
+    outcome = parse_request([2, method, params])
+    assert isinstance(outcome, Notification | BadNotification)
+    if isinstance(outcome, Notification):
+        assert isinstance(outcome.method, str) and outcome.method
+        assert isinstance(outcome.params, list)
+
+
+@given(msgid=st.integers(0, MAX_MSGID), method=_wire_values, params=_wire_values)
+@settings(max_examples=300, deadline=None)
+def test_a_request_with_a_valid_msgid_is_always_answered(msgid, method, params):
+    outcome = parse_request([0, msgid, method, params])
+    assert isinstance(outcome, Request) or (isinstance(outcome, BadMessage)
+                                            and outcome.msgid == msgid)

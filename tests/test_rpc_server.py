@@ -217,6 +217,37 @@ async def test_client_notification_is_logged_counted_and_not_fatal():
     assert metrics.rejected == ["client_notification"]
 
 
+async def test_bin_method_names_are_answered_like_str_ones_over_tcp():
+    """pynvim sends method names as msgpack bin: decoded as UTF-8, the connection lives."""
+    metrics = RecordingMetrics()
+    async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
+        await peer.send([2, b"nvim_subscribe", [b"BufEnter"]])    # bin notification first
+        await peer.send([0, 1, b"echo", [{"x": 1}]])
+        assert await peer.recv() == [1, 1, None, {"x": 1}]
+        await peer.send([0, 2, b"\xff\xfeecho", []])              # bin, not UTF-8
+        _, msgid, error, result = await peer.recv()
+        assert (msgid, error["code"], error["field"], result) == (2, "INVALID_ARGUMENT",
+                                                                  "method", None)
+        assert "not valid UTF-8" in error["message"]
+        assert await peer.call(3, "echo") == [1, 3, None, {}]
+    assert metrics.rejected == ["client_notification", "method_utf8"]
+
+
+@pytest.mark.parametrize(("notification", "reason"), [
+    ([2, b"\xff\xfe", []], "notification_method"),
+    ([2, 42, []], "notification_method"),
+    ([2, "tick", {"not": "an array"}], "notification_params"),
+])
+async def test_unusable_notification_is_logged_counted_and_ignored_never_closing(
+        notification, reason, caplog):
+    metrics = RecordingMetrics()
+    async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
+        await peer.send(notification)
+        assert await peer.call(1, "echo", {"alive": True}) == [1, 1, None, {"alive": True}]
+    assert metrics.rejected == [reason]
+    assert any("ignored unusable notification" in r.getMessage() for r in caplog.records)
+
+
 async def test_request_metrics_use_bounded_method_labels():
     metrics = RecordingMetrics()
     async with serving(metrics=metrics) as server, Raw.connect(server.port) as peer:
@@ -301,15 +332,89 @@ async def test_idle_connection_is_closed_but_not_while_a_request_runs():
             assert await busy.call(1, "sleep", {"s": 0.6, "tag": "done"}) == [1, 1, None, "done"]
 
 
-async def test_max_connections_refuses_extra_connections_and_recovers():
+async def trickle(peer: Raw, data: bytes, every_s: float = 0.05) -> None:
+    """Send ``data`` one byte at a time (slowloris) until it is sent or the server hangs up."""
+    try:
+        for i in range(len(data)):
+            await peer.stream.send(data[i:i + 1])
+            await anyio.sleep(every_s)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        return
+
+
+def unfinished_frame() -> bytes:
+    """The first bytes of a request whose last byte is never sent."""
+    return msgpack.packb([0, 1, "echo", [{"blob": "x" * 2000}]])[:-1]
+
+
+async def test_trickling_client_is_closed_after_the_frame_timeout_though_it_keeps_sending(caplog):
+    metrics = RecordingMetrics()
+    async with serving(rpc(frame_timeout_s=0.3, max_connections=4), metrics=metrics) as server, \
+            Raw.connect(server.port) as slow, anyio.create_task_group() as tg:
+        tg.start_soon(trickle, slow, unfinished_frame())  # ~100 s of bytes at one per 0.05 s
+        assert await slow.closed_by_peer(timeout=5)
+        tg.cancel_scope.cancel()
+    assert metrics.rejected == ["frame_timeout"]
+    assert any("frame did not complete within rpc.frame_timeout_s=0.3" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_idle_timer_counts_from_the_last_complete_message_not_the_last_byte():
+    metrics = RecordingMetrics()
+    async with serving(rpc(idle_timeout_s=0.4, frame_timeout_s=60), metrics=metrics) as server, \
+            Raw.connect(server.port) as peer, anyio.create_task_group() as tg:
+        assert await peer.call(1, "echo") == [1, 1, None, {}]
+        tg.start_soon(trickle, peer, unfinished_frame())
+        assert await peer.closed_by_peer(timeout=5)
+        tg.cancel_scope.cancel()
+    assert metrics.rejected == ["idle_timeout"]
+
+
+async def test_a_frame_arriving_in_pieces_within_the_frame_timeout_is_answered():
+    async with serving(rpc(frame_timeout_s=5)) as server, Raw.connect(server.port) as peer:
+        data = msgpack.packb([0, 1, "echo", [{"n": 1}]]) + msgpack.packb([0, 2, "echo", []])
+        for i in range(0, len(data), 3):
+            await peer.stream.send(data[i:i + 3])
+            await anyio.sleep(0.01)
+        assert [await peer.recv(), await peer.recv()] == [[1, 1, None, {"n": 1}],
+                                                          [1, 2, None, {}]]
+
+
+async def test_new_client_gets_health_when_every_slot_is_held_by_idle_or_slow_clients():
+    """At max_connections the connection idle longest (never sent a complete message first) is
+    closed for the newcomer; one with a request in flight never is."""
+    metrics = RecordingMetrics()
+    async with serving(rpc(max_connections=4), metrics=metrics) as server, \
+            Raw.connect(server.port) as used, Raw.connect(server.port) as idle, \
+            Raw.connect(server.port) as slow1, Raw.connect(server.port) as slow2, \
+            anyio.create_task_group() as tg:
+        assert await used.call(1, "echo") == [1, 1, None, {}]  # completed a message: kept longest
+        tg.start_soon(trickle, slow1, unfinished_frame())
+        tg.start_soon(trickle, slow2, unfinished_frame())
+        await anyio.sleep(0.1)
+        assert server.connections == 4
+        async with Raw.connect(server.port) as newcomer:
+            assert await newcomer.call(1, "health") == [1, 1, None, {}]
+            assert await idle.closed_by_peer()       # the oldest that never sent a message
+        async with Raw.connect(server.port) as second:
+            assert await second.call(1, "health") == [1, 1, None, {}]
+            assert await slow1.closed_by_peer()
+        assert await used.call(2, "echo", {"still": True}) == [1, 2, None, {"still": True}]
+        tg.cancel_scope.cancel()
+    assert metrics.rejected == ["evicted_idle", "evicted_idle"]
+
+
+async def test_max_connections_all_busy_refuses_a_newcomer_evicts_none_and_recovers():
     metrics = RecordingMetrics()
     async with serving(rpc(max_connections=2), metrics=metrics) as server:
         async with Raw.connect(server.port) as a, Raw.connect(server.port) as b:
-            await a.call(1, "echo")
-            await b.call(1, "echo")
+            await a.send([0, 1, "sleep", [{"s": 0.5, "tag": "a"}]])
+            await b.send([0, 1, "sleep", [{"s": 0.5, "tag": "b"}]])
+            await anyio.sleep(0.1)
             assert server.connections == 2
             async with Raw.connect(server.port) as c:
                 assert await c.closed_by_peer()
+            assert (await a.recv(), await b.recv()) == ([1, 1, None, "a"], [1, 1, None, "b"])
         with anyio.fail_after(5):
             while server.connections:
                 await anyio.sleep(0.01)
@@ -334,7 +439,8 @@ async def test_notifications_reach_the_subscriber_on_its_connection():
     async with serving() as server, Raw.connect(server.port) as peer:
         await peer.send([0, 1, "notify", [{"n": 3}]])
         messages = [await peer.recv() for _ in range(4)]
-    assert [m for m in messages if m[0] == 2] == [[2, "tick", {"i": i}] for i in range(3)]
+    # msgpack-rpc: a notification is [2, method, params] with params an ARRAY ([map])
+    assert [m for m in messages if m[0] == 2] == [[2, "tick", [{"i": i}]] for i in range(3)]
     assert [1, 1, None, {"sent": 3}] in messages
 
 
@@ -479,3 +585,11 @@ def test_wrong_token_is_logged_without_the_token(caplog):
     anyio.run(main)
     assert any("wrong token" in r.getMessage() for r in caplog.records)
     assert not any("leaked-guess" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_frame_timeout_must_be_positive(value):
+    from dtms.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=f"rpc.frame_timeout_s: must be > 0, got {value}"):
+        Settings().replace(rpc={"frame_timeout_s": value})

@@ -6,9 +6,15 @@ The wire format is the public msgpack-rpc spec, a plain msgpack stream on one TC
     response      [1, msgid, error, result]
     notification  [2, method, params]
 
-``msgid`` is an int in ``0..2**32-1``. ``params`` is an array; DTMS methods take one map of named
-arguments (``[{...}]``), and ``[]`` means ``{}``. ``error`` is ``nil`` or the map of
-:meth:`dtms.errors.DtmsError.to_wire`.
+``msgid`` is an int in ``0..2**32-1``. ``params`` is an array, in requests and notifications
+alike; DTMS methods take one map of named arguments (``[{...}]``), ``[]`` means ``{}``, and DTMS
+sends its notifications as ``[2, "trade.state", [{...}]]``. ``error`` is ``nil`` or the map of
+:meth:`dtms.errors.DtmsError.to_wire`. A ``method`` may arrive as msgpack str or as bin holding
+UTF-8 (pynvim sends bin): both are the same name.
+
+What cannot be used: a request gets an error answer when its msgid is readable
+(:class:`BadMessage`), else its connection is closed; a notification is never answered, so an
+unusable one (:class:`BadNotification`) is logged, counted and ignored -- never a reason to close.
 
 This module owns everything that is pure data: no sockets, no event loop. :class:`FrameDecoder`
 wraps one ``msgpack.Unpacker`` with every limit (buffer, string/bin/array/map lengths, strict
@@ -21,7 +27,7 @@ Example::
 
     decoder = FrameDecoder(max_frame_bytes=1 << 20)
     for msg in decoder.feed(data):            # raises DecodeError subclasses on bad input
-        outcome = parse_request(msg)          # Request | ClientNotification | BadMessage
+        outcome = parse_request(msg)          # Request | Notification | BadMessage | BadNotification
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ REQUEST: Final = 0
 RESPONSE: Final = 1
 NOTIFICATION: Final = 2
 MAX_MSGID: Final = 2**32 - 1
+#: The most rows one listing method (``trades``, ``actions``, ``transitions``, ``restarts``)
+#: returns; the ``dtms`` command's ``--limit`` bounds are this too.
+MAX_PAGE: Final = 1000
 
 #: Upper bound on declared array/map lengths: msgpack pre-allocates containers from the declared
 #: length, so without it 5 bytes could ask for a 4-billion-slot list.
@@ -186,7 +195,8 @@ def encode_error(msgid: int, error: DtmsError) -> bytes:
 
 
 def encode_notification(method: str, params: Any) -> bytes:
-    return pack([NOTIFICATION, method, params])
+    """``[2, method, [params]]``: msgpack-rpc's params are an array, so the map is its one item."""
+    return pack([NOTIFICATION, method, [params]])
 
 
 # --------------------------------------------------------------------------- validation
@@ -225,6 +235,15 @@ class BadMessage:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class BadNotification:
+    """A notification that cannot be used. Nobody waits for an answer: log it, count ``reason``
+    (a bounded metrics label) and go on reading; ``detail`` says what was wrong."""
+
+    detail: str
+    reason: str
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -248,20 +267,44 @@ def args_from_params(params: Any) -> dict[str, Any]:
     return args
 
 
-def parse_request(msg: Any) -> Request | Notification | BadMessage:
+def _method_name(value: Any) -> str | InvalidArgument:
+    """The method name as a str, bin decoded as UTF-8; or the error naming ``method``."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return InvalidArgument(f"bin method name is not valid UTF-8 ({exc.reason} at byte "
+                                   f"{exc.start}): {value[:40]!r}", field="method")
+    if not isinstance(value, str) or not value:
+        return InvalidArgument(f"must be a non-empty string (str or UTF-8 bin), got "
+                               f"{value!r:.40}", field="method")
+    return value
+
+
+def _parse_notification(msg: list[Any], *, legacy_map: bool = False
+                        ) -> Notification | BadNotification:
+    method = _method_name(msg[1])
+    if isinstance(method, InvalidArgument):
+        return BadNotification(method.message, "notification_method")
+    params = msg[2]
+    if isinstance(params, list) or (legacy_map and isinstance(params, dict)):
+        return Notification(method, params)
+    return BadNotification(f"params: must be an array, got {type(params).__name__}",
+                           "notification_params")
+
+
+def parse_request(msg: Any) -> Request | Notification | BadMessage | BadNotification:
     """Validate one message received by the server.
 
     Returns a :class:`Request` to dispatch, a :class:`Notification` (a client may send them; DTMS
-    has no notification methods, the server logs it) or a :class:`BadMessage`.
+    has no notification methods, the server logs it), a :class:`BadNotification` (ignored) or a
+    :class:`BadMessage`.
     """
     if not isinstance(msg, list):
         return BadMessage(None, InvalidArgument(f"message must be an array, got {type(msg).__name__}",
                                                 field="message"), "not_array")
     if len(msg) == 3 and msg[0] == NOTIFICATION and _is_int(msg[0]):
-        method, params = msg[1], msg[2]
-        if isinstance(method, str) and isinstance(params, list):
-            return Notification(method, params)
-        return BadMessage(None, InvalidArgument("bad notification", field="message"), "shape")
+        return _parse_notification(msg)
     if len(msg) < 2 or not _is_int(msg[1]):
         return BadMessage(None, InvalidArgument("no usable msgid", field="msgid"), "no_msgid")
     msgid = msg[1]
@@ -275,10 +318,9 @@ def parse_request(msg: Any) -> Request | Notification | BadMessage:
         return BadMessage(msgid, InvalidArgument(
             f"a request is [0, msgid, method, params], got {len(msg)} elements", field="message"),
             "shape")
-    method = msg[2]
-    if not isinstance(method, str) or not method:
-        return BadMessage(msgid, InvalidArgument("must be a non-empty string", field="method"),
-                          "method")
+    method = _method_name(msg[2])
+    if isinstance(method, InvalidArgument):
+        return BadMessage(msgid, method, "method_utf8" if isinstance(msg[2], bytes) else "method")
     try:
         args = args_from_params(msg[3])
     except InvalidArgument as err:
@@ -286,21 +328,25 @@ def parse_request(msg: Any) -> Request | Notification | BadMessage:
     return Request(msgid, method, args)
 
 
-def parse_reply(msg: Any) -> Response | Notification:
-    """Validate one message received by the client. Raises :class:`DecodeError` if malformed."""
+def parse_reply(msg: Any) -> Response | Notification | BadNotification:
+    """Validate one message received by the client. Raises :class:`DecodeError` if malformed.
+
+    A notification's params are the spec's array; a bare map (what DTMS sent before issue 13) is
+    accepted too, so a new client still follows an older service.
+    """
     if isinstance(msg, list) and msg and _is_int(msg[0]):
         if msg[0] == RESPONSE and len(msg) == 4 and valid_msgid(msg[1]) and (
                 msg[2] is None or isinstance(msg[2], dict)):
             return Response(msg[1], msg[2], msg[3])
-        if msg[0] == NOTIFICATION and len(msg) == 3 and isinstance(msg[1], str):
-            return Notification(msg[1], msg[2])
+        if msg[0] == NOTIFICATION and len(msg) == 3:
+            return _parse_notification(msg, legacy_map=True)
     raise DecodeError(f"unexpected message from server: {msg!r:.200}", reason="shape")
 
 
 __all__ = [
-    "REQUEST", "RESPONSE", "NOTIFICATION", "MAX_MSGID", "MAX_CONTAINER_LEN",
+    "REQUEST", "RESPONSE", "NOTIFICATION", "MAX_MSGID", "MAX_CONTAINER_LEN", "MAX_PAGE",
     "DecodeError", "FrameTooLarge", "ExtTypeRejected", "FrameDecoder", "make_unpacker",
     "pack", "encode_request", "encode_response", "encode_error", "encode_notification",
-    "Request", "Response", "Notification", "BadMessage",
+    "Request", "Response", "Notification", "BadMessage", "BadNotification",
     "valid_msgid", "args_from_params", "parse_request", "parse_reply",
 ]

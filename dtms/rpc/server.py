@@ -18,16 +18,27 @@ What happens on the unhappy paths:
   that connection (only) is closed; every such close is logged with the reason and counted;
 * ``max_inflight_per_conn`` requests running -> the server stops reading that socket until one
   finishes (backpressure, not an error);
-* ``max_connections`` reached -> a new connection is accepted and closed at once, logged, counted;
-* no inbound bytes and nothing in flight for ``idle_timeout_s`` -> closed. A peer that does not
-  drain our responses for ``idle_timeout_s`` is closed too;
+* a message not complete ``frame_timeout_s`` after its first byte arrived -> closed (counted as
+  ``frame_timeout``): a peer trickling a frame a byte at a time (slowloris) cannot hold a slot;
+* no complete message and nothing in flight for ``idle_timeout_s`` -> closed (``idle_timeout``);
+  bytes of an unfinished message do not count as activity. A peer that does not drain our
+  responses for ``idle_timeout_s`` is closed too;
+* ``max_connections`` open -> the connection idle longest is closed for the newcomer (logged,
+  counted as ``evicted_idle``), so a new client can always reach ``health``: first those that
+  never sent a complete message (half-open, slowloris), oldest first, then the one whose last
+  complete message is oldest. A connection with a request in flight is never chosen; if every
+  one has one, the newcomer is accepted and closed at once (``max_connections``). For example,
+  with ``max_connections = 4``, a client that called ``health`` and three that only trickle
+  bytes: a fifth client closes the oldest trickler and is answered; the first client stays;
 * a subscriber whose notification queue (``notify_queue``) is full is closed: ``notify`` never
   blocks the caller and never drops a notification silently;
 * EOF from the peer -> in-flight requests finish and are answered, then the connection closes.
 
 Auth: with a non-empty ``settings.token`` every method except the public ones needs either a
 prior ``auth {"token"}`` on the connection or a ``"token"`` key in the call's map (removed before
-the handler sees it). A non-loopback bind without a token is refused at construction.
+the handler sees it). A non-loopback bind without a token is refused at construction
+(:func:`dtms.net.refuse_open_bind`); a port that cannot be bound raises
+:class:`~dtms.net.ListenError` naming ``rpc.port``.
 
 Example::
 
@@ -44,7 +55,6 @@ Example::
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 import re
@@ -54,11 +64,14 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.stapled import MultiListener
 
 from dtms.config import RpcSettings
 from dtms.errors import DtmsError, Internal, Unauthenticated
+from dtms.net import is_loopback, listen_tcp, refuse_open_bind
 from dtms.rpc.protocol import (
     BadMessage,
+    BadNotification,
     DecodeError,
     FrameDecoder,
     Notification,
@@ -108,15 +121,6 @@ def method_label(method: str) -> str:
     return method if _METHOD_LABEL.fullmatch(method) else "unknown"
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname other than localhost, or "" (all interfaces)
-
-
 def _new_trace_id() -> str:
     return uuid.uuid4().hex
 
@@ -148,7 +152,8 @@ class Connection:
         self._closed = False
         self._inflight = 0
         self._slots = anyio.Semaphore(settings.max_inflight_per_conn)
-        self._last_activity = anyio.current_time()
+        self.messages = 0  # complete messages received
+        self._last_activity = anyio.current_time()  # of the last complete message (or the open)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.peer}{' closed' if self._closed else ''}>"
@@ -166,7 +171,7 @@ class Connection:
         self.notify_nowait(method, params)
 
     def notify_nowait(self, method: str, params: Any) -> None:
-        """Queue ``[2, method, params]`` for this connection without blocking.
+        """Queue ``[2, method, [params]]`` for this connection without blocking.
 
         If the queue is full the subscriber is too slow: the connection is closed (logged and
         counted) rather than blocking the caller or dropping the notification. On an already
@@ -240,21 +245,23 @@ class _IdleTimeout(Exception):
     pass
 
 
+class _FrameTimeout(Exception):
+    pass
+
+
 class RpcServer:
     """The TCP msgpack-rpc server. ``run`` binds, reports started, serves until cancelled."""
 
     def __init__(self, settings: RpcSettings, handler: Handler, *,
                  metrics: RpcMetrics | None = None,
                  is_public_method: Callable[[str], bool] = lambda m: m == "health") -> None:
-        if not settings.token and not is_loopback(settings.host):
-            raise ValueError(
-                f"refusing to serve RPC on non-loopback host {settings.host!r} without an auth "
-                f"token: set rpc.token (DTMS_RPC_TOKEN) or bind to 127.0.0.1")
+        refuse_open_bind("rpc", settings.host, settings.token)
         if settings.max_inflight_per_conn <= 0 or settings.max_frame_bytes <= 0:
             raise ValueError("rpc.max_inflight_per_conn and rpc.max_frame_bytes must be > 0")
         self.settings = settings
         self.port = settings.port
-        self.connections = 0
+        self._conns: dict[int, Connection] = {}
+        self._listener: MultiListener[SocketStream] | None = None
         self._handler = handler
         self._metrics: RpcMetrics = metrics or NullMetrics()
         self._is_public = is_public_method
@@ -263,12 +270,29 @@ class RpcServer:
         self._request_timeout = (settings.request_timeout_s if settings.request_timeout_s > 0
                                  else math.inf)
         self._idle_timeout = settings.idle_timeout_s if settings.idle_timeout_s > 0 else math.inf
+        self._frame_timeout = settings.frame_timeout_s
+
+    @property
+    def connections(self) -> int:
+        """Open connections (including ones closing)."""
+        return len(self._conns)
+
+    async def listen(self) -> int:
+        """Bind the port now, if not yet bound (``run`` binds it otherwise); returns the port.
+
+        Raises :class:`~dtms.net.ListenError` naming ``rpc.port`` when it cannot: a caller that
+        binds before starting the service can report a busy port as a clear start-up error.
+        """
+        if self._listener is None:
+            self._listener = await listen_tcp("rpc", self.settings.host, self.settings.port)
+            self.port = self._listener.extra(SocketAttribute.local_port)
+        return self.port
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.settings.host,
-                                                   local_port=self.settings.port)
+        await self.listen()
+        listener, self._listener = self._listener, None  # the next incarnation binds anew
+        assert listener is not None
         try:
-            self.port = listener.extra(SocketAttribute.local_port)
             log.info("rpc server listening on %s port %d (auth %s)", self.settings.host, self.port,
                      "required" if self._token else "off")
             async with anyio.create_task_group() as tg:
@@ -290,20 +314,38 @@ class RpcServer:
                 self._metrics.frame_rejected("accept_error")
                 await anyio.sleep(_ACCEPT_ERROR_PAUSE_S)
                 continue
-            if self.connections >= self.settings.max_connections:
-                peer = _format_peer(stream.extra(SocketAttribute.remote_address, None))
-                log.warning("rpc connection from %s refused: max_connections=%d reached", peer,
+            peer = _format_peer(stream.extra(SocketAttribute.remote_address, None))
+            if not self._make_room(peer):
+                log.warning("rpc connection from %s refused: max_connections=%d reached, every "
+                            "connection has a request in flight", peer,
                             self.settings.max_connections)
                 self._metrics.frame_rejected("max_connections")
                 await anyio.aclose_forcefully(stream)
                 continue
-            self.connections += 1
-            tg.start_soon(self._serve_connection, stream)
+            self._next_conn_id += 1
+            conn = Connection(self._next_conn_id, peer, stream, self.settings, self._metrics)
+            self._conns[conn.id] = conn
+            tg.start_soon(self._serve_connection, conn)
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
-        self._next_conn_id += 1
-        peer = _format_peer(stream.extra(SocketAttribute.remote_address, None))
-        conn = Connection(self._next_conn_id, peer, stream, self.settings, self._metrics)
+    def _make_room(self, peer: str) -> bool:
+        """True if a new connection may open: below max_connections, or after closing the
+        connection idle longest (see the module docstring). False if none can be closed."""
+        live = [c for c in self._conns.values() if not c.closed]
+        if len(live) < self.settings.max_connections:
+            return True
+        idle = [c for c in live if not c.inflight]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.messages > 0, c._last_activity))
+        self._metrics.frame_rejected("evicted_idle")
+        victim.close(f"evicted for a new connection from {peer}: max_connections="
+                     f"{self.settings.max_connections} reached and this one was idle longest "
+                     f"({anyio.current_time() - victim._last_activity:.1f}s, "
+                     f"{victim.messages} messages)")
+        return True
+
+    async def _serve_connection(self, conn: Connection) -> None:
+        stream, peer = conn._stream, conn.peer
         self._metrics.connection_opened()
         log.debug("rpc connection %d from %s opened", conn.id, peer)
         try:
@@ -315,7 +357,7 @@ class RpcServer:
         except Exception:  # a bug in this module: keep the server up, make it loud
             log.exception("rpc connection %d (%s) crashed", conn.id, peer)
         finally:
-            self.connections -= 1
+            del self._conns[conn.id]
             conn._finish()
             self._metrics.connection_closed()
             with anyio.CancelScope(shield=True):
@@ -325,24 +367,28 @@ class RpcServer:
 
     # ------------------------------------------------------------------ reading
 
-    async def _receive(self, conn: Connection) -> bytes:
-        """Next chunk from the socket; raises _IdleTimeout when idle for idle_timeout_s."""
+    async def _receive(self, conn: Connection, frame_deadline: float) -> bytes:
+        """Next chunk from the socket. Raises _FrameTimeout past ``frame_deadline`` (an unfinished
+        message's), _IdleTimeout when no complete message came for idle_timeout_s."""
         while True:
             now = anyio.current_time()
+            if frame_deadline <= now:
+                raise _FrameTimeout
             if conn._inflight:
                 deadline = now + self._idle_timeout
             else:
                 deadline = conn._last_activity + self._idle_timeout
                 if deadline <= now:
                     raise _IdleTimeout
-            with anyio.CancelScope(deadline=deadline):
+            with anyio.CancelScope(deadline=min(deadline, frame_deadline)):
                 return await conn._stream.receive(_READ_CHUNK)
 
     async def _read_loop(self, conn: Connection, tg: TaskGroup) -> None:
         decoder = FrameDecoder(self.settings.max_frame_bytes)
+        frame_deadline = math.inf  # of the unfinished message in the decoder, if any
         while True:
             try:
-                data = await self._receive(conn)
+                data = await self._receive(conn, frame_deadline)
             except anyio.EndOfStream:
                 # Half-close is legal: answer what is in flight, then close.
                 for _ in range(self.settings.max_inflight_per_conn):
@@ -352,10 +398,16 @@ class RpcServer:
                 self._metrics.frame_rejected("idle_timeout")
                 conn.close(f"idle for {self._idle_timeout:g}s", level=logging.INFO)
                 return
+            except _FrameTimeout:
+                self._metrics.frame_rejected("frame_timeout")
+                conn.close(f"a frame did not complete within rpc.frame_timeout_s="
+                           f"{self._frame_timeout:g} of its first byte "
+                           f"({decoder.pending_bytes} bytes received)")
+                return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 conn.close_reason = conn.close_reason or f"read failed: {exc!r}"
                 return
-            conn._last_activity = anyio.current_time()
+            unfinished_before, completed = decoder.pending_bytes > 0, conn.messages
             messages = decoder.feed(data)
             while True:
                 try:
@@ -366,8 +418,16 @@ class RpcServer:
                     self._metrics.frame_rejected(exc.reason)
                     conn.close(f"undecodable input ({exc.reason}): {exc}")
                     return
+                conn.messages += 1
+                conn._last_activity = anyio.current_time()
                 if not await self._on_message(conn, msg, tg):
                     return
+            if not decoder.pending_bytes:
+                frame_deadline = math.inf
+            elif conn.messages > completed or not unfinished_before:
+                # a new message began in this chunk; timed from now, after any backpressure
+                # wait in _on_message, so a stall of ours is not counted against the peer
+                frame_deadline = anyio.current_time() + self._frame_timeout
 
     async def _on_message(self, conn: Connection, msg: Any, tg: TaskGroup) -> bool:
         """Handle one decoded message; False means the connection is closing."""
@@ -382,6 +442,12 @@ class RpcServer:
             self._metrics.frame_rejected("client_notification")
             log.warning("rpc connection %d (%s): ignored client notification %r (use a request)",
                         conn.id, conn.peer, outcome.method[:60])
+            return True
+        if isinstance(outcome, BadNotification):
+            # nobody waits for an answer, and a peer's odd notification is no reason to close
+            self._metrics.frame_rejected(outcome.reason)
+            log.warning("rpc connection %d (%s): ignored unusable notification (%s): %s",
+                        conn.id, conn.peer, outcome.reason, outcome.detail)
             return True
         assert isinstance(outcome, BadMessage)
         self._metrics.frame_rejected(outcome.reason)
