@@ -17,6 +17,12 @@ them. ``health`` always answers. If readiness is not reached within
 ``service.startup_timeout_s`` the service raises :class:`StartupTimeout`, and if a part cannot
 start at all :class:`StartupFailed` (the CLI exits 3 for both); the
 root supervisor past its restart intensity raises ``SupervisorEscalation`` (the CLI exits 4).
+
+Before anything opens the database, the service takes its lock (:class:`StoreLock`: a second
+DTMS on the same file fails to start, naming the holder). At every broker connect the account
+the terminal is logged in to is checked against the one the database belongs to
+(:mod:`dtms.policy.account`) before the terminal is used; another account fails the start
+(unless ``adopt_account``) and touches no trade.
 """
 
 from __future__ import annotations
@@ -48,12 +54,16 @@ from dtms.actors.registry import (
 from dtms.actors.store import (
     AddRestart,
     CountByState,
+    GetMeta,
     GetTrade,
     ListActions,
     ListRestarts,
     ListTrades,
     ListTransitions,
+    PutMeta,
     StoreActor,
+    StoreInUse,
+    StoreLock,
 )
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
@@ -61,7 +71,8 @@ from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overload
 from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
-from dtms.model import Registration, TradeState, parse_registration
+from dtms.model import Account, Registration, TradeState, parse_registration
+from dtms.policy.account import account_record, check_account
 from dtms.policy.lifecycle import resolve_policy
 from dtms.rpc.server import Connection, RpcServer
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
@@ -111,10 +122,16 @@ def _only(args: dict[str, Any], allowed: set[str]) -> None:
 
 
 class Service:
-    """One DTMS process. ``module`` overrides the terminal module (tests pass a SimTerminal)."""
+    """One DTMS process. ``module`` overrides the terminal module (tests pass a SimTerminal);
+    ``adopt_account``: the database takes on the account of the first connect if it belonged
+    to another one (``dtms serve --adopt-account``)."""
 
-    def __init__(self, settings: Settings, *, module: Any = None) -> None:
+    def __init__(self, settings: Settings, *, module: Any = None,
+                 adopt_account: bool = False) -> None:
         self.settings = settings
+        self.adopt_account = adopt_account
+        self.refused: str | None = None       # why the start must fail (another account)
+        self.last_crash: dict[str, str] = {}  # kind of child -> its last crash, for the exit
         self.module = module if module is not None else load_module(settings)
         self.metrics = Metrics()
         self.started_at = time.monotonic()
@@ -127,6 +144,7 @@ class Service:
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s)
+        self.broker.on_connect = self._check_account
         self.market = MarketHub(broker=self.broker, settings=settings, metrics=self.metrics,
                                 on_event=self._on_restart)
         self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
@@ -193,6 +211,8 @@ class Service:
             why = "the store is not open"
         elif self.store.failing is not None:
             why = f"the database refuses writes ({self.store.failing})"
+        elif not self.broker.connected and self.broker.refused is not None:
+            why = self.broker.refused
         elif not self.broker.connected:
             why = "the trading terminal is not connected"
         elif not self.registry.recovered:
@@ -212,7 +232,34 @@ class Service:
             except (MailboxFull, ActorStopped) as exc:  # stays listed in status as unknown
                 log.error("position %s not adopted: %r", ticket, exc, extra={"ticket": ticket})
 
+    async def _check_account(self, account: Account) -> str | None:
+        """The broker's connect hook: None to go on, or why this account must not be used."""
+        path = self.settings.store.path
+        try:
+            stored = await self.store.ask(GetMeta("account"))
+        except (DtmsError, ActorStopped, TimeoutError) as exc:  # the connect is retried
+            return f"the account cannot be checked against the database {path}: {exc}"
+        verdict = check_account(stored, account_record(account), adopt=self.adopt_account,
+                                db=f"the database {path}")
+        if verdict.action == "refuse":
+            if not self.ready_event.is_set():
+                self.refused = verdict.message   # the start fails (_watch_startup)
+            log.critical("%s", verdict.message, extra={"login": account.login,
+                                                       "server": account.server})
+            return verdict.message
+        if verdict.action in ("record", "adopt"):
+            try:
+                await self.store.ask(PutMeta("account", account_record(account), time.time()))
+            except (DtmsError, ActorStopped, TimeoutError) as exc:
+                return f"the account cannot be recorded in the database {path}: {exc}"
+            log.log(logging.WARNING if verdict.action == "adopt" else logging.INFO, "%s",
+                    verdict.message, extra={"login": account.login, "server": account.server})
+        self.adopt_account = False  # adopting is for this start's account, not any later one
+        return None
+
     def _on_restart(self, event: RestartEvent) -> None:
+        if event.reason == "crash" and event.exception:
+            self.last_crash[event.kind or event.child] = event.exception
         if event.action == "restart":
             self.metrics.actor_restarts.labels(event.kind).inc()
         elif event.action == "give_up":
@@ -275,7 +322,12 @@ class Service:
         if self.settings.service.gc_freeze:
             gc.disable()
         try:
-            await self._run(root, task_status)
+            # before the store opens anything: a second DTMS on this file touches nothing
+            with StoreLock(self.settings.store.path):
+                await self._run(root, task_status)
+        except StoreInUse as exc:
+            log.critical("%s", exc)
+            raise StartupFailed(str(exc)) from exc
         finally:
             sys.setswitchinterval(switch)
             gc.set_threshold(*thresholds)
@@ -304,11 +356,16 @@ class Service:
         deadline = time.monotonic() + timeout
         reloaded = 0
         while not self.ready:
+            if self.refused is not None:
+                raise StartupFailed(self.refused)
             if len(self.registry.trades) > reloaded:
                 reloaded = len(self.registry.trades)
                 deadline = time.monotonic() + timeout
             if time.monotonic() > deadline:
                 reason = self._not_ready().message
+                if self.last_crash:  # what kept it from getting there, not just the symptom
+                    reason += "; last crash: " + "; ".join(
+                        f"{kind}: {exc}" for kind, exc in self.last_crash.items())
                 log.error("startup timeout after %ss: %s", self.settings.service.startup_timeout_s,
                           reason)
                 raise StartupTimeout(f"not ready within {self.settings.service.startup_timeout_s}s: "
