@@ -322,12 +322,11 @@ class Service:
         if self.settings.service.gc_freeze:
             gc.disable()
         try:
-            # before the store opens anything: a second DTMS on this file touches nothing
-            with StoreLock(self.settings.store.path):
+            lock = self._lock_store()
+            try:
                 await self._run(root, task_status)
-        except StoreInUse as exc:
-            log.critical("%s", exc)
-            raise StartupFailed(str(exc)) from exc
+            finally:
+                lock.release()
         finally:
             sys.setswitchinterval(switch)
             gc.set_threshold(*thresholds)
@@ -335,6 +334,19 @@ class Service:
                 gc.unfreeze()
                 if collecting:
                     gc.enable()
+
+    def _lock_store(self) -> StoreLock:
+        """Before the store opens anything: a second DTMS on this file touches nothing."""
+        lock = StoreLock(self.settings.store.path)
+        try:
+            lock.acquire()
+        except StoreInUse as exc:
+            log.critical("%s", exc)
+            raise StartupFailed(str(exc)) from exc
+        except OSError as exc:  # e.g. the store's directory cannot be made
+            log.critical("startup failed: %r", exc)
+            raise StartupFailed(f"cannot start: {exc!r}") from exc
+        return lock
 
     async def _run(self, root: Any, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
