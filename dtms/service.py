@@ -132,6 +132,8 @@ class Service:
         self.adopt_account = adopt_account
         self.refused: str | None = None       # why the start must fail (another account)
         self.last_crash: dict[str, str] = {}  # kind of child -> its last crash, for the exit
+        self.account_checked = anyio.Event()  # the terminal's account is the database's
+        self._registry_gate: anyio.CancelScope | None = None  # while the registry waits for it
         self.module = module if module is not None else load_module(settings)
         self.metrics = Metrics()
         self.started_at = time.monotonic()
@@ -255,6 +257,7 @@ class Service:
             log.log(logging.WARNING if verdict.action == "adopt" else logging.INFO, "%s",
                     verdict.message, extra={"login": account.login, "server": account.server})
         self.adopt_account = False  # adopting is for this start's account, not any later one
+        self.account_checked.set()
         return None
 
     def _on_restart(self, event: RestartEvent) -> None:
@@ -279,13 +282,36 @@ class Service:
         return ChildSpec(actor.name, actor.run, shutdown_timeout=self.settings.supervisor.shutdown_timeout_s,
                          stop=actor.stop)
 
+    async def _run_registry(self, *,
+                            task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The registry, once the terminal's account is known to be the database's: its
+        recovery reconciles the stored trades and settles their journals, which against
+        another account's terminal would close every one of them. Reported started at once,
+        so that the tree (and the endpoints' NOT_READY) does not wait for the terminal."""
+        task_status.started()
+        if not self.account_checked.is_set():
+            with anyio.CancelScope() as self._registry_gate:
+                await self.account_checked.wait()
+            self._registry_gate, stopped = None, self._registry_gate.cancel_called
+            if stopped:
+                return
+        await self.registry.run()
+
+    async def _stop_registry(self) -> None:
+        if self._registry_gate is not None:   # still waiting: nothing started to stop
+            self._registry_gate.cancel()
+        else:
+            await self.registry.stop()
+
     def build_tree(self) -> Supervisor:
         sup = self.settings.supervisor
         backoff = Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter)
         intensity = Intensity(sup.root_max_restarts, sup.root_period_s)
-        core = Supervisor("core", [self._spec(a) for a in
-                                   (self.store, self.broker, self.market, self.watcher,
-                                    self.registry)],
+        registry = ChildSpec(self.registry.name, self._run_registry, stop=self._stop_registry,
+                             shutdown_timeout=sup.shutdown_timeout_s)
+        core = Supervisor("core", [*(self._spec(a) for a in
+                                     (self.store, self.broker, self.market, self.watcher)),
+                                   registry],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]

@@ -167,6 +167,13 @@ async def test_a_start_against_another_account_fails_touching_no_trade_until_ado
     path = settings.store.path
     assert _rows(path, "SELECT key, value FROM meta") == [
         ("account", json.dumps({"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}))]
+    db = sqlite3.connect(path)   # an action journaled, never sent, when the last run ended
+    db.execute("INSERT INTO actions (ticket, seq, kind, status, created_at, obligation) "
+               "VALUES (?, 1, 'MODIFY_SL', 'pending', 5.0, 'breakeven')", (ticket,))
+    db.execute("UPDATE trades SET action_seq = 1, obligations = ? WHERE ticket = ?",
+               (json.dumps({"breakeven": "pending"}), ticket))
+    db.commit()
+    db.close()
     tables = ("trades", "transitions", "actions")
     before = {t: _rows(path, f"SELECT * FROM {t} ORDER BY 1") for t in tables}
 
