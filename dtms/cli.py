@@ -103,6 +103,9 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
     s.add_argument("--demo", type=_integer(0), default=0, metavar="N",
                    help="open N positions in the simulated terminal and register them")
     s.add_argument("--log-format", choices=("json", "text"))
+    s.add_argument("--adopt-account", action="store_true",
+                   help="the database belongs to another broker account: take on the "
+                        "terminal's account from now on")
 
     st = sub.add_parser("sim-terminal",
                         help="run the simulated terminal in its own process (backend sim-remote)")
@@ -207,24 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dtms: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        return serve(settings, demo=args.demo)
+        return serve(settings, demo=args.demo, adopt_account=args.adopt_account)
     if args.command == "sim-terminal":
+        from dtms.brokers.mt5 import sim_terminal
         from dtms.brokers.sim import remote
 
-        sim = settings.sim
-        argv_sim = ["--host", sim.remote_host, "--port", str(sim.remote_port), "--seed",
-                    str(sim.seed), "--speed", str(sim.speed)]
-        if sim.account == "netting":
-            argv_sim.append("--netting")
-        if args.ready_file:
-            argv_sim += ["--ready-file", args.ready_file]
-        return remote.main(argv_sim) or EXIT_OK
+        # the same terminal as the embedded one: every [sim] setting applies
+        remote.serve_process(sim_terminal(settings), settings.sim.remote_host,
+                             settings.sim.remote_port, args.ready_file)
+        return EXIT_OK
     return client_command(settings, args)
 
 
 # -- serve ---------------------------------------------------------------------------------------
 
-def serve(settings: config.Settings, *, demo: int = 0) -> int:
+def serve(settings: config.Settings, *, demo: int = 0, adopt_account: bool = False) -> int:
     from dtms import logs
     from dtms.service import Service, StartupFailed, StartupTimeout
     from dtms.supervisor import SupervisorEscalation
@@ -236,7 +236,7 @@ def serve(settings: config.Settings, *, demo: int = 0) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        service = Service(settings)
+        service = Service(settings, adopt_account=adopt_account)
     except (RuntimeError, ValueError) as exc:
         print(f"dtms: cannot start: {exc}", file=sys.stderr)
         return EXIT_NOT_READY

@@ -17,6 +17,12 @@ them. ``health`` always answers. If readiness is not reached within
 ``service.startup_timeout_s`` the service raises :class:`StartupTimeout`, and if a part cannot
 start at all :class:`StartupFailed` (the CLI exits 3 for both); the
 root supervisor past its restart intensity raises ``SupervisorEscalation`` (the CLI exits 4).
+
+Before anything opens the database, the service takes its lock (:class:`StoreLock`: a second
+DTMS on the same file fails to start, naming the holder). At every broker connect the account
+the terminal is logged in to is checked against the one the database belongs to
+(:mod:`dtms.policy.account`) before the terminal is used; another account fails the start
+(unless ``adopt_account``) and touches no trade.
 """
 
 from __future__ import annotations
@@ -48,12 +54,16 @@ from dtms.actors.registry import (
 from dtms.actors.store import (
     AddRestart,
     CountByState,
+    GetMeta,
     GetTrade,
     ListActions,
     ListRestarts,
     ListTrades,
     ListTransitions,
+    PutMeta,
     StoreActor,
+    StoreInUse,
+    StoreLock,
 )
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
@@ -61,7 +71,8 @@ from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overload
 from dtms.events import EVENTS, EventBus
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import ACTOR_KINDS, Metrics, MetricsServer
-from dtms.model import Registration, TradeState, parse_registration
+from dtms.model import Account, Registration, TradeState, parse_registration
+from dtms.policy.account import account_record, check_account
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection, RpcServer
@@ -111,10 +122,18 @@ def _only(args: dict[str, Any], allowed: set[str]) -> None:
 
 
 class Service:
-    """One DTMS process. ``module`` overrides the terminal module (tests pass a SimTerminal)."""
+    """One DTMS process. ``module`` overrides the terminal module (tests pass a SimTerminal);
+    ``adopt_account``: the database takes on the account of the first connect if it belonged
+    to another one (``dtms serve --adopt-account``)."""
 
-    def __init__(self, settings: Settings, *, module: Any = None) -> None:
+    def __init__(self, settings: Settings, *, module: Any = None,
+                 adopt_account: bool = False) -> None:
         self.settings = settings
+        self.adopt_account = adopt_account
+        self.refused: str | None = None       # why the start must fail (another account)
+        self.last_crash: dict[str, str] = {}  # kind of child -> its last crash, for the exit
+        self.account_checked = anyio.Event()  # the terminal's account is the database's
+        self._registry_gate: anyio.CancelScope | None = None  # while the registry waits for it
         self.module = module if module is not None else load_module(settings)
         self.metrics = Metrics()
         self.started_at = time.monotonic()
@@ -127,6 +146,7 @@ class Service:
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s)
+        self.broker.on_connect = self._check_account
         self.market = MarketHub(broker=self.broker, settings=settings, metrics=self.metrics,
                                 on_event=self._on_restart)
         self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
@@ -193,6 +213,8 @@ class Service:
             why = "the store is not open"
         elif self.store.failing is not None:
             why = f"the database refuses writes ({self.store.failing})"
+        elif not self.broker.connected and self.broker.refused is not None:
+            why = self.broker.refused
         elif not self.broker.connected:
             why = "the trading terminal is not connected"
         elif not self.registry.recovered:
@@ -212,7 +234,35 @@ class Service:
             except (MailboxFull, ActorStopped) as exc:  # stays listed in status as unknown
                 log.error("position %s not adopted: %r", ticket, exc, extra={"ticket": ticket})
 
+    async def _check_account(self, account: Account) -> str | None:
+        """The broker's connect hook: None to go on, or why this account must not be used."""
+        path = self.settings.store.path
+        try:
+            stored = await self.store.ask(GetMeta("account"))
+        except (DtmsError, ActorStopped, TimeoutError) as exc:  # the connect is retried
+            return f"the account cannot be checked against the database {path}: {exc}"
+        verdict = check_account(stored, account_record(account), adopt=self.adopt_account,
+                                db=f"the database {path}")
+        if verdict.action == "refuse":
+            if not self.ready_event.is_set():
+                self.refused = verdict.message   # the start fails (_watch_startup)
+            log.critical("%s", verdict.message, extra={"login": account.login,
+                                                       "server": account.server})
+            return verdict.message
+        if verdict.action in ("record", "adopt"):
+            try:
+                await self.store.ask(PutMeta("account", account_record(account), time.time()))
+            except (DtmsError, ActorStopped, TimeoutError) as exc:
+                return f"the account cannot be recorded in the database {path}: {exc}"
+            log.log(logging.WARNING if verdict.action == "adopt" else logging.INFO, "%s",
+                    verdict.message, extra={"login": account.login, "server": account.server})
+        self.adopt_account = False  # adopting is for this start's account, not any later one
+        self.account_checked.set()
+        return None
+
     def _on_restart(self, event: RestartEvent) -> None:
+        if event.reason == "crash" and event.exception:
+            self.last_crash[event.kind or event.child] = event.exception
         if event.action == "restart":
             self.metrics.actor_restarts.labels(event.kind).inc()
         elif event.action == "give_up":
@@ -232,13 +282,36 @@ class Service:
         return ChildSpec(actor.name, actor.run, shutdown_timeout=self.settings.supervisor.shutdown_timeout_s,
                          stop=actor.stop)
 
+    async def _run_registry(self, *,
+                            task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The registry, once the terminal's account is known to be the database's: its
+        recovery reconciles the stored trades and settles their journals, which against
+        another account's terminal would close every one of them. Reported started at once,
+        so that the tree (and the endpoints' NOT_READY) does not wait for the terminal."""
+        task_status.started()
+        if not self.account_checked.is_set():
+            with anyio.CancelScope() as self._registry_gate:
+                await self.account_checked.wait()
+            self._registry_gate, stopped = None, self._registry_gate.cancel_called
+            if stopped:
+                return
+        await self.registry.run()
+
+    async def _stop_registry(self) -> None:
+        if self._registry_gate is not None:   # still waiting: nothing started to stop
+            self._registry_gate.cancel()
+        else:
+            await self.registry.stop()
+
     def build_tree(self) -> Supervisor:
         sup = self.settings.supervisor
         backoff = Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter)
         intensity = Intensity(sup.root_max_restarts, sup.root_period_s)
-        core = Supervisor("core", [self._spec(a) for a in
-                                   (self.store, self.broker, self.market, self.watcher,
-                                    self.registry)],
+        registry = ChildSpec(self.registry.name, self._run_registry, stop=self._stop_registry,
+                             shutdown_timeout=sup.shutdown_timeout_s)
+        core = Supervisor("core", [*(self._spec(a) for a in
+                                     (self.store, self.broker, self.market, self.watcher)),
+                                   registry],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]
@@ -275,7 +348,11 @@ class Service:
         if self.settings.service.gc_freeze:
             gc.disable()
         try:
-            await self._run(root, task_status)
+            lock = self._lock_store()
+            try:
+                await self._run(root, task_status)
+            finally:
+                lock.release()
         finally:
             sys.setswitchinterval(switch)
             gc.set_threshold(*thresholds)
@@ -283,6 +360,19 @@ class Service:
                 gc.unfreeze()
                 if collecting:
                     gc.enable()
+
+    def _lock_store(self) -> StoreLock:
+        """Before the store opens anything: a second DTMS on this file touches nothing."""
+        lock = StoreLock(self.settings.store.path)
+        try:
+            lock.acquire()
+        except StoreInUse as exc:
+            log.critical("%s", exc)
+            raise StartupFailed(str(exc)) from exc
+        except OSError as exc:  # e.g. the store's directory cannot be made
+            log.critical("startup failed: %r", exc)
+            raise StartupFailed(f"cannot start: {exc!r}") from exc
+        return lock
 
     async def _run(self, root: Any, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -304,11 +394,16 @@ class Service:
         deadline = time.monotonic() + timeout
         reloaded = 0
         while not self.ready:
+            if self.refused is not None:
+                raise StartupFailed(self.refused)
             if len(self.registry.trades) > reloaded:
                 reloaded = len(self.registry.trades)
                 deadline = time.monotonic() + timeout
             if time.monotonic() > deadline:
                 reason = self._not_ready().message
+                if self.last_crash:  # what kept it from getting there, not just the symptom
+                    reason += "; last crash: " + "; ".join(
+                        f"{kind}: {exc}" for kind, exc in self.last_crash.items())
                 log.error("startup timeout after %ss: %s", self.settings.service.startup_timeout_s,
                           reason)
                 raise StartupTimeout(f"not ready within {self.settings.service.startup_timeout_s}s: "

@@ -137,7 +137,7 @@ async def test_not_ready_until_the_broker_connects(settings, sim):
     sim.fail_next(10**9, function="initialize",
                   error=(-10003, "IPC initialize failed"))  # no terminal at start
     async with running(settings, sim, wait_ready=False) as svc, client_for(svc, retries=1) as c:
-        await eventually(lambda: svc.initialized)
+        await eventually(lambda: svc.store.db is not None)  # recovery waits for the account
         health = await c.health()
         assert (health["ready"], health["broker_connected"]) == (False, False)
         with pytest.raises(NotReady) as err:

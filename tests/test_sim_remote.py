@@ -215,3 +215,44 @@ async def test_killed_process_means_no_ipc_connection(tmp_path):
         assert rt.account_info() is None and rt.last_error()[0] == -10004
     finally:
         _stop(proc)
+
+
+def test_dtms_sim_terminal_takes_every_sim_setting_as_the_embedded_terminal_does(tmp_path):
+    """balance, symbol suffix and tick interval reach the separate process; its account is the
+    embedded terminal's for the same settings (the database's account check relies on it)."""
+    from dtms.brokers.mt5 import sim_terminal
+    from dtms.config import Settings
+    from tests.test_cli import free_port
+
+    sim = {"balance": 12_345.0, "symbol_suffix": ".m", "tick_interval_s": 3600.0,
+           "speed": 100.0, "remote_port": free_port()}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DTMS_CONFIG": str(REPO / "config" / "dtms.toml"),
+           **{f"DTMS_SIM_{k.upper()}": str(v) for k, v in sim.items()}}
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "dtms", "sim-terminal", "--ready-file",
+                             str(ready)], stdout=subprocess.PIPE, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert proc.poll() is None, "sim-terminal exited early"
+            assert time.monotonic() < deadline, "sim-terminal never became ready"
+            time.sleep(0.02)
+        rt = RemoteTerminal(port=sim["remote_port"])
+        assert rt.initialize() is True
+        account = rt.account_info()
+        local = sim_terminal(Settings().replace(sim=sim))
+        assert local.initialize() is True
+        embedded = local.account_info()
+        assert (account.balance, account.login, account.server) == (
+            12_345.0, embedded.login, embedded.server)
+        names = {s.name for s in rt.symbols_get()}
+        assert "EURUSD.m" in names and all(n.endswith(".m") for n in names)
+        first = rt.symbol_info_tick("EURUSD.m")
+        started = rt.sim_time
+        while rt.sim_time < started + 10:   # 10 simulated seconds: ten ticks at the default
+            time.sleep(0.02)
+        later = rt.symbol_info_tick("EURUSD.m")
+        assert (later.time_msc - first.time_msc) % 3_600_000 == 0   # ticks on a 3600 s grid
+        rt.close()
+    finally:
+        _stop(proc)

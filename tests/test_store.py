@@ -11,12 +11,15 @@ import pytest
 from dtms.actors.store import (
     MIGRATIONS,
     Archive,
+    GetMeta,
     GetTrade,
     ListTrades,
+    PutMeta,
     PutTrade,
     StoreActor,
     migrate,
     trade_from_row,
+    write_batch,
 )
 from dtms.config import StoreSettings
 from dtms.metrics import Metrics
@@ -35,14 +38,14 @@ def trade(ticket: int, **kw) -> Trade:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 4
-        assert await migrate(db) == 4  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 5
+        assert await migrate(db) == 5  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
-                                      "trades_archive"}
+                                      "trades_archive", "meta"}
 
 
 async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
@@ -61,7 +64,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
                "VALUES (7, 'MODIFY_SL', 'sent', 2.5)")
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 4
+        assert await migrate(adb) == 5
         adb.row_factory = sqlite3.Row
         rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
         trades = await (await adb.execute("SELECT * FROM trades")).fetchall()
@@ -71,6 +74,32 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
     assert (restored.state, restored.state_since, restored.obligations, restored.flat_since,
             restored.action_seq) == (TradeState.WARNING_L2, 3.0, {}, 0.0, 0)
     assert (actions[0]["seq"], actions[0]["status"], actions[0]["obligation"]) == (1, "sent", "")
+
+
+async def test_a_v4_database_with_trades_migrates_to_v5_with_an_empty_meta_table(tmp_path):
+    path = tmp_path / "v4.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, script in enumerate(MIGRATIONS[:4], start=1):
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    write_batch(db, [PutTrade(trade(7, state=TradeState.HEALTHY))])   # a v4 row
+    db.close()
+
+    store = StoreActor(StoreSettings(path=str(path)), Metrics())
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        assert store.schema_version == 5
+        assert (await store.ask(GetTrade(7))).state is TradeState.HEALTHY
+        assert await store.ask(GetMeta("account")) is None
+        record = {"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}
+        assert await store.ask(PutMeta("account", record, 10.0)) is True
+        assert await store.ask(GetMeta("account")) == record
+        await store.stop()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT key, value, updated_at FROM meta").fetchall() == [
+        ("account", '{"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}', 10.0)]
+    db.close()
 
 
 async def test_a_newer_schema_is_refused(tmp_path):

@@ -4,7 +4,9 @@ others carry on; restarts land in the restart history; the root past its intensi
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 
 import anyio
 import pytest
@@ -232,3 +234,33 @@ async def test_startup_timeout_counts_from_the_last_trade_reloaded_and_a_stuck_s
     with anyio.fail_after(10), pytest.raises(StartupTimeout):
         await stuck._watch_startup()
     assert anyio.current_time() - started >= 0.3
+
+
+def test_a_broker_crashing_at_start_exits_3_with_the_crash_not_just_its_symptom(tmp_path):
+    """The bridge cannot unpickle its results: the broker crashes at every connect and DTMS
+    never becomes ready. The exit message says why, not only "not connected"."""
+    from tests.test_cli import dtms, free_port
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, DTMS_RPC_PORT=str(free_port()), DTMS_METRICS_PORT=str(free_port()),
+               DTMS_STORE_PATH=str(tmp_path / "crash.sqlite3"),
+               DTMS_CONFIG=str(Path(tests_dir).parent / "config" / "dtms.toml"),
+               DTMS_BROKER_BACKEND="module:terminal_unpickling",
+               DTMS_SERVICE_STARTUP_TIMEOUT_S="3", DTMS_SUPERVISOR_ROOT_MAX_RESTARTS="1000",
+               DTMS_SUPERVISOR_MIN_BACKOFF_S="0.05", DTMS_SUPERVISOR_MAX_BACKOFF_S="0.2",
+               PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+    result = dtms("serve", env=env, timeout=60)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert ("dtms: not ready within 3.0s: DTMS is not ready: the trading terminal is not "
+            "connected; last crash: broker: UnpicklingError('bridge: cannot unpickle the result "
+            "of account_info')") in result.stderr
+
+
+async def test_a_clean_start_logs_no_failed_position_poll(settings, sim, caplog):
+    """The watcher's first poll waits for the broker's connection (it could only fail before)."""
+    caplog.set_level(logging.INFO, logger="dtms.actors.positions")
+    async with running(settings, sim) as svc:
+        await eventually(lambda: svc.watcher.polls_ok >= 3)
+    assert [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("position poll failed")] == []
+    assert svc.metrics.position_polls.labels("error")._value.get() == 0

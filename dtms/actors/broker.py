@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,10 @@ class BrokerActor(Actor):
         self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
         self.reconnect_attempts = 0
         self._reconnecting = False
+        # asked at every connect before the terminal is used: None, or why this account must
+        # not be used (the store belongs to another one); it stays disconnected meanwhile
+        self.on_connect: Callable[[Account], Awaitable[str | None]] | None = None
+        self.refused: str | None = None
 
     async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask the terminal; waits for the call's turn and its result."""
@@ -103,6 +107,11 @@ class BrokerActor(Actor):
         except BrokerError as exc:
             log.warning("broker connect failed: %s", exc, extra={"code": exc.code})
             return False
+        if self.on_connect is not None:
+            self.refused = await self.on_connect(self.account)
+            if self.refused is not None:
+                log.error("broker connected to an account DTMS must not use: %s", self.refused)
+                return False
         log.info("broker connected", extra={"login": self.account.login,
                                             "server": self.account.server,
                                             "hedging": self.account.hedging})

@@ -86,6 +86,10 @@ class PositionWatcher(Actor):
         self.spawn(self._ticker)
 
     async def _ticker(self) -> None:
+        # The first poll waits for the terminal: polled before the broker connects it could
+        # only fail (a warning on every clean start). A disconnect later is logged and counted.
+        while not self.broker.connected:
+            await anyio.sleep(min(0.05, self.interval_s))
         while True:
             await self.ask(Poll(), timeout=max(60.0, self.interval_s * 10))
             await anyio.sleep(poll_pause(self.interval_s, self.last_poll_s, self.max_share))

@@ -7,7 +7,15 @@ answers every writer. An ``ask`` for a write therefore returns only after its ro
 (``synchronous=FULL`` by default). Reads are answered in mailbox order, so a read sees every
 write acknowledged before it.
 
-Schema changes are forward migrations in ``MIGRATIONS``; ``schema_version`` records the level.
+Schema changes are forward migrations in ``MIGRATIONS``; ``schema_version`` records the level;
+``meta`` holds facts about the database itself (the broker account it belongs to).
+
+It also owns the file's safety at its edges: :class:`StoreLock` (one DTMS per database, held for
+the process's life, taken before anything is opened), ``PRAGMA quick_check`` at open (a damaged
+file is refused before any migration or write), and, before every group commit is acknowledged,
+a check that the file at the configured path is still the one opened (a deleted or replaced file
+would swallow every later write): if not, the writes are answered NOT_READY and the store
+reports itself not writable.
 
 Usage::
 
@@ -20,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +122,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX actions_open ON actions(status) WHERE status IN ('pending', 'sent', 'uncertain');
     CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
     """,
+    # v5: facts about the database itself, e.g. key "account": the broker account it belongs to
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    """,
 ]
 
 
@@ -199,7 +213,21 @@ class Probe:
     at: float
 
 
-WRITES = (PutTrade, PutTrades, AddRestart, Archive, Probe)
+@dataclass(frozen=True, slots=True)
+class PutMeta:
+    """Set ``meta[key]`` to ``value`` (JSON-encoded)."""
+    key: str
+    value: Any
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GetMeta:
+    """Answered with the decoded ``meta[key]``, or None when it was never set."""
+    key: str
+
+
+WRITES = (PutTrade, PutTrades, AddRestart, Archive, Probe, PutMeta)
 
 
 def _puts(messages: Any) -> Any:
@@ -309,6 +337,9 @@ def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
                     f"SELECT {_COLUMNS}, ? FROM trades WHERE {where}",
                     (msg.now, msg.before)).rowcount
                 conn.execute(f"DELETE FROM trades WHERE {where}", (msg.before,))
+            elif isinstance(msg, PutMeta):
+                conn.execute("INSERT OR REPLACE INTO meta (key, value, updated_at) "
+                             "VALUES (?, ?, ?)", (msg.key, json.dumps(msg.value), msg.at))
             elif isinstance(msg, AddRestart):
                 e = msg.event
                 conn.execute(
@@ -327,6 +358,102 @@ def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
     return archived
 
 
+class StoreInUse(RuntimeError):
+    """Another process holds the database's lock."""
+
+
+class StoreLock:
+    """An exclusive lock on the database, held by one DTMS process for its whole life.
+
+    The lock file ``<db>.lock`` sits next to the database and holds the holder's pid (to name
+    it); the lock itself is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking``
+    on Windows), so it dies with the process: a SIGKILL never leaves a stale lock, and a pid
+    left in the file means nothing by itself. Platforms with neither lock run unlocked (logged).
+
+    Usage::
+
+        with StoreLock("data/dtms.sqlite3"):   # StoreInUse if another DTMS has it
+            ...
+    """
+
+    # Windows locks byte ranges, and a locked range cannot be read by others: the lock is on a
+    # byte far past the pid, so a second instance can still read who holds it
+    _WINDOWS_LOCK_OFFSET = 1 << 20
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.path = Path(f"{db_path}.lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _lock_fd(fd, self._WINDOWS_LOCK_OFFSET)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
+            holder = _read_pid(fd)
+            os.close(fd)
+            db = str(self.path)[: -len(".lock")]
+            raise StoreInUse(f"the database {db} is in use by another DTMS (pid {holder}; "
+                             f"lock file {self.path}); stop that one first, or give this one "
+                             f"its own store.path")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        # the file stays (removing it would race with a process about to lock it); closing the
+        # descriptor releases the lock on every platform
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _lock_fd(fd: int, windows_offset: int) -> bool:
+    """Take an exclusive, non-blocking lock on ``fd``; False if another process holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+        os.lseek(fd, windows_offset, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        import fcntl
+    except ImportError:  # neither lock on this platform: run, but say so
+        log.warning("no file locking on this platform: nothing stops a second DTMS from "
+                    "opening the same database")
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_pid(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 32).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None where the filesystem gives no inode."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else None
+
+
 class StoreActor(Actor):
     def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192,
                  events: EventBus | None = None):
@@ -339,14 +466,17 @@ class StoreActor(Actor):
         self.failing: str | None = None   # why writes fail (locked, full...), else None
         self.probe_interval_s = 2.0
         self.max_batch = max(1, settings.max_batch)
+        self.path = Path(settings.path)
+        self.identity: tuple[int, int] | None = None   # of the file opened, see file_identity
 
     async def on_start(self) -> None:
-        path = Path(self.settings.path)
+        path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
             await db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
+            await quick_check(db, path)   # before anything writes (WAL mode, migrations)
             mode = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
             if mode[0].lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode[0]})")
@@ -357,6 +487,7 @@ class StoreActor(Actor):
                 await db.execute(f"PRAGMA max_page_count={pages}")
             await db.execute("PRAGMA foreign_keys=ON")
             self.schema_version = await migrate(db)
+            self.identity = file_identity(path)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await db.close()
@@ -396,14 +527,19 @@ class StoreActor(Actor):
         except sqlite3.Error as exc:
             self.metrics.store_errors.inc()
             log.error("store commit failed: %s", exc, extra={"writes": len(writes)})
-            for env in writes:
-                if env.reply is not None:
-                    env.reply.fail(NotReady(f"database write failed: {exc}", retry_after=5.0))
+            self._refuse(writes, f"database write failed: {exc}")
             if not isinstance(exc, sqlite3.OperationalError):
                 raise  # a broken (e.g. corrupt) database is a crash: the supervisor decides
             # locked, busy, full, I/O: the file is there but refuses writes. Nothing was
             # acknowledged; DTMS answers NOT_READY until a write goes through again.
             self._set_failing(str(exc))
+            return
+        # Committed -- but into the file at the configured path? One stat per batch.
+        moved = self._file_moved()
+        if moved is not None:
+            self.metrics.store_errors.inc()
+            self._refuse(writes, moved)
+            self._set_failing(moved)
             return
         self._set_failing(None)
         if archived:
@@ -421,6 +557,33 @@ class StoreActor(Actor):
         if self.events is not None and len(self.events):
             for put in puts:
                 self._publish(put)
+
+    @staticmethod
+    def _refuse(writes: list[Envelope], why: str) -> None:
+        for env in writes:
+            if env.reply is not None:
+                env.reply.fail(NotReady(why, retry_after=5.0))
+
+    def _file_moved(self) -> str | None:
+        """Why the file at ``path`` is not the one opened (deleted, replaced), else None.
+
+        Writes would go on into the open, unlinked file and vanish at the next start. This
+        never clears by itself: the store keeps refusing until DTMS is restarted on a file it
+        can trust. Skipped where the filesystem gives no inode (st_ino 0)."""
+        if self.identity is None:
+            return None
+        try:
+            now = file_identity(self.path)
+        except FileNotFoundError:
+            return (f"the database file {self.path} was deleted while DTMS had it open; "
+                    f"nothing is stored until DTMS is restarted")
+        except OSError as exc:
+            return f"the database file {self.path} cannot be checked: {exc}"
+        if now is not None and now != self.identity:
+            return (f"the database file {self.path} was replaced while DTMS had it open "
+                    f"(device/inode {self.identity[0]}/{self.identity[1]}, now "
+                    f"{now[0]}/{now[1]}); nothing is stored until DTMS is restarted")
+        return None
 
     def _set_failing(self, error: str | None) -> None:
         if error == self.failing:
@@ -525,10 +688,33 @@ class StoreActor(Actor):
                 sql += " AND status IN ('pending', 'sent', 'uncertain')"
             rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
             return [action_from_row(r) for r in rows]
+        if isinstance(message, GetMeta):
+            rows = await self._all("SELECT value FROM meta WHERE key = ?", (message.key,))
+            return json.loads(rows[0]["value"]) if rows else None
         if isinstance(message, CountByState):
             rows = await self._all("SELECT state, COUNT(*) AS n FROM trades GROUP BY state")
             return {r["state"]: r["n"] for r in rows}
         raise TypeError(f"store cannot handle {message!r}")
+
+
+async def quick_check(db: aiosqlite.Connection, path: Path) -> None:
+    """``PRAGMA quick_check``: a damaged file raises ``sqlite3.DatabaseError`` with SQLite's
+    own words, before anything is migrated or written."""
+    # its messages may quote the damaged bytes: read them as text whatever they hold
+    db.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    try:
+        rows = await db.execute_fetchall("PRAGMA quick_check")
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        raise sqlite3.DatabaseError(f"database {path} failed its integrity check "
+                                    f"(PRAGMA quick_check): {exc}") from exc
+    finally:
+        db.text_factory = str
+    problems = [str(r[0]) for r in rows if r[0] != "ok"]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
+                                           if len(problems) > 5 else "")
+        raise sqlite3.DatabaseError(f"database {path} failed its integrity check "
+                                    f"(PRAGMA quick_check): {shown}")
 
 
 async def migrate(db: aiosqlite.Connection) -> int:

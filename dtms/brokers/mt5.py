@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dtms.config import Settings
+from dtms.config import Settings, SimSettings
 from dtms.errors import BrokerError
 from dtms.model import Account, Deal, Direction, OrderResult, Position, SymbolSpec, Tick
 
@@ -62,21 +62,28 @@ def load_module(settings: Settings) -> Any:
 
 
 def sim_terminal(settings: Settings) -> Any:
-    """The embedded simulated terminal, running in (optionally accelerated) real time."""
-    from dtms.brokers.sim import RealtimeClock, SimConfig, SimTerminal
+    """The simulated terminal the ``[sim]`` settings describe, running in (optionally
+    accelerated) real time: embedded (``broker.backend = sim``) or served by ``dtms
+    sim-terminal`` alike."""
+    from dtms.brokers.sim import RealtimeClock, SimTerminal
+
+    return SimTerminal(sim_config(settings.sim), clock=RealtimeClock(speed=settings.sim.speed))
+
+
+def sim_config(s: SimSettings) -> Any:
+    """The ``SimConfig`` of ``[sim]`` settings (every one of them reaches the terminal)."""
+    from dtms.brokers.sim import SimConfig
     from dtms.brokers.sim import constants as c
 
-    s = settings.sim
     margin_mode = (c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING if s.account == "hedging"
                    else c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
     # A real server never reuses a ticket. The embedded terminal forgets its positions when the
     # process ends while the database remembers trades, so each run starts its tickets after the
     # previous run's (milliseconds since 2026-01-01): a stored ticket never names a new position.
     first = 50_000_001 + max(0, int((time.time() - 1_767_225_600) * 1000))
-    config = SimConfig(seed=s.seed, balance=s.balance, margin_mode=margin_mode,
-                       symbol_suffix=s.symbol_suffix, tick_interval=s.tick_interval_s,
-                       first_ticket=first, first_deal=first)
-    return SimTerminal(config, clock=RealtimeClock(speed=s.speed))
+    return SimConfig(seed=s.seed, balance=s.balance, margin_mode=margin_mode,
+                     symbol_suffix=s.symbol_suffix, tick_interval=s.tick_interval_s,
+                     first_ticket=first, first_deal=first)
 
 
 def _f(value: Any) -> float:

@@ -313,23 +313,36 @@ async def _run(terminal: SimTerminal, host: str, port: int, ready_file: str | No
         tg.cancel_scope.cancel()
 
 
+def serve_process(terminal: SimTerminal, host: str, port: int,
+                  ready_file: str | None = None) -> None:
+    """Serve ``terminal`` in this process until SIGTERM/SIGINT (``dtms sim-terminal``)."""
+    anyio.run(_run, terminal, host, port, ready_file)
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dtms.brokers.sim.remote --port P [--seed N] [--speed X] [--netting]``."""
+    """``python -m dtms.brokers.sim.remote --port P [--seed N] [--speed X] [--netting]
+    [--balance B] [--symbol-suffix S] [--tick-interval T]``."""
+    d = SimConfig()
     parser = argparse.ArgumentParser(prog="python -m dtms.brokers.sim.remote",
                                      description="Serve a simulated MT5 terminal over TCP.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--netting", action="store_true", help="a netting account")
+    parser.add_argument("--balance", type=float, default=d.balance)
+    parser.add_argument("--symbol-suffix", default=d.symbol_suffix)
+    parser.add_argument("--tick-interval", type=float, default=d.tick_interval,
+                        help="sim seconds between generated ticks")
     parser.add_argument("--ready-file", default=None, help='write {"port": P} here once listening')
     ns = parser.parse_args(argv)
     margin_mode = (c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING if ns.netting
                    else c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING)
-    terminal = SimTerminal(SimConfig(seed=ns.seed, margin_mode=margin_mode),
-                           clock=RealtimeClock(speed=ns.speed))
-    anyio.run(_run, terminal, ns.host, ns.port, ns.ready_file)
-    sys.stdout.flush()
+    config = SimConfig(seed=ns.seed, margin_mode=margin_mode, balance=ns.balance,
+                       symbol_suffix=ns.symbol_suffix, tick_interval=ns.tick_interval)
+    serve_process(SimTerminal(config, clock=RealtimeClock(speed=ns.speed)), ns.host, ns.port,
+                  ns.ready_file)
 
 
 if __name__ == "__main__":
