@@ -22,7 +22,8 @@ import pytest
 
 from dtms.actors.store import StoreInUse, StoreLock
 from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
-from dtms.cli import _find, _parser
+from dtms.cli import _find, build_parser
+from dtms.config import Settings
 from dtms.policy.account import check_account
 from dtms.service import Service, StartupFailed
 from tests.conftest import client_for, running
@@ -200,8 +201,8 @@ async def test_a_start_against_another_account_fails_touching_no_trade_until_ado
 
 
 def test_serve_takes_an_adopt_account_flag():
-    assert _parser().parse_args(["serve", "--adopt-account"]).adopt_account is True
-    assert _parser().parse_args(["serve"]).adopt_account is False
+    assert build_parser(Settings()).parse_args(["serve", "--adopt-account"]).adopt_account is True
+    assert build_parser(Settings()).parse_args(["serve"]).adopt_account is False
 
 
 def test_dtms_serve_against_another_account_exits_3_naming_both(env, tmp_path):  # noqa: F811
