@@ -76,6 +76,7 @@ class BrokerSettings:
     magic: int = 770077
     comment_tag: str = "DTMS"
     deviation_points: int = 20
+    absent_polls: int = 3   # a position missing this many polls in a row, no closing deal: UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +346,8 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name}: must be > 0, got {value}")
     if not 0 < s.broker.poll_max_share <= 1:
         problems.append(f"broker.poll_max_share: must be in (0, 1], got {s.broker.poll_max_share}")
+    if s.broker.absent_polls < 1:
+        problems.append(f"broker.absent_polls: must be >= 1, got {s.broker.absent_polls}")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -330,14 +330,16 @@ async def test_losing_sell_walks_the_ladder_to_hedged_and_the_flat_timer_closes_
         await eventually(lambda: position(sim, ticket) is None)
         assert position(sim, hedge.ticket) is None
         view = await eventually(lambda: _closed(cl, ticket))
-        assert (view["close_reason"], view["close_price"]) == ("DTMS", 1.08662)
+        assert (view["close_reason"], view["close_price"]) == ("FLAT_TIMER", 1.08662)
         kinds = [(r["kind"], r["status"]) for r in journal(path, ticket)][3:]
         assert sorted(kinds) == [("CLOSE", "done"), ("CLOSE_HEDGE", "done")]
-        transitions = [(t["from_state"], t["to_state"]) for t in
-                       (await cl.transitions(ticket))["transitions"]]
+        rows = (await cl.transitions(ticket))["transitions"]
+        transitions = [(t["from_state"], t["to_state"]) for t in rows]
         assert transitions == [("", "HEALTHY"), ("HEALTHY", "WARNING_L1"),
                                ("WARNING_L1", "WARNING_L2"), ("WARNING_L2", "HEDGED"),
                                ("HEDGED", "CLOSED")]
+        assert rows[-1]["reason"] == ("closed by DTMS: FLAT_TIMER "
+                                      "(flat timer 75 min elapsed while hedged)")
         SCENARIO_PNL["losing SELL: L1, L2, hedged, flat timer"] = pnl(sim, ticket, hedge.ticket)
 
 

@@ -7,6 +7,10 @@ reconnects with exponential backoff and jitter (the supervisor's ``Backoff``, st
 ``connect_retry_s``, capped at 30 s). Callers get :class:`~dtms.errors.NotReady` while the terminal is
 unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
 
+Every (re)connect reads the account again (another login may have another mode: hedging or
+netting) and tells it to the actors that asked (``listen``) as :class:`Connected`, before any
+call is let through: a decision after a reconnect never uses the previous account's mode.
+
 Usage: ``positions = await broker.call("positions", ticket=123)``.
 """
 
@@ -21,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from dtms.actors.base import Actor
+from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.brokers.mt5 import DISCONNECTED_CODES, MT5Adapter
 from dtms.errors import BrokerError, DtmsError, NotReady
 from dtms.metrics import Metrics
@@ -41,6 +45,12 @@ _ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "
 
 def retcode_class(retcode: int) -> str:
     return _ORDER_CLASSES.get(retcode, "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """Told to every listener on each (re)connect, with the account as read then."""
+    account: Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,11 @@ class BrokerActor(Actor):
         self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
         self.reconnect_attempts = 0
         self._reconnecting = False
+        self.listeners: list[Actor] = []
+
+    def listen(self, actor: Actor) -> None:
+        """Tell ``actor`` a :class:`Connected` on every (re)connect (wiring, before start)."""
+        self.listeners.append(actor)
 
     async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask the terminal; waits for the call's turn and its result."""
@@ -106,6 +121,12 @@ class BrokerActor(Actor):
         log.info("broker connected", extra={"login": self.account.login,
                                             "server": self.account.server,
                                             "hedging": self.account.hedging})
+        for actor in self.listeners:   # before any call is let through
+            try:
+                actor.tell_nowait(Connected(self.account))
+            except (MailboxFull, ActorStopped) as exc:
+                log.warning("account of the new connection not told to %s: %r", actor.name,
+                            exc)
         self._set_connected(True)
         return True
 

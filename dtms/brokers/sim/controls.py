@@ -2,7 +2,7 @@
 
 This module owns the SimControls mixin: moving the clock, forcing prices,
 holding a symbol and playing a scripted price path, opening and closing positions the way a human would in the terminal, market
-and symbol switches, and the fault-injection shortcuts. Every control takes
+and symbol switches, the account's mode, and the fault-injection shortcuts. Every control takes
 the terminal lock, so tests may call them from any thread, and none is
 affected by injected faults or the connection state.
 """
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .ledger import Ledger
     from .market import Market, SymbolState
+    from .types import SimConfig
 
 
 class SimTradeRejected(RuntimeError):
@@ -44,6 +45,7 @@ class SimControls:
     _ledger: Ledger
     clock: Clock
     faults: Faults
+    config: SimConfig
 
     def _catch_up(self) -> None:
         raise NotImplementedError
@@ -171,6 +173,17 @@ class SimControls:
         with self._lock:
             self._state(symbol).market_open = bool(is_open)
 
+    def set_account_mode(self, margin_mode: int) -> None:
+        """Make the account hedging or netting (ACCOUNT_MARGIN_MODE_RETAIL_*): as if the
+        terminal were logged in to another account of that kind. Call it while disconnected
+        (``disconnect()``): a client sees it on its next initialize()/account_info()."""
+        if margin_mode not in (c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING,
+                               c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING):
+            raise ValueError(f"margin_mode must be a retail hedging or netting mode, "
+                             f"got {margin_mode!r}")
+        with self._lock:
+            self.config.margin_mode = int(margin_mode)
+
     def set_algo_trading(self, enabled: bool) -> None:
         """The terminal's Algo Trading button (off -> TRADE_RETCODE_CLIENT_DISABLES_AT)."""
         with self._lock:
@@ -201,6 +214,15 @@ class SimControls:
         """The market moves to `bid` just before the next order_send executes."""
         self._state(symbol)
         self.faults.move_before_next_order(symbol, bid)
+
+    def hide_position(self, ticket: int, calls: int | None = None) -> None:
+        """positions_get leaves the open position out of its next `calls` answers that would
+        show it (None: until show_position): a glitch, the position is still open."""
+        self.faults.hide_position(ticket, calls)
+
+    def show_position(self, ticket: int) -> None:
+        """End hide_position: positions_get shows the position again."""
+        self.faults.show_position(ticket)
 
     def uncertain_next_order(self, n: int = 1) -> None:
         """The next n order_send calls execute but return TRADE_RETCODE_TIMEOUT."""

@@ -2,8 +2,10 @@
 
 This module owns Faults, the switchboard tests use to make the SimTerminal
 misbehave the way a real MetaTrader 5 terminal does: slow IPC, calls that
-return None with an error, a lost IPC connection, and an order_send that
-executes on the server but reports TRADE_RETCODE_TIMEOUT to the caller.
+return None with an error, a lost IPC connection, an order_send that
+executes on the server but reports TRADE_RETCODE_TIMEOUT to the caller, and an
+open position that positions_get leaves out for a while (a glitch of the
+terminal's position cache, seen after reconnects).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Faults:
         self._uncertain = 0
         self._rules: list[_FailRule] = []
         self._jumps: list[tuple[str, float]] = []
+        self._hidden: dict[int, int | None] = {}   # ticket -> positions_get calls left, None: all
 
     def set_latency(self, seconds: float) -> None:
         """Every API call sleeps this long (outside the terminal lock) before running."""
@@ -70,6 +73,37 @@ class Faults:
         with self._lock:
             self._jumps.append((symbol, float(bid)))
 
+    def hide_position(self, ticket: int, calls: int | None = None) -> None:
+        """positions_get leaves the open position ``ticket`` out of its next ``calls`` answers
+        that would have shown it (None: until ``show_position``); no deal, nothing closes."""
+        if calls is not None and calls < 1:
+            raise ValueError("calls must be >= 1 (or None: until show_position)")
+        with self._lock:
+            self._hidden[int(ticket)] = calls
+
+    def show_position(self, ticket: int) -> None:
+        """positions_get shows ``ticket`` again (if it is still open)."""
+        with self._lock:
+            self._hidden.pop(int(ticket), None)
+
+    @property
+    def hiding(self) -> bool:
+        """Any position hidden (the common case, none, costs positions_get one test)."""
+        return bool(self._hidden)
+
+    def take_hidden(self, ticket: int) -> bool:
+        """True if this positions_get answer must leave ``ticket`` out (consumes one call)."""
+        with self._lock:
+            if ticket not in self._hidden:
+                return False
+            left = self._hidden[ticket]
+            if left is not None:
+                if left <= 1:
+                    del self._hidden[ticket]
+                else:
+                    self._hidden[ticket] = left - 1
+            return True
+
     def take_jump(self) -> tuple[str, float] | None:
         """Consume one move_before_next_order."""
         with self._lock:
@@ -82,6 +116,7 @@ class Faults:
             self._uncertain = 0
             self._rules.clear()
             self._jumps.clear()
+            self._hidden.clear()
 
     def take_failure(self, function: str) -> tuple[int, str] | None:
         """Consume one matching fail_next rule, returning its error."""

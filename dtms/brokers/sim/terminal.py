@@ -282,6 +282,7 @@ class SimTerminal(SimControls):
             self._engine.position_view(p) for p in candidates
             if (symbol is None or p.symbol == symbol)
             and (group is None or matches_group(p.symbol, group))
+            and not (self.faults.hiding and self.faults.take_hidden(p.ticket))
         )
 
     @_api("orders_total")
