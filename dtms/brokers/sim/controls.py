@@ -78,6 +78,20 @@ class SimControls:
             self._engine.on_tick(symbol)
             self._engine.on_step()
 
+    def set_spread(self, symbol: str, points: int) -> None:
+        """From now on the symbol's ask is its bid plus `points` points; a tick now with the
+        same bid and the new ask (SL/TP of SELL positions trigger on it)."""
+        if int(points) < 0:
+            raise ValueError(f"spread must be >= 0 points, got {points!r}")
+        with self._lock:
+            state = self._state(symbol)
+            self._catch_up()
+            state.spec = replace(state.spec, spread=int(points))
+            state.stream.spec = state.spec
+            self._market.force_price(symbol, state.stream.bid)
+            self._engine.on_tick(symbol)
+            self._engine.on_step()
+
     def hold(self, symbol: str, held: bool = True) -> None:
         """Stop (or, held=False, resume) the symbol's own random walk.
 
@@ -197,9 +211,9 @@ class SimControls:
             state.stream.spec = state.spec
 
     # --- fault shortcuts (see faults.Faults) ----------------------------------------------
-    def set_latency(self, seconds: float) -> None:
-        """Every API call sleeps `seconds` before running."""
-        self.faults.set_latency(seconds)
+    def set_latency(self, seconds: float, function: str | None = None) -> None:
+        """Every API call (or every call of `function`) sleeps `seconds` before running."""
+        self.faults.set_latency(seconds, function)
 
     def fail_next(self, n: int = 1, function: str | None = None,
                   error: tuple[int, str] = DEFAULT_FAILURE) -> None:

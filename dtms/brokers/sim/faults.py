@@ -32,18 +32,27 @@ class Faults:
     def __init__(self, lock: threading.RLock | None = None) -> None:
         self._lock = lock or threading.RLock()
         self.latency = 0.0
+        self._latency_of: dict[str, float] = {}   # API function -> its own latency
         self.disconnected = False
         self._uncertain = 0
         self._rules: list[_FailRule] = []
         self._jumps: list[tuple[str, float]] = []
         self._hidden: dict[int, int | None] = {}   # ticket -> positions_get calls left, None: all
 
-    def set_latency(self, seconds: float) -> None:
-        """Every API call sleeps this long (outside the terminal lock) before running."""
+    def set_latency(self, seconds: float, function: str | None = None) -> None:
+        """Every API call (or only calls of ``function``, e.g. "order_send": a request in
+        flight while prices are read) sleeps this long (outside the terminal lock) first."""
         if seconds < 0:
             raise ValueError("latency must be >= 0")
         with self._lock:
-            self.latency = float(seconds)
+            if function is None:
+                self.latency = float(seconds)
+            else:
+                self._latency_of[function] = float(seconds)
+
+    def latency_of(self, function: str) -> float:
+        """The latency of a call of ``function``."""
+        return self._latency_of.get(function, self.latency) if self._latency_of else self.latency
 
     def fail_next(self, n: int = 1, function: str | None = None,
                   error: tuple[int, str] = DEFAULT_FAILURE) -> None:
@@ -113,6 +122,7 @@ class Faults:
         """Remove every injected fault (the connection state is left alone)."""
         with self._lock:
             self.latency = 0.0
+            self._latency_of.clear()
             self._uncertain = 0
             self._rules.clear()
             self._jumps.clear()

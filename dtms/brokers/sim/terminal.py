@@ -60,7 +60,7 @@ def _api(name: str, failure: Any = None) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(self: SimTerminal, *args: Any, **kwargs: Any) -> Any:
-            latency = self.faults.latency
+            latency = self.faults.latency_of(name)
             if latency > 0:
                 time.sleep(latency)
             with self._lock:
