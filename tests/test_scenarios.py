@@ -11,6 +11,7 @@ is flat, so every indicator the scores use comes from the scripted bars.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
@@ -389,3 +390,32 @@ async def test_on_a_netting_account_the_hedge_is_a_reduction(engine_settings):
         exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
         assert [d.volume for d in exits] == [0.10, 0.05]
         SCENARIO_PNL["SELL on netting: L2 then reduced"] = pnl(sim, ticket)
+
+
+async def test_a_hedge_left_by_a_closed_trade_is_closed_at_a_fresh_price_not_the_last_seen(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, path)
+        hedge_ticket = (await cl.trade(ticket))["hedge_ticket"]
+        last_seen = svc.registry.trades[ticket].view.tick
+        # HEDGED watches only its timer: the trade is told no tick while the bid climbs 60
+        # points (three times the request's deviation) inside one bar
+        await play(svc, sim, linear_path(1.0865, 1.0871, 6, 5), interval=5.0)
+        assert svc.registry.trades[ticket].view.tick == last_seen
+        sim.close_position_manually(ticket)
+        await eventually(lambda: position(sim, hedge_ticket) is None)
+        view = await eventually(lambda: _closed(cl, ticket))
+        assert view["close_reason"] == "MANUAL"
+        [row] = [r for r in journal(path, ticket) if r["kind"] == "CLOSE_HEDGE"]
+        assert (row["status"], row["retcode"]) == ("done", 10009)
+        request = json.loads(row["request"])
+        assert (request["price"], request["market_time"]) == (
+            1.0871, sim.symbol_info_tick("EURUSD").time)            # the bid it closed at
+        assert svc.metrics.actions.labels("CLOSE_HEDGE", "retry")._value.get() == 0  # no requote
+        [exit_deal] = [d for d in deals_of(sim, hedge_ticket) if d.entry == c.DEAL_ENTRY_OUT]
+        assert exit_deal.price == 1.0871
