@@ -263,8 +263,7 @@ def test_every_crossed_level_is_reported_whenever_the_watch_is_armed(ticks, data
     expected = next((i + 1 for i, t in enumerate(quotes_) if i + 1 > since and meets(t)), None)
 
     async def run() -> list[Any]:
-        market = SymbolMarket("EURUSD", broker=_NoBroker(), settings=Settings(),
-                              metrics=Metrics())
+        market = SymbolMarket("EURUSD", broker=None, settings=Settings(), metrics=Metrics())
         market.spec = SPEC
         inbox = _Inbox()
         market.subscribers[1] = inbox   # type: ignore[assignment]
@@ -282,8 +281,3 @@ def test_every_crossed_level_is_reported_whenever_the_watch_is_armed(ticks, data
     assert [e.view.seq for e in events] == ([] if expected is None else [expected])
     if expected is not None:
         assert events[0].view.tick == quotes_[expected - 1]
-
-
-class _NoBroker:
-    def listen(self, actor: Any) -> None:
-        raise AssertionError("a symbol's actor does not listen to the broker")

@@ -419,3 +419,34 @@ async def test_a_hedge_left_by_a_closed_trade_is_closed_at_a_fresh_price_not_the
         assert svc.metrics.actions.labels("CLOSE_HEDGE", "retry")._value.get() == 0  # no requote
         [exit_deal] = [d for d in deals_of(sim, hedge_ticket) if d.entry == c.DEAL_ENTRY_OUT]
         assert exit_deal.price == 1.0871
+
+
+async def test_a_reconnect_to_a_netting_account_makes_the_next_hedge_a_reduction(
+        engine_settings):
+    sim = make_sim()                                     # hedging
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await play_bars(svc, sim, RISE[:2], 1.08500)
+        assert (await cl.trade(ticket))["state"] == "WARNING_L2"
+        assert svc.market.symbols["EURUSD"].hedging is True
+        # the terminal drops the link and comes back logged in to a netting account
+        sim.disconnect()
+        sim.set_account_mode(c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
+        await eventually(lambda: svc.broker.connected and not svc.broker.account.hedging)
+        await play_bars(svc, sim, RISE[2:], 1.0860)
+        v = await cl.trade(ticket)
+        assert (v["state"], v["volume"], v["hedge_ticket"]) == ("HEDGED", 0.05, 0)
+        assert [p.ticket for p in sim.positions_get()] == [ticket]   # no opposite position
+        [row] = [r for r in journal(path, ticket) if r["kind"] == "HEDGE"]
+        assert (row["obligation"], row["status"], row["retcode"]) == ("hedge", "done", 10009)
+        assert json.loads(row["request"])["position"] == ticket      # a close of part of it
+        assert [d.volume for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT] == [
+            0.10, 0.05]
+        [t] = [t for t in (await cl.transitions(ticket))["transitions"]
+               if t["to_state"] == "HEDGED"]
+        assert t["reason"].startswith("score")
+        assert (await cl.actions(ticket))["actions"][0]["reason"] == (
+            "hedged: reduce (netting account) 0.5x volume")
