@@ -450,3 +450,19 @@ async def test_a_reconnect_to_a_netting_account_makes_the_next_hedge_a_reduction
         assert t["reason"].startswith("score")
         assert (await cl.actions(ticket))["actions"][0]["reason"] == (
             "hedged: reduce (netting account) 0.5x volume")
+
+
+async def test_a_trade_closed_by_its_time_stop_is_closed_as_time_stop(engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"time_stop_min": 1}})
+        await settle(svc, sim)
+        await play(svc, sim, [1.08500, 1.08500], interval=31.0)     # 62 s after the open
+        view = await eventually(lambda: _closed(cl, ticket))
+        assert (view["close_reason"], view["close_price"]) == ("TIME_STOP", 1.085)
+        [t] = [t for t in (await cl.transitions(ticket))["transitions"]
+               if t["to_state"] == "CLOSED"]
+        assert t["reason"] == "closed by DTMS: TIME_STOP (time stop: open 1 min)"
+        assert svc.metrics.trades_closed.labels("TIME_STOP")._value.get() == 1
+        assert svc.metrics.trades_closed.labels("DTMS")._value.get() == 0
