@@ -100,3 +100,16 @@ def test_absent_polls_below_one_is_refused_naming_the_setting(value: int) -> Non
 async def _closed(cl, ticket: int) -> dict | None:
     view = await cl.trade(ticket)
     return view if view["state"] == "CLOSED" else None
+
+
+async def test_a_closing_deal_that_reaches_the_history_late_still_names_the_reason(
+        slow_polls, sim):
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    async with running(slow_polls, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        sim.delay_deals(ticket, calls=2)    # the next two history reads lack the close
+        sim.close_position_manually(ticket)
+        view = await eventually(lambda: _closed(cl, ticket), timeout=10)
+        assert view["close_reason"] == "MANUAL"
+        assert view["close_price"] == sim.history_deals_get(position=ticket)[-1].price
+        assert unknown_closes(svc) == 0

@@ -238,6 +238,11 @@ class SimControls:
         """End hide_position: positions_get shows the position again."""
         self.faults.show_position(ticket)
 
+    def delay_deals(self, position: int, calls: int) -> None:
+        """history_deals_get leaves the position's deals out of its next `calls` answers that
+        would show them: the history catching up after a close."""
+        self.faults.delay_deals(position, calls)
+
     def uncertain_next_order(self, n: int = 1) -> None:
         """The next n order_send calls execute but return TRADE_RETCODE_TIMEOUT."""
         self.faults.uncertain_next_order(n)

@@ -5,7 +5,9 @@ misbehave the way a real MetaTrader 5 terminal does: slow IPC, calls that
 return None with an error, a lost IPC connection, an order_send that
 executes on the server but reports TRADE_RETCODE_TIMEOUT to the caller, and an
 open position that positions_get leaves out for a while (a glitch of the
-terminal's position cache, seen after reconnects).
+terminal's position cache, seen after reconnects), and the deals of a position
+that the history leaves out for a while (the terminal's history catching up
+after a close).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Faults:
         self._rules: list[_FailRule] = []
         self._jumps: list[tuple[str, float]] = []
         self._hidden: dict[int, int | None] = {}   # ticket -> positions_get calls left, None: all
+        self._late_deals: dict[int, int] = {}      # position -> history_deals_get calls left
 
     def set_latency(self, seconds: float, function: str | None = None) -> None:
         """Every API call (or only calls of ``function``, e.g. "order_send": a request in
@@ -95,10 +98,30 @@ class Faults:
         with self._lock:
             self._hidden.pop(int(ticket), None)
 
+    def delay_deals(self, position: int, calls: int) -> None:
+        """history_deals_get leaves the deals of ``position`` out of its next ``calls``
+        answers that would have shown them: a deal the terminal's history has not caught up
+        with yet."""
+        if calls < 1:
+            raise ValueError("calls must be >= 1")
+        with self._lock:
+            self._late_deals[int(position)] = int(calls)
+
+    def take_late_deals(self, positions: set[int]) -> set[int]:
+        """The positions whose deals this history_deals_get answer leaves out (consumes one
+        call of each)."""
+        with self._lock:
+            late = positions & self._late_deals.keys()
+            for p in late:
+                self._late_deals[p] -= 1
+                if self._late_deals[p] <= 0:
+                    del self._late_deals[p]
+            return late
+
     @property
     def hiding(self) -> bool:
-        """Any position hidden (the common case, none, costs positions_get one test)."""
-        return bool(self._hidden)
+        """Any position or deal hidden (the common case, none, costs a call one test)."""
+        return bool(self._hidden or self._late_deals)
 
     def take_hidden(self, ticket: int) -> bool:
         """True if this positions_get answer must leave ``ticket`` out (consumes one call)."""
@@ -127,6 +150,7 @@ class Faults:
             self._rules.clear()
             self._jumps.clear()
             self._hidden.clear()
+            self._late_deals.clear()
 
     def take_failure(self, function: str) -> tuple[int, str] | None:
         """Consume one matching fail_next rule, returning its error."""

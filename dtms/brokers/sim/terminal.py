@@ -369,8 +369,12 @@ class SimTerminal(SimControls):
             match = lambda d: d.order == ticket  # noqa: E731
         elif position is not None:
             match = lambda d: d.position_id == position  # noqa: E731
-        return self._history(tuple(self._ledger.deals), lambda d: d.time, date_from, date_to,
-                             group, match)
+        deals = self._history(tuple(self._ledger.deals), lambda d: d.time, date_from, date_to,
+                              group, match)
+        if deals and self.faults.hiding:
+            late = self.faults.take_late_deals({d.position_id for d in deals})
+            deals = tuple(d for d in deals if d.position_id not in late)
+        return deals
 
     @_api("history_deals_total")
     def history_deals_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
