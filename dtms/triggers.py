@@ -88,10 +88,14 @@ class _Watch:
         return (self.above is not None) + (self.below is not None) + (self.at is not None)
 
     def met(self, bid: float, ask: float | None, now: float) -> bool:
-        price = ask if self.ask else bid
+        return self.met_within(bid, bid, ask, ask, now)
+
+    def met_within(self, bid_low: float, bid_high: float, ask_low: float | None,
+                   ask_high: float | None, now: float) -> bool:
+        low, high = (ask_low, ask_high) if self.ask else (bid_low, bid_high)
         return ((self.at is not None and now >= self.at)
-                or (price is not None and ((self.above is not None and price >= self.above)
-                                           or (self.below is not None and price <= self.below))))
+                or (high is not None and self.above is not None and high >= self.above)
+                or (low is not None and self.below is not None and low <= self.below))
 
 
 def _finite(name: str, value: float | None) -> float | None:
@@ -188,6 +192,14 @@ class TriggerIndex:
         self._drop(key)
         self._maybe_compact()
         return True
+
+    def met_within(self, key: int, bid: tuple[float, float], ask: tuple[float, float],
+                   now: float) -> bool:
+        """Could a quote with bid in ``bid`` = (low, high) and ask in ``ask`` by time ``now``
+        meet key's watch? (Some quote of a series whose extremes these are does.) Changes
+        nothing; False if key has no watch."""
+        watch = self._watches.get(key)
+        return watch is not None and watch.met_within(bid[0], bid[1], ask[0], ask[1], now)
 
     def _pop_met(self, heap: list[_Entry], value: float, fired: set[int]) -> None:
         """Pop every entry with heap key <= value; collect the keys of the live ones."""

@@ -259,3 +259,22 @@ def test_fired_keys_match_brute_force(sequence: list[tuple], floor: int) -> None
         live_entries = sum(v is not None for w in reference.watches.values() for v in w)
         assert stats.entries - stats.stale == live_entries
         assert stats.stale <= max(2 * live_entries, floor)
+
+
+@pytest.mark.parametrize(("levels", "ask", "bid_range", "ask_range", "now", "met"), [
+    ({"above": 1.10}, False, (1.05, 1.10), (1.06, 1.11), T0, True),    # the high touches it
+    ({"above": 1.10}, False, (1.05, 1.09), (1.06, 1.11), T0, False),   # only the ask did
+    ({"above": 1.10}, True, (1.05, 1.09), (1.06, 1.11), T0, True),
+    ({"below": 1.00}, False, (1.00, 1.20), (1.01, 1.21), T0, True),    # the low touches it
+    ({"below": 1.00}, True, (0.99, 1.20), (1.01, 1.21), T0, False),
+    ({"above": 1.30, "below": 0.90}, False, (1.0, 1.2), (1.0, 1.2), T0, False),
+    ({"above": 1.30, "at": T0}, False, (1.0, 1.2), (1.0, 1.2), T0, True),
+])
+def test_met_within_tells_whether_some_quote_of_a_range_meets_the_watch(
+        levels: dict[str, float], ask: bool, bid_range: tuple[float, float],
+        ask_range: tuple[float, float], now: float, met: bool) -> None:
+    index = TriggerIndex()
+    index.watch(7, **levels, ask=ask)
+    assert index.met_within(7, bid_range, ask_range, now) is met
+    assert 7 in index                                   # only a question: nothing ends
+    assert index.met_within(8, bid_range, ask_range, now) is False

@@ -148,6 +148,9 @@ class SymbolMarket(Actor):
         self.bar_closes = 0    # bar closes seen = times the signals were computed
         self.ticks = 0         # new ticks read (the seq of the latest)
         self.recent: deque[tuple[int, Tick]] = deque(maxlen=RECENT_TICKS)
+        # n -> (bid range, ask range) of the last n ticks: after a bar close 100,000
+        # trades arm watches from the same tick; the extremes are read once, not per trade
+        self._extremes: dict[int, tuple[tuple[float, float], tuple[float, float]]] = {}
         self.events_sent = 0   # PriceEvents told to trades (the index's k per tick)
 
     def view(self, seq: int | None = None, tick: Tick | None = None) -> MarketView:
@@ -161,6 +164,7 @@ class SymbolMarket(Actor):
         self.tick = tick
         self.ticks += 1
         self.recent.append((self.ticks, tick))
+        self._extremes.clear()
 
     async def on_start(self) -> None:
         # nothing here may fail on a broker hiccup: the data loads on the first poll that works
@@ -245,10 +249,18 @@ class SymbolMarket(Actor):
     def _met_since(self, ticket: int, since: int | None) -> MarketView | None:
         """The view of the first tick after ``since`` that meets ticket's watch (which then
         ends), or None. Without ``since`` only the current tick is checked."""
-        unseen = 1 if since is None else max(0, self.ticks - since)
-        if not unseen:
+        unseen = 1 if since is None else min(max(0, self.ticks - since), len(self.recent))
+        if not unseen or self.tick is None:
             return None
-        newest_first = itertools.islice(reversed(self.recent), min(unseen, len(self.recent)))
+        ranges = self._extremes.get(unseen)
+        if ranges is None:
+            ticks = [t for _, t in itertools.islice(reversed(self.recent), unseen)]
+            ranges = self._extremes[unseen] = (
+                (min(t.bid for t in ticks), max(t.bid for t in ticks)),
+                (min(t.ask for t in ticks), max(t.ask for t in ticks)))
+        if not self.index.met_within(ticket, *ranges, float(self.tick.time)):
+            return None   # the common case: one look at the extremes
+        newest_first = itertools.islice(reversed(self.recent), unseen)
         for seq, tick in reversed(list(newest_first)):
             if self.index.met(ticket, tick.bid, float(tick.time), tick.ask):
                 return self.view(seq, tick)
