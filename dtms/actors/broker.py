@@ -8,8 +8,9 @@ reconnects with exponential backoff and jitter (the supervisor's ``Backoff``, st
 unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
 
 Every (re)connect reads the account again (another login may have another mode: hedging or
-netting) and tells it to the actors that asked (``listen``) as :class:`Connected`, before any
-call is let through: a decision after a reconnect never uses the previous account's mode.
+netting) and tells it to the actors that asked (:class:`Listen`) as :class:`Connected`, before
+any call is let through: a market actor has it in its mailbox before any tick read on the new
+connection, so a decision after a reconnect never uses the previous account's mode.
 
 Usage: ``positions = await broker.call("positions", ticket=123)``.
 """
@@ -48,6 +49,13 @@ def retcode_class(retcode: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """Told by an actor that wants :class:`Connected` on every (re)connect; an actor of the
+    same name (a restarted one) replaces the earlier."""
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
 class Connected:
     """Told to every listener on each (re)connect, with the account as read then."""
     account: Account
@@ -74,11 +82,7 @@ class BrokerActor(Actor):
         self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
         self.reconnect_attempts = 0
         self._reconnecting = False
-        self.listeners: list[Actor] = []
-
-    def listen(self, actor: Actor) -> None:
-        """Tell ``actor`` a :class:`Connected` on every (re)connect (wiring, before start)."""
-        self.listeners.append(actor)
+        self.listeners: dict[str, Actor] = {}
 
     async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask the terminal; waits for the call's turn and its result."""
@@ -121,12 +125,13 @@ class BrokerActor(Actor):
         log.info("broker connected", extra={"login": self.account.login,
                                             "server": self.account.server,
                                             "hedging": self.account.hedging})
-        for actor in self.listeners:   # before any call is let through
+        for name, actor in list(self.listeners.items()):   # before any call is let through
             try:
                 actor.tell_nowait(Connected(self.account))
-            except (MailboxFull, ActorStopped) as exc:
-                log.warning("account of the new connection not told to %s: %r", actor.name,
-                            exc)
+            except ActorStopped:
+                del self.listeners[name]   # gone for good (a symbol no longer traded)
+            except MailboxFull as exc:
+                log.warning("account of the new connection not told to %s: %r", name, exc)
         self._set_connected(True)
         return True
 
@@ -157,6 +162,9 @@ class BrokerActor(Actor):
         self._set_connected(False)
 
     async def handle(self, message: Any) -> Any:
+        if isinstance(message, Listen):
+            self.listeners[message.actor.name] = message.actor
+            return None
         if not isinstance(message, Call) or message.operation not in OPERATIONS:
             raise TypeError(f"broker cannot handle {message!r}")
         if not self.connected:

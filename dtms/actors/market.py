@@ -26,7 +26,8 @@ met.
 
 The account mode (hedging or netting) comes with the symbol's data and again with every
 (re)connect of the broker (``Connected``): a reconnect to another kind of account changes
-every decision after it (the broker tells the hub ``Connected``; the hub tells every symbol).
+every decision after it (each symbol's actor listens to the broker, which tells it
+``Connected`` before it lets a call through on the new connection).
 
 The :class:`MarketHub` is the tree's ``market`` node: it starts a ``SymbolMarket`` under its
 own dynamic supervisor the first time a trade subscribes to a symbol, and routes messages.
@@ -44,7 +45,7 @@ from typing import Any
 import anyio
 
 from dtms.actors.base import Actor, ActorStopped
-from dtms.actors.broker import Connected
+from dtms.actors.broker import Connected, Listen
 from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
@@ -327,7 +328,6 @@ class MarketHub(Actor):
         self.broadcast_ticks = broadcast_ticks
         self.symbols: dict[str, SymbolMarket] = {}
         self.supervisor: DynamicSupervisor | None = None
-        broker.listen(self)   # the account mode of every (re)connect
 
     async def on_start(self) -> None:
         sup = self.settings.supervisor
@@ -385,17 +385,10 @@ class MarketHub(Actor):
                 symbol, market.run, restart=Restart.PERMANENT, stop=market.stop,
                 shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, kind="market"))
             self.symbols[symbol] = market
+            await self.broker.tell(Listen(market))   # the mode of every (re)connect
         return market
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, MarketOf):
             return await self._market(message.symbol)
-        if isinstance(message, Connected):   # every symbol decides with the new mode
-            for market in self.symbols.values():
-                try:
-                    market.tell_nowait(message)   # unbounded: never blocks
-                except ActorStopped:
-                    log.info("account mode not told to %s: its actor has stopped",
-                             market.symbol)
-            return None
         raise TypeError(f"market hub cannot handle {message!r}")

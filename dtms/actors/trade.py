@@ -476,7 +476,6 @@ class TradeActor(Actor):
                 deals = await self._deals_in_window()
             if self.trade.hedge_ticket:
                 await self._close_orphan_hedge()
-            journal = await self.store.ask(ListActions(self.ticket, limit=1000))
         except (BrokerError, NotReady) as exc:
             # never close on a broker error: the next poll will tell us again
             log.warning("trade %s: cannot confirm close: %s", self.ticket, exc,
@@ -484,7 +483,8 @@ class TradeActor(Actor):
             return
         reason, last = close_reason_from_deals(deals, bs.magic)
         why = f"position closed at the broker: {reason.value}"
-        if reason is CloseReason.DTMS:
+        if reason is CloseReason.DTMS:   # which rule: DTMS's own journal says
+            journal = await self.store.ask(ListActions(self.ticket, limit=1000))
             reason, action = dtms_close_rule(last, journal, bs.comment_tag)
             why = f"closed by DTMS: {reason.value}" + (f" ({action.reason})" if action else "")
         elif reason is CloseReason.UNKNOWN:
