@@ -7,8 +7,9 @@ tells each watched trade actor what changed:
 ``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
 the ticket is no longer open, with the number of polls in a row that have missed it (a
 position back in a later poll starts again from 0: the trade confirms a close without a
-closing deal only after ``broker.absent_polls``). A failed poll changes nothing (a broker hiccup never closes or
-deletes a trade); it is logged, counted, and retried at the next interval.
+closing deal only after ``broker.absent_polls``). A failed poll changes nothing (a broker
+hiccup never closes or deletes a trade); it is logged, counted, and retried at the next
+interval.
 
 It also reports open positions carrying DTMS's magic number that no trade actor watches
 (``unknown``), and counts successful polls (``polls_ok``): the first poll completed after the
@@ -77,7 +78,9 @@ class PositionWatcher(Actor):
         self.last_seen: dict[int, bytes] = {}   # ticket -> mark (packed volume, SL, TP)
         self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
         self.gone_reported: set[int] = set()
-        self.absent: dict[int, int] = {}   # watched ticket -> polls in a row without it
+        # watched ticket -> polls in a row without it (kept across a restart of the watcher:
+        # the polls before it missed the position too)
+        self.absent: dict[int, int] = {}
         self.unknown: list[int] = []
         self.polls_ok = 0
         self.last_poll_s = 0.0   # how long the last poll's terminal call took
@@ -86,7 +89,6 @@ class PositionWatcher(Actor):
         self.last_seen = {}
         self.ours = {}
         self.gone_reported.clear()
-        self.absent.clear()
         self.spawn(self._ticker)
 
     async def _ticker(self) -> None:
