@@ -158,8 +158,12 @@ async def _breakeven_in_flight_then(svc, sim, ticket: int, bids: list[float]) ->
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("bids", [
+    [1.08830],              # +1.59 R: past the trail's activation (1.5 R, bid 1.08812)
+    [1.08830, 1.08760],     # past it, and back under it before the trade is free again
+], ids=["crossed", "crossed-and-left"])
 async def test_a_trail_level_crossed_while_breakeven_is_in_flight_is_trailed_without_another_tick(
-        engine_settings):
+        engine_settings, bids):
     sim = random_history_sim()
     ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)   # entry 1.08512, 1 R = 200
     path = engine_settings.store.path
@@ -167,37 +171,14 @@ async def test_a_trail_level_crossed_while_breakeven_is_in_flight_is_trailed_wit
         await cl.register({"ticket": ticket})
         await settle(svc, sim)
         atr = svc.market.symbols["EURUSD"].signals.atr
-        # +1.59 R: past the trail's activation (1.5 R, bid 1.08812) while breakeven is sent
-        ticks = await _breakeven_in_flight_then(svc, sim, ticket, [1.08830])
-        trail = await eventually(lambda: _row(path, ticket, "sl:trail:"), timeout=20)
-        desired = round(1.08830 - 2 * atr, 5)
-        assert trail["obligation"] == f"sl:trail:{desired:.5f}"
-        await eventually(lambda: (_row(path, ticket, "sl:trail:") or {})["status"] == "done",
-                         timeout=20)
-        assert [(r["obligation"], r["status"], r["retcode"]) for r in journal(path, ticket)] == [
-            ("sl:breakeven", "done", 10009), (f"sl:trail:{desired:.5f}", "done", 10009)]
-        assert position(sim, ticket).sl == desired
-        assert svc.market.symbols["EURUSD"].ticks == ticks   # no tick after the crossing
-
-
-@pytest.mark.anyio
-async def test_a_trail_level_crossed_and_left_while_the_trade_was_acting_is_not_missed(
-        engine_settings):
-    sim = random_history_sim()
-    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)
-    path = engine_settings.store.path
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
-        await cl.register({"ticket": ticket})
-        await settle(svc, sim)
-        atr = svc.market.symbols["EURUSD"].signals.atr
-        # past the activation and back under it (1.08760 < 1.08812) before the trade is free
-        ticks = await _breakeven_in_flight_then(svc, sim, ticket, [1.08830, 1.08760])
+        ticks = await _breakeven_in_flight_then(svc, sim, ticket, bids)
         await eventually(lambda: (_row(path, ticket, "sl:trail:") or {}).get("status") == "done",
                          timeout=20)
         desired = round(1.08830 - 2 * atr, 5)    # decided on the tick that crossed
-        assert _row(path, ticket, "sl:trail:")["obligation"] == f"sl:trail:{desired:.5f}"
+        assert [(r["obligation"], r["status"], r["retcode"]) for r in journal(path, ticket)] == [
+            ("sl:breakeven", "done", 10009), (f"sl:trail:{desired:.5f}", "done", 10009)]
         assert position(sim, ticket).sl == desired
-        assert svc.market.symbols["EURUSD"].ticks == ticks
+        assert svc.market.symbols["EURUSD"].ticks == ticks   # no tick after the last
 
 
 @pytest.mark.anyio
