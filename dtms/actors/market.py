@@ -20,7 +20,8 @@ No crossing is lost to a busy trade. Every view carries the number (``seq``) of 
 trade arms its next watch with the ``seq`` of the tick it decided on. The ticks read since then
 (the last ``RECENT_TICKS`` are kept) were never checked against the new watch: the first of
 them that meets it fires it at once, with that tick's view -- so a level crossed while the
-trade was acting is acted on even if the price has come back since. ``again=True`` (the trade
+trade was acting is acted on even if the price has come back since. (The tick it decided on
+is not checked again: its levels were set from it.) ``again=True`` (the trade
 has just acted: what it owes may have changed) also tells it the current view when nothing is
 met.
 
