@@ -83,6 +83,7 @@ class BrokerSettings:
     magic: int = 770077
     comment_tag: str = "DTMS"
     deviation_points: int = 20
+    absent_polls: int = 3   # a position missing this many polls in a row, no closing deal: UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +360,8 @@ def _validate(s: Settings) -> None:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(f"signals.server_timezone: unknown time zone "
                         f"{s.signals.server_timezone!r}, expected {_ZONE_HINT}")
+    if s.broker.absent_polls < 1:
+        problems.append(f"broker.absent_polls: must be >= 1, got {s.broker.absent_polls}")
     if problems:
         raise ConfigError("; ".join(problems))
 

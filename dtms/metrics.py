@@ -25,7 +25,7 @@ from anyio.streams.stapled import MultiListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from dtms.model import TradeState
+from dtms.model import CloseReason, TradeState
 from dtms.net import listen_tcp, refuse_open_bind
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class Metrics:
             self.trades.labels(state.value).set(0)
         for result in REGISTRATION_RESULTS:
             self.registrations.labels(result)
+        for reason in CloseReason:   # a fixed set: rate() and alerts see 0 before the first
+            self.trades_closed.labels(reason.value)
         for op in BROKER_OPERATIONS:
             self.broker_latency.labels(op)
             for outcome in ("ok", "error", "disconnected", "timeout"):

@@ -49,13 +49,21 @@ UNMANAGED_STATES = frozenset({TradeState.SUSPENDED, TradeState.RELEASED, TradeSt
 
 
 class CloseReason(enum.StrEnum):
+    """Why a trade closed: the broker's deal reason, or, when DTMS closed it, the rule that
+    did. A fixed set: each is a pre-initialised ``dtms_trades_closed_total{reason}`` label."""
     SL = "SL"
     TP = "TP"
     STOP_OUT = "STOP_OUT"
     MANUAL = "MANUAL"
-    EXPERT = "EXPERT"
-    DTMS = "DTMS"
-    UNKNOWN = "UNKNOWN"
+    EXPERT = "EXPERT"            # another expert (not DTMS's magic) closed it
+    TIME_STOP = "TIME_STOP"      # DTMS: the time stop
+    FLAT_TIMER = "FLAT_TIMER"    # DTMS: hedged for the whole flat timer
+    NOT_RECOVERED = "NOT_RECOVERED"  # DTMS: the recovery timer ran out below the score
+    WARNING_L2 = "WARNING_L2"    # DTMS: the L2 cut left less than volume_min: a full close
+    PARTIAL_PROFIT = "PARTIAL_PROFIT"  # DTMS: a partial-profit rung took the rest
+    NETTING_REDUCE = "NETTING_REDUCE"  # DTMS: the hedge of a netting account took the rest
+    DTMS = "DTMS"                # DTMS closed it and its journal does not say which rule
+    UNKNOWN = "UNKNOWN"          # gone at the broker, no closing deal, absence confirmed
 
 
 # -- broker snapshots ------------------------------------------------------------------------
@@ -151,6 +159,50 @@ def close_reason_from_deals(deals: list[Deal], dtms_magic: int) -> tuple[CloseRe
     if reason is CloseReason.EXPERT and last.magic == dtms_magic:
         reason = CloseReason.DTMS
     return reason, last
+
+
+#: the close intents' reasons (``lifecycle._close_all``) -> the rule; a retried close
+#: ("close (retry)") names no rule: the close intent it retries does
+_CLOSE_RULES = (("time stop", CloseReason.TIME_STOP), ("flat timer", CloseReason.FLAT_TIMER),
+                ("not recovered", CloseReason.NOT_RECOVERED))
+#: other DTMS actions that can close what is left, by their obligation
+_CLOSING_OBLIGATIONS = (("L2:", CloseReason.WARNING_L2), ("partial:", CloseReason.PARTIAL_PROFIT),
+                        ("hedge", CloseReason.NETTING_REDUCE))
+
+
+def _rule_of(action: ActionRecord) -> CloseReason | None:
+    if action.kind == ActionKind.CLOSE:
+        return next((r for prefix, r in _CLOSE_RULES if action.reason.startswith(prefix)), None)
+    if action.kind in (ActionKind.PARTIAL_CLOSE, ActionKind.HEDGE):
+        return next((r for prefix, r in _CLOSING_OBLIGATIONS
+                     if action.obligation.startswith(prefix)), None)
+    return None
+
+
+def dtms_close_rule(last: Deal | None, journal: list[ActionRecord],
+                    comment_tag: str) -> tuple[CloseReason, ActionRecord | None]:
+    """Which of DTMS's rules closed a trade, from its own journal: the action whose comment
+    (``TAG:<ticket>:<seq>``) the closing deal carries, else the newest done close. A retried
+    close takes the rule of the close it retries; none found -> ``DTMS``."""
+    by_seq = {a.seq: a for a in journal}
+    parts = last.comment.split(":") if last is not None else []
+    action = None
+    if len(parts) == 3 and parts[0] == comment_tag and parts[2].isdigit():
+        action = by_seq.get(int(parts[2]))
+    if action is None:
+        action = max((a for a in journal if a.status == "done" and a.kind in (
+            ActionKind.CLOSE, ActionKind.PARTIAL_CLOSE, ActionKind.HEDGE)),
+                     key=lambda a: a.seq, default=None)
+    if action is None:
+        return CloseReason.DTMS, None
+    rule = _rule_of(action)
+    if rule is None and action.kind == ActionKind.CLOSE:
+        earlier = [a for a in journal if a.kind == ActionKind.CLOSE and a.seq < action.seq
+                   and _rule_of(a) is not None]
+        if earlier:
+            action = max(earlier, key=lambda a: a.seq)
+            rule = _rule_of(action)
+    return rule or CloseReason.DTMS, action
 
 
 _SUFFIX = re.compile(r"^([A-Z]{6}|[A-Z]{3,4}USD)[a-z._\-+#!]*$")

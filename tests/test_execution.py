@@ -136,18 +136,18 @@ def test_no_current_stop_means_any_stop_is_an_improvement() -> None:
     # BUY, sl 3 points under the bid: wait for bid >= sl + (freeze + 1) points
     (dataclasses.replace(EU_BUY, sl=1.08497), EU_TICK, EURUSD, 1.08499, 1.08503, None),
     (dataclasses.replace(EU_BUY, sl=1.08495), EU_TICK, EURUSD, 1.08499, 1.08501, None),  # edge
-    # SELL, sl 3 points over the ask: ask <= sl - 6 points, i.e. bid <= that - spread (12)
-    (dataclasses.replace(EU_SELL, sl=1.08515), EU_TICK, EURUSD, 1.08514, None, 1.08497),
+    # SELL, sl 3 points over the ask: ask <= sl - 6 points (an ask level: no spread in it)
+    (dataclasses.replace(EU_SELL, sl=1.08515), EU_TICK, EURUSD, 1.08514, None, 1.08509),
     (dataclasses.replace(EU_BUY, symbol="XAUUSD", sl=2399.85, tp=0.0), XAU_TICK, XAUUSD,
      2399.90, 2400.06, None),
     (dataclasses.replace(EU_SELL, symbol="XAUUSD", sl=2400.40, tp=0.0), XAU_TICK, XAUUSD,
-     2400.35, None, 2399.94),
+     2400.35, None, 2400.19),
     # the kept tp is checked like a new level: out of max(freeze, stops) before a modify
     (dataclasses.replace(EU_BUY, tp=1.08505), EU_TICK, EURUSD, 1.08400, None, 1.08494),
     (dataclasses.replace(EU_BUY, tp=1.08508), EU_TICK, EURUSD, 1.08400, None, 1.08497),
-    (dataclasses.replace(EU_SELL, tp=1.08505), EU_TICK, EURUSD, 1.08700, 1.08504, None),
+    (dataclasses.replace(EU_SELL, tp=1.08505), EU_TICK, EURUSD, 1.08700, 1.08516, None),
 ])
-def test_freeze_band_defers_until_the_bid_leaves_it(target: Target, tick: Tick, spec: SymbolSpec,
+def test_freeze_band_defers_until_the_reference_price_leaves_it(target: Target, tick: Tick, spec: SymbolSpec,
                                                     wanted: float, above: float | None,
                                                     below: float | None) -> None:
     r = build(sl(wanted), target, spec, tick)
@@ -426,7 +426,7 @@ def test_freeze_deferral_matches_the_simulated_server() -> None:
     term.set_price("EURUSD", 1.08585)  # ask 1.08597: sl 3 points away, inside freeze 5
     r = build_request(sl(1.08590), target, adapter.symbol("EURUSD"), adapter.tick("EURUSD"),
                       **KW)  # type: ignore[arg-type]
-    assert isinstance(r, Deferred) and (r.resume_above, r.resume_below) == (None, 1.08582)
+    assert isinstance(r, Deferred) and (r.resume_above, r.resume_below) == (None, 1.08594)
 
     probe = {"action": 6, "position": ticket, "symbol": "EURUSD", "sl": 1.08650, "tp": 1.08000}
     assert term.order_send(probe).retcode == 10029            # the server agrees it is frozen

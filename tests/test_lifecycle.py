@@ -570,7 +570,7 @@ def test_breakeven_at_exactly_breakeven_r_moves_sl_to_entry_plus_spread_buffer(
 
 @pytest.mark.parametrize(("direction", "bid", "ask", "watch"), [
     (BUY, 1.10999, 1.11019, Watch(above=1.11)),
-    (SELL, 1.08981, 1.09001, Watch(below=1.0898)),   # 1.09 ask = 1.0898 bid
+    (SELL, 1.08981, 1.09001, Watch(below=1.09, ask=True)),   # a SELL watches its ask
 ])
 def test_breakeven_just_below_breakeven_r_waits_and_watches_the_trigger(
         direction: Direction, bid: float, ask: float, watch: Watch) -> None:
@@ -596,8 +596,8 @@ def test_breakeven_is_skipped_when_the_stop_is_already_past_it() -> None:
 @pytest.mark.parametrize(("direction", "bid", "ask", "sl", "desired", "next_step"), [
     # BUY: bid - 2 ATR; the next step is one ATR multiple and one step (10 points) further
     (BUY, 1.11500, 1.11520, 1.10020, 1.11300, Watch(above=1.1151)),
-    # SELL: ask + 2 ATR; the next step in ask terms is 1.08490, i.e. 1.08470 in bid terms
-    (SELL, 1.08480, 1.08500, 1.09980, 1.08700, Watch(below=1.0847)),
+    # SELL: ask + 2 ATR; the next step is the ask at 1.08490 (ask levels: no spread in them)
+    (SELL, 1.08480, 1.08500, 1.09980, 1.08700, Watch(below=1.0849, ask=True)),
 ])
 def test_trailing_from_activation_sets_sl_atr_multiple_behind_price(
         direction: Direction, bid: float, ask: float, sl: float, desired: float,
@@ -753,10 +753,10 @@ def test_time_stop_applies_only_while_healthy() -> None:
 
 @pytest.mark.parametrize(("direction", "bid", "ask", "watch"), [
     (BUY, 1.10100, 1.10120, Watch(above=1.11)),              # entry + 1 R, bid terms
-    (SELL, 1.09880, 1.09900, Watch(below=1.0898)),           # entry - 1 R - spread
-    (SELL, 1.09880, 1.09930, Watch(below=1.0895)),           # a wider spread: lower bid level
+    (SELL, 1.09880, 1.09900, Watch(below=1.09, ask=True)),   # entry - 1 R, ask terms
+    (SELL, 1.09880, 1.09930, Watch(below=1.09, ask=True)),   # a wider spread changes nothing
 ])
-def test_breakeven_watch_is_in_bid_terms(
+def test_breakeven_watch_is_in_the_closing_price_bid_for_buy_ask_for_sell(
         direction: Direction, bid: float, ask: float, watch: Watch) -> None:
     d = decide(make_trade(direction), snap(bid, ask), POLICY)
     assert d.intents == ()

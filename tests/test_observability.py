@@ -38,7 +38,7 @@ DASHBOARD_UID = "dtms-overview"
 
 REQUIRED_ALERTS = {"DTMSDown", "DTMSNotReady", "DTMSRestartStorm", "DTMSTradeGiveUps",
                    "DTMSActionFailureRatio", "DTMSBrokerDisconnected",
-                   "DTMSStoreCommitLatencyHigh"}
+                   "DTMSStoreCommitLatencyHigh", "DTMSTradeClosedUnknown"}
 #: Series Prometheus provides itself, with their labels.
 PROMETHEUS_SERIES = {"up": {"job", "instance"}}
 #: Labels Prometheus attaches to every scraped series.

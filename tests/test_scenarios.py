@@ -11,6 +11,7 @@ is flat, so every indicator the scores use comes from the scripted bars.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
@@ -330,14 +331,16 @@ async def test_losing_sell_walks_the_ladder_to_hedged_and_the_flat_timer_closes_
         await eventually(lambda: position(sim, ticket) is None)
         assert position(sim, hedge.ticket) is None
         view = await eventually(lambda: _closed(cl, ticket))
-        assert (view["close_reason"], view["close_price"]) == ("DTMS", 1.08662)
+        assert (view["close_reason"], view["close_price"]) == ("FLAT_TIMER", 1.08662)
         kinds = [(r["kind"], r["status"]) for r in journal(path, ticket)][3:]
         assert sorted(kinds) == [("CLOSE", "done"), ("CLOSE_HEDGE", "done")]
-        transitions = [(t["from_state"], t["to_state"]) for t in
-                       (await cl.transitions(ticket))["transitions"]]
+        rows = (await cl.transitions(ticket))["transitions"]
+        transitions = [(t["from_state"], t["to_state"]) for t in rows]
         assert transitions == [("", "HEALTHY"), ("HEALTHY", "WARNING_L1"),
                                ("WARNING_L1", "WARNING_L2"), ("WARNING_L2", "HEDGED"),
                                ("HEDGED", "CLOSED")]
+        assert rows[-1]["reason"] == ("closed by DTMS: FLAT_TIMER "
+                                      "(flat timer 75 min elapsed while hedged)")
         SCENARIO_PNL["losing SELL: L1, L2, hedged, flat timer"] = pnl(sim, ticket, hedge.ticket)
 
 
@@ -387,3 +390,79 @@ async def test_on_a_netting_account_the_hedge_is_a_reduction(engine_settings):
         exits = [d for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT]
         assert [d.volume for d in exits] == [0.10, 0.05]
         SCENARIO_PNL["SELL on netting: L2 then reduced"] = pnl(sim, ticket)
+
+
+async def test_a_hedge_left_by_a_closed_trade_is_closed_at_a_fresh_price_not_the_last_seen(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, path)
+        hedge_ticket = (await cl.trade(ticket))["hedge_ticket"]
+        last_seen = svc.registry.trades[ticket].view.tick
+        # HEDGED watches only its timer: the trade is told no tick while the bid climbs 60
+        # points (three times the request's deviation) inside one bar
+        await play(svc, sim, linear_path(1.0865, 1.0871, 6, 5), interval=5.0)
+        assert svc.registry.trades[ticket].view.tick == last_seen
+        sim.close_position_manually(ticket)
+        await eventually(lambda: position(sim, hedge_ticket) is None)
+        view = await eventually(lambda: _closed(cl, ticket))
+        assert view["close_reason"] == "MANUAL"
+        [row] = [r for r in journal(path, ticket) if r["kind"] == "CLOSE_HEDGE"]
+        assert (row["status"], row["retcode"]) == ("done", 10009)
+        request = json.loads(row["request"])
+        assert (request["price"], request["market_time"]) == (
+            1.0871, sim.symbol_info_tick("EURUSD").time)            # the bid it closed at
+        assert svc.metrics.actions.labels("CLOSE_HEDGE", "retry")._value.get() == 0  # no requote
+        [exit_deal] = [d for d in deals_of(sim, hedge_ticket) if d.entry == c.DEAL_ENTRY_OUT]
+        assert exit_deal.price == 1.0871
+
+
+async def test_a_reconnect_to_a_netting_account_makes_the_next_hedge_a_reduction(
+        engine_settings):
+    sim = make_sim()                                     # hedging
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await play_bars(svc, sim, RISE[:2], 1.08500)
+        assert (await cl.trade(ticket))["state"] == "WARNING_L2"
+        assert svc.market.symbols["EURUSD"].hedging is True
+        # the terminal drops the link and comes back logged in to a netting account
+        sim.disconnect()
+        sim.set_account_mode(c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
+        await eventually(lambda: svc.broker.connected and not svc.broker.account.hedging)
+        await play_bars(svc, sim, RISE[2:], 1.0860)
+        v = await cl.trade(ticket)
+        assert (v["state"], v["volume"], v["hedge_ticket"]) == ("HEDGED", 0.05, 0)
+        assert [p.ticket for p in sim.positions_get()] == [ticket]   # no opposite position
+        [row] = [r for r in journal(path, ticket) if r["kind"] == "HEDGE"]
+        assert (row["obligation"], row["status"], row["retcode"]) == ("hedge", "done", 10009)
+        assert json.loads(row["request"])["position"] == ticket      # a close of part of it
+        assert [d.volume for d in deals_of(sim, ticket) if d.entry == c.DEAL_ENTRY_OUT] == [
+            0.10, 0.05]
+        [t] = [t for t in (await cl.transitions(ticket))["transitions"]
+               if t["to_state"] == "HEDGED"]
+        assert t["reason"].startswith("score")
+        assert (await cl.actions(ticket))["actions"][0]["reason"] == (
+            "hedged: reduce (netting account) 0.5x volume")
+
+
+async def test_a_trade_closed_by_its_time_stop_is_closed_as_time_stop(engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"time_stop_min": 1}})
+        await settle(svc, sim)
+        await play(svc, sim, [1.08500, 1.08500], interval=31.0)     # 62 s after the open
+        view = await eventually(lambda: _closed(cl, ticket))
+        assert (view["close_reason"], view["close_price"]) == ("TIME_STOP", 1.085)
+        [t] = [t for t in (await cl.transitions(ticket))["transitions"]
+               if t["to_state"] == "CLOSED"]
+        assert t["reason"] == "closed by DTMS: TIME_STOP (time stop: open 1 min)"
+        assert svc.metrics.trades_closed.labels("TIME_STOP")._value.get() == 1
+        assert svc.metrics.trades_closed.labels("DTMS")._value.get() == 0

@@ -7,6 +7,11 @@ reconnects with exponential backoff and jitter (the supervisor's ``Backoff``, st
 ``connect_retry_s``, capped at 30 s). Callers get :class:`~dtms.errors.NotReady` while the terminal is
 unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
 
+Every (re)connect reads the account again (another login may have another mode: hedging or
+netting) and tells it to the actors that asked (:class:`Listen`) as :class:`Connected`, before
+any call is let through: a market actor has it in its mailbox before any tick read on the new
+connection, so a decision after a reconnect never uses the previous account's mode.
+
 Usage: ``positions = await broker.call("positions", ticket=123)``.
 """
 
@@ -21,7 +26,7 @@ from typing import Any
 
 import anyio
 
-from dtms.actors.base import Actor
+from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.brokers.mt5 import DISCONNECTED_CODES, MT5Adapter
 from dtms.errors import BrokerError, DtmsError, NotReady
 from dtms.metrics import Metrics
@@ -41,6 +46,19 @@ _ORDER_CLASSES = {10009: "success", 10010: "success", 10008: "success", 10025: "
 
 def retcode_class(retcode: int) -> str:
     return _ORDER_CLASSES.get(retcode, "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Told by an actor that wants :class:`Connected` on every (re)connect; an actor of the
+    same name (a restarted one) replaces the earlier."""
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """Told to every listener on each (re)connect, with the account as read then."""
+    account: Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +86,7 @@ class BrokerActor(Actor):
         # not be used (the store belongs to another one); it stays disconnected meanwhile
         self.on_connect: Callable[[Account], Awaitable[str | None]] | None = None
         self.refused: str | None = None
+        self.listeners: dict[str, Actor] = {}
 
     async def call(self, operation: str, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask the terminal; waits for the call's turn and its result."""
@@ -115,6 +134,13 @@ class BrokerActor(Actor):
         log.info("broker connected", extra={"login": self.account.login,
                                             "server": self.account.server,
                                             "hedging": self.account.hedging})
+        for name, actor in list(self.listeners.items()):   # before any call is let through
+            try:
+                actor.tell_nowait(Connected(self.account))
+            except ActorStopped:
+                del self.listeners[name]   # gone for good (a symbol no longer traded)
+            except MailboxFull as exc:
+                log.warning("account of the new connection not told to %s: %r", name, exc)
         self._set_connected(True)
         return True
 
@@ -145,6 +171,9 @@ class BrokerActor(Actor):
         self._set_connected(False)
 
     async def handle(self, message: Any) -> Any:
+        if isinstance(message, Listen):
+            self.listeners[message.actor.name] = message.actor
+            return None
         if not isinstance(message, Call) or message.operation not in OPERATIONS:
             raise TypeError(f"broker cannot handle {message!r}")
         if not self.connected:

@@ -9,10 +9,26 @@ every subscribed trade (``BarClose``) -- bar closes drive the scoring. A tick mo
 ``gap_bars`` bars after the previous one is a gap: logged, counted, and the bars reloaded.
 
 Between bar closes, trades are not told about every tick. Each trade leaves a one-shot watch
-("tell me when the bid reaches X or falls to Y, or market time reaches T") in a
-:class:`~dtms.triggers.TriggerIndex`; a tick costs O(log n + k) for k fired watches, and only
-those k trades get a ``PriceEvent``. ``broadcast_ticks=True`` switches the index off (every tick
-to every trade): the baseline the benchmarks compare against.
+("tell me when my closing price -- the bid for a BUY, the ask for a SELL -- reaches X or falls
+to Y, or market time reaches T") in a :class:`~dtms.triggers.TriggerIndex`; a tick costs
+O(log n + k) for k fired watches, and only those k trades get a ``PriceEvent``. A tick is new
+when its time, bid or ask differs from the last one (a SELL's levels move with the ask alone).
+``broadcast_ticks=True`` switches the index off (every tick to every trade): the baseline the
+benchmarks compare against.
+
+No crossing is lost to a busy trade. Every view carries the number (``seq``) of its tick, and a
+trade arms its next watch with the ``seq`` of the tick it decided on. The ticks read since then
+(the last ``RECENT_TICKS`` are kept) were never checked against the new watch: the first of
+them that meets it fires it at once, with that tick's view -- so a level crossed while the
+trade was acting is acted on even if the price has come back since. (The tick it decided on
+is not checked again: its levels were set from it.) ``again=True`` (the trade
+has just acted: what it owes may have changed) also tells it the current view when nothing is
+met.
+
+The account mode (hedging or netting) comes with the symbol's data and again with every
+(re)connect of the broker (``Connected``): a reconnect to another kind of account changes
+every decision after it (each symbol's actor listens to the broker, which tells it
+``Connected`` before it lets a call through on the new connection).
 
 The :class:`MarketHub` is the tree's ``market`` node: it starts a ``SymbolMarket`` under its
 own dynamic supervisor the first time a trade subscribes to a symbol, and routes messages.
@@ -20,14 +36,17 @@ own dynamic supervisor the first time a trade subscribes to a symbol, and routes
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from dtms.actors.base import Actor, ActorStopped
+from dtms.actors.broker import Connected, Listen
 from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
@@ -39,6 +58,9 @@ from dtms.triggers import TriggerIndex
 log = logging.getLogger(__name__)
 
 M5 = 300
+#: ticks a symbol keeps to check a newly armed watch against what it has not seen yet; a
+#: trade acts for about a second, far fewer ticks than this at any tick_poll_s
+RECENT_TICKS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +85,29 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class WatchLevels:
-    """One-shot: tell the trade when bid >= above, bid <= below, or market time >= at."""
+    """One-shot: tell the trade when its price >= above, <= below, or market time >= at.
+
+    The price is the bid, or the ask with ``ask=True`` (a SELL). ``since`` is the ``seq`` of
+    the tick the trade decided on: every tick read after it is checked at once (None: only the
+    current tick). ``again``: tell the trade the current view even if nothing is met."""
     ticket: int
     above: float | None = None
     below: float | None = None
     at: float | None = None
+    ask: bool = False
+    since: int | None = None
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class MarketView:
-    """What a trade needs to evaluate: the spec, the latest tick and the latest signals."""
+    """What a trade needs to evaluate: the spec, the latest tick and the latest signals.
+    ``seq`` numbers the tick among the ticks this symbol has read (0: none yet)."""
     spec: SymbolSpec
     tick: Tick | None
     signals: MarketSignals | None
     hedging: bool
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,25 +148,40 @@ class SymbolMarket(Actor):
         self.signals: MarketSignals | None = None
         self.bar_end = 0       # market time at which the forming M5 bar closes
         self.bar_closes = 0    # bar closes seen = times the signals were computed
-        self.ticks = 0         # new ticks read
+        self.ticks = 0         # new ticks read (the seq of the latest)
+        self.recent: deque[tuple[int, Tick]] = deque(maxlen=RECENT_TICKS)
+        # n -> (bid range, ask range) of the last n ticks: after a bar close 100,000
+        # trades arm watches from the same tick; the extremes are read once, not per trade
+        self._extremes: dict[int, tuple[tuple[float, float], tuple[float, float]]] = {}
         self.events_sent = 0   # PriceEvents told to trades (the index's k per tick)
 
-    def view(self) -> MarketView:
+    def view(self, seq: int | None = None, tick: Tick | None = None) -> MarketView:
+        """The current view, or the view as of an earlier tick of ``recent``."""
         assert self.spec is not None
-        return MarketView(self.spec, self.tick, self.signals, self.hedging)
+        if seq is None:
+            return MarketView(self.spec, self.tick, self.signals, self.hedging, self.ticks)
+        return MarketView(self.spec, tick, self.signals, self.hedging, seq)
+
+    def _new_tick(self, tick: Tick) -> None:
+        self.tick = tick
+        self.ticks += 1
+        self.recent.append((self.ticks, tick))
+        self._extremes.clear()
 
     async def on_start(self) -> None:
         # nothing here may fail on a broker hiccup: the data loads on the first poll that works
         self.index = TriggerIndex()
         self.spec = None
+        self.recent.clear()
 
     async def _load(self) -> bool:
         try:
             spec = await self.broker.call("symbol", name=self.symbol)
             account = await self.broker.call("account")
-            self.tick = await self.broker.call("tick", name=self.symbol)
+            tick = await self.broker.call("tick", name=self.symbol)
             self.hedging = account.hedging
             self.spec = spec
+            self._new_tick(tick)
             await self._load_bars()
         except (BrokerError, NotReady) as exc:
             self.spec = None
@@ -175,18 +221,59 @@ class SymbolMarket(Actor):
             self.index.cancel(message.ticket)
             return None
         if isinstance(message, WatchLevels):
-            if message.ticket in self.subscribers:
-                self.index.watch(message.ticket, above=message.above, below=message.below,
-                                 at=message.at)
+            return await self._arm(message)
+        if isinstance(message, Connected):
+            if message.account.hedging != self.hedging:
+                log.info("%s: the account is %s now", self.symbol,
+                         "hedging" if message.account.hedging else "netting",
+                         extra={"symbol": self.symbol, "hedging": message.account.hedging})
+            self.hedging = message.account.hedging
             return None
         raise TypeError(f"market {self.symbol} cannot handle {message!r}")
 
+    async def _arm(self, message: WatchLevels) -> None:
+        ticket = message.ticket
+        if ticket not in self.subscribers:
+            return
+        self.index.watch(ticket, above=message.above, below=message.below, at=message.at,
+                         ask=message.ask)
+        if self.spec is None or self.tick is None:
+            return   # no data yet: the load tells every subscriber
+        view = self._met_since(ticket, message.since)
+        if view is not None:
+            self.events_sent += 1   # a crossing, as if the tick had fired it
+        elif message.again:         # a second look after acting, not a crossing
+            self.index.cancel(ticket)
+            view = self.view()
+        if view is not None:
+            await self._tell(ticket, PriceEvent(view, time.perf_counter()))
+
+    def _met_since(self, ticket: int, since: int | None) -> MarketView | None:
+        """The view of the first tick after ``since`` that meets ticket's watch (which then
+        ends), or None. Without ``since`` only the current tick is checked."""
+        unseen = 1 if since is None else min(max(0, self.ticks - since), len(self.recent))
+        if not unseen or self.tick is None:
+            return None
+        ranges = self._extremes.get(unseen)
+        if ranges is None:
+            ticks = [t for _, t in itertools.islice(reversed(self.recent), unseen)]
+            ranges = self._extremes[unseen] = (
+                (min(t.bid for t in ticks), max(t.bid for t in ticks)),
+                (min(t.ask for t in ticks), max(t.ask for t in ticks)))
+        if not self.index.met_within(ticket, *ranges, float(self.tick.time)):
+            return None   # the common case: one look at the extremes
+        newest_first = itertools.islice(reversed(self.recent), unseen)
+        for seq, tick in reversed(list(newest_first)):
+            if self.index.met(ticket, tick.bid, float(tick.time), tick.ask):
+                return self.view(seq, tick)
+        return None
+
     async def _on_tick(self, tick: Tick, seen: float) -> None:
         previous = self.tick
-        if previous is not None and tick.time == previous.time and tick.bid == previous.bid:
+        if previous is not None and (tick.time, tick.bid, tick.ask) == (
+                previous.time, previous.bid, previous.ask):
             return  # no new tick
-        self.tick = tick
-        self.ticks += 1
+        self._new_tick(tick)
         if previous is not None and tick.time - previous.time > self.settings.market.gap_bars * M5:
             self.metrics.market_gaps.labels(self.symbol).inc()
             log.warning("gap in %s ticks: %ss without a tick", self.symbol,
@@ -198,7 +285,7 @@ class SymbolMarket(Actor):
         if self.broadcast_ticks:
             fired = list(self.subscribers)
         else:
-            fired = self.index.fire(tick.bid, float(tick.time))
+            fired = self.index.fire(tick.bid, float(tick.time), tick.ask)
         if fired:
             event = PriceEvent(self.view(), seen)
             self.events_sent += len(fired)
@@ -299,6 +386,7 @@ class MarketHub(Actor):
                 symbol, market.run, restart=Restart.PERMANENT, stop=market.stop,
                 shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, kind="market"))
             self.symbols[symbol] = market
+            await self.broker.tell(Listen(market))   # the mode of every (re)connect
         return market
 
     async def handle(self, message: Any) -> Any:

@@ -5,8 +5,11 @@ matter how many trades are registered, answered with every position's mark (its 
 TP, packed) and, in full, only the positions whose mark changed since the last poll -- and
 tells each watched trade actor what changed:
 ``PositionUpdate`` when volume, SL or TP differ from what it last reported, ``PositionGone`` when
-the ticket is no longer open. A failed poll changes nothing (a broker hiccup never closes or
-deletes a trade); it is logged, counted, and retried at the next interval.
+the ticket is no longer open, with the number of polls in a row that have missed it (a
+position back in a later poll starts again from 0: the trade confirms a close without a
+closing deal only after ``broker.absent_polls``). A failed poll changes nothing (a broker
+hiccup never closes or deletes a trade); it is logged, counted, and retried at the next
+interval.
 
 It also reports open positions carrying DTMS's magic number that no trade actor watches
 (``unknown``), and counts successful polls (``polls_ok``): the first poll completed after the
@@ -75,6 +78,9 @@ class PositionWatcher(Actor):
         self.last_seen: dict[int, bytes] = {}   # ticket -> mark (packed volume, SL, TP)
         self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
         self.gone_reported: set[int] = set()
+        # watched ticket -> polls in a row without it (kept across a restart of the watcher:
+        # the polls before it missed the position too)
+        self.absent: dict[int, int] = {}
         self.unknown: list[int] = []
         self.polls_ok = 0
         self.last_poll_s = 0.0   # how long the last poll's terminal call took
@@ -99,11 +105,13 @@ class PositionWatcher(Actor):
             self.watched[message.ticket] = message.actor
             self.last_seen.pop(message.ticket, None)  # its trade hears of it at the next poll
             self.gone_reported.discard(message.ticket)
+            self.absent.pop(message.ticket, None)
             return None
         if isinstance(message, Unwatch):
             self.watched.pop(message.ticket, None)
             self.last_seen.pop(message.ticket, None)
             self.gone_reported.discard(message.ticket)
+            self.absent.pop(message.ticket, None)
             return None
         if isinstance(message, Poll):
             return await self._poll()
@@ -126,16 +134,21 @@ class PositionWatcher(Actor):
                 if mark is None:
                     # told again each poll until the actor confirms and exits, but never
                     # queued twice (a confirmation that failed on a broker error is retried)
+                    polls = self.absent[ticket] = self.absent.get(ticket, 0) + 1
                     if ticket not in self.gone_reported or actor.mailbox_depth == 0:
                         self.gone_reported.add(ticket)
-                        await actor.tell(PositionGone())
+                        await actor.tell(PositionGone(polls))
                     continue
+                if self.absent.pop(ticket, None):
+                    log.warning("position %s is back at the broker after missing from a poll",
+                                ticket, extra={"ticket": ticket})
                 self.gone_reported.discard(ticket)
                 p = changed.get(ticket)
                 if p is not None:
                     await actor.tell(PositionUpdate(p, polled_at))
             except ActorStopped:
                 self.watched.pop(ticket, None)
+                self.absent.pop(ticket, None)
         # every open position's triple as of this poll (a watched one's: what its trade was
         # told); of those carrying DTMS's magic, the trade each hedges (from the comment, read
         # when the position first came back in full), to find the ones DTMS has no record of

@@ -5,7 +5,13 @@ It owns its :class:`~dtms.model.Trade` while the trade is managed:
 * **Market events.** It subscribes to its symbol's market actor. On a bar close it scores the
   trade (``trade_score``) and runs ``lifecycle.decide``; on a price event (a level or time it
   asked to be told about) it runs ``decide`` without a new score. After every evaluation it
-  leaves its next one-shot watch (levels and a time) with the market actor.
+  leaves its next one-shot watch (levels of its closing price -- bid for a BUY, ask for a
+  SELL -- and a time) with the market actor, naming the tick it decided on: a level crossed
+  by a later tick, while this trade was busy acting, fires at once. After acting it asks the
+  market to look again with the current tick (``again``), never with the price from before.
+* **Fresh prices.** Every request is built from a tick read just before it is sent (the
+  view's tick may be seconds old after a busy spell, and an orphaned hedge is closed with no
+  event at all).
 * **Intent before action.** The new trade state, the transition and every intent (a journal
   row, ``pending``) are committed together before anything is sent; the row becomes ``sent``
   (with the request) before ``order_send``, then ``done``/``failed``/``deferred``/``skipped``.
@@ -17,12 +23,17 @@ It owns its :class:`~dtms.model.Trade` while the trade is managed:
 * **Following the position.** Changes made outside DTMS (volume, SL, TP) are adopted and
   persisted; the policy only ever tightens from the adopted stop, so a stop someone else
   tightened is never loosened. A position poll older than DTMS's own last action is ignored.
-* **Closing.** When the position is gone at the broker it confirms the absence, closes the
-  hedge if one is open, reads the deal history for the reason, persists CLOSED and exits.
+* **Closing.** When the position is gone at the broker it confirms the absence: a closing deal
+  in its history confirms it at once; without one it waits until ``broker.absent_polls`` polls
+  in a row have missed it and no closing deal turns up in a wide window of the history
+  either, then closes it as UNKNOWN (a position that reappears is never closed). It closes
+  the hedge if one is open, persists CLOSED with the reason -- the deal's, or for DTMS's own
+  close the rule its journal names (TIME_STOP, FLAT_TIMER, ...) -- and exits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -48,11 +59,15 @@ from dtms.model import (
     ActionIntent,
     ActionKind,
     ActionRecord,
+    CloseReason,
+    Deal,
+    Direction,
     Position,
     Trade,
     TradeState,
     Transition,
     close_reason_from_deals,
+    dtms_close_rule,
 )
 from dtms.policy.execution import Deferred, RetcodeClass, Skipped, Target, build_request, classify
 from dtms.policy.lifecycle import (
@@ -73,6 +88,8 @@ _OBLIGATION = {"done": "done", "deferred": "deferred", "skipped": "skipped",
                "uncertain": "pending", "sent": "pending", "pending": "pending"}
 UNRESOLVED = frozenset({"pending", "sent", "uncertain"})
 POSITION_CLOSED = 10036
+#: the deal-history window around a vanished position's life: any server-time offset fits
+DEAL_MARGIN_S = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +100,8 @@ class PositionUpdate:
 
 @dataclass(frozen=True, slots=True)
 class PositionGone:
-    pass
+    """The position was missing from the last ``polls`` polls in a row."""
+    polls: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +196,7 @@ class TradeActor(Actor):
         if isinstance(message, PositionUpdate):
             return await self._follow(message)
         if isinstance(message, PositionGone):
-            return await self._close_if_gone()
+            return await self._close_if_gone(message)
         if isinstance(message, SetPaused):
             if message.paused != self.trade.paused:
                 await self._persist(self.trade.copy(paused=message.paused,
@@ -186,7 +204,7 @@ class TradeActor(Actor):
                 log.info("trade %s %s", self.ticket, "paused" if message.paused else "resumed",
                          extra={"ticket": self.ticket, "paused": message.paused})
                 if not message.paused and self.view is not None:  # catch up at once
-                    self.spawn(self.tell, PriceEvent(self.view, time.perf_counter()))
+                    self._watch(self.view, Watch(), again=True)
             return self.trade.view()
         if isinstance(message, GetView):
             return self.trade.view()
@@ -200,7 +218,7 @@ class TradeActor(Actor):
             return  # nothing new is sent while an earlier action is unresolved
         if view.tick is None:
             return
-        self._release_deferred(view.tick.bid)
+        self._release_deferred(self._price(view))
         signals = view.signals
         score = trade_score(signals, self.trade.direction) if fresh and signals else None
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
@@ -223,36 +241,45 @@ class TradeActor(Actor):
             await self._execute(intent, record, view)
         if self.unresolved:
             retry = view.tick.time + self.policy.retry_after_s
-            watch = Watch(watch.above, watch.below, min(watch.at or retry, retry))
-        self._watch(view, watch)
-        if d.intents:
-            # the outcomes changed what is owed (the next rung, the next watch): look again
-            self.spawn(self.tell, PriceEvent(view, time.perf_counter()))
+            watch = dataclasses.replace(watch, at=min(watch.at or retry, retry))
+        # after acting, the outcomes changed what is owed (the next rung, the next watch):
+        # look again, with the market's current tick, not the one from before the action
+        self._watch(view, watch, again=bool(d.intents))
 
-    def _release_deferred(self, bid: float) -> None:
-        """A deferred duty is owed again once the price has left the band that blocked it."""
+    def _price(self, view: MarketView) -> float:
+        """The trade's closing price in ``view``: the bid for a BUY, the ask for a SELL."""
+        assert view.tick is not None
+        return view.tick.bid if self.trade.direction is Direction.BUY else view.tick.ask
+
+    def _release_deferred(self, price: float) -> None:
+        """A deferred duty is owed again once the price has left the band that blocked it
+        (levels of the closing price, as ``build_request`` gives them)."""
         released = {}
         for key, status in self.trade.obligations.items():
             if status != "deferred":
                 continue
             d = self.deferred.get(key)
-            if d is None or (d.resume_above is not None and bid >= d.resume_above) or (
-                    d.resume_below is not None and bid <= d.resume_below):
+            if d is None or (d.resume_above is not None and price >= d.resume_above) or (
+                    d.resume_below is not None and price <= d.resume_below):
                 released[key] = RETRY   # (no record of the band after a restart: look again)
                 self.deferred.pop(key, None)
         if released:
             self.trade = self.trade.copy(obligations={**self.trade.obligations, **released})
 
-    def _watch(self, view: MarketView, watch: Watch) -> None:
+    def _watch(self, view: MarketView, watch: Watch, *, again: bool = False) -> None:
+        """Leave the next watch with the market, from the tick ``view`` holds: the ticks the
+        market read after it are checked at once. ``again``: be told the current view even
+        if nothing is met."""
         above = [x for x in (watch.above, *(d.resume_above for d in self.deferred.values()))
                  if x is not None]
         below = [x for x in (watch.below, *(d.resume_below for d in self.deferred.values()))
                  if x is not None]
-        if self.market is None or not (above or below or watch.at is not None):
+        if self.market is None or not (above or below or watch.at is not None or again):
             return
         try:
-            self.market.tell_nowait(WatchLevels(self.ticket, min(above, default=None),
-                                                max(below, default=None), watch.at))
+            self.market.tell_nowait(WatchLevels(
+                self.ticket, min(above, default=None), max(below, default=None), watch.at,
+                ask=self.trade.direction is Direction.SELL, since=view.seq, again=again))
         except (MailboxFull, ActorStopped) as exc:  # the next bar close re-evaluates anyway
             log.warning("trade %s: watch not delivered: %r", self.ticket, exc)
 
@@ -269,9 +296,12 @@ class TradeActor(Actor):
     async def _execute(self, intent: ActionIntent, record: ActionRecord,
                        view: MarketView) -> None:
         started = time.perf_counter()
-        tick = view.tick
-        assert tick is not None
         bs = self.settings.broker
+        try:   # the request's price and the stop's distance: from now, not from the event
+            tick = await self.broker.call("tick", name=self.trade.symbol)
+        except (BrokerError, NotReady, TimeoutError) as exc:
+            await self._settle(record, "failed", result={"error": f"no fresh tick: {exc}"})
+            return
         for attempt in range(self.policy.requote_retries + 1):
             built = build_request(intent, self._target(view), view.spec, tick, magic=bs.magic,
                                   comment=self._comment(record.seq),
@@ -425,40 +455,71 @@ class TradeActor(Actor):
                  extra={"ticket": self.ticket, "external_change": changes})
         await self._persist(t.copy(**changes, updated_at=self.clock()))
 
-    async def _close_if_gone(self) -> None:
+    async def _close_if_gone(self, gone: PositionGone) -> None:
+        bs = self.settings.broker
         try:
             still_open = await self.broker.call("positions", ticket=self.ticket)
             if still_open:
                 log.warning("trade %s reported gone but the broker still has it", self.ticket,
                             extra={"ticket": self.ticket})
                 return
-            if self.trade.hedge_ticket and self.view is not None:
-                await self._close_orphan_hedge(self.view)
             deals = await self.broker.call("deals_for_position", position=self.ticket)
+            if not any(d.entry in DEAL_ENTRY_OUT for d in deals):
+                # no closing deal: a terminal glitch looks the same. Wait for the absence to
+                # last, then look through a wide window of the deal history before UNKNOWN
+                if gone.polls < bs.absent_polls:
+                    log.warning("trade %s: position missing at the broker with no closing deal "
+                                "(poll %d of %d): not closed yet", self.ticket, gone.polls,
+                                bs.absent_polls, extra={"ticket": self.ticket,
+                                                        "absent_polls": gone.polls})
+                    return
+                deals = await self._deals_in_window()
+            if self.trade.hedge_ticket:
+                await self._close_orphan_hedge()
         except (BrokerError, NotReady) as exc:
             # never close on a broker error: the next poll will tell us again
             log.warning("trade %s: cannot confirm close: %s", self.ticket, exc,
                         extra={"ticket": self.ticket})
             return
-        reason, last = close_reason_from_deals(deals, self.settings.broker.magic)
+        reason, last = close_reason_from_deals(deals, bs.magic)
+        why = f"position closed at the broker: {reason.value}"
+        if reason is CloseReason.DTMS:   # which rule: DTMS's own journal says
+            journal = await self.store.ask(ListActions(self.ticket, limit=1000))
+            reason, action = dtms_close_rule(last, journal, bs.comment_tag)
+            why = f"closed by DTMS: {reason.value}" + (f" ({action.reason})" if action else "")
+        elif reason is CloseReason.UNKNOWN:
+            why = (f"position missing at the broker for {gone.polls} polls, no closing deal "
+                   "in its history: UNKNOWN")
         now = self.clock()
         profit = sum(d.profit for d in deals if d.entry in DEAL_ENTRY_OUT)
         closed = self.trade.copy(state=TradeState.CLOSED, state_since=now, closed_at=now,
                                  updated_at=now, close_reason=reason.value,
                                  close_price=last.price if last else 0.0, profit=profit)
         await self._persist(closed, Transition(self.ticket, now, self.trade.state.value,
-                                               TradeState.CLOSED.value,
-                                               f"position closed at the broker: {reason.value}"))
+                                               TradeState.CLOSED.value, why))
         self.metrics.trades_closed.labels(reason.value).inc()
         await self.registry.tell(TradeClosed(self.ticket))
         self.spawn(self.stop)
 
-    async def _close_orphan_hedge(self, view: MarketView) -> None:
-        """The trade is gone but its hedge is open: a hedge alone is a naked position."""
+    async def _deals_in_window(self) -> list[Deal]:
+        """This position's deals in a window wide enough for any server-time offset: from its
+        open time (its registration if unknown) less a day to now plus a day."""
+        start = (self.trade.opened_at or self.trade.created_at or self.clock()) - DEAL_MARGIN_S
+        market_now = self.view.tick.time if self.view is not None and self.view.tick else 0
+        end = max(self.clock(), market_now) + DEAL_MARGIN_S
+        deals = await self.broker.call("deals_between", start=start, end=end)
+        return [d for d in deals if d.position_id == self.ticket]
+
+    async def _close_orphan_hedge(self) -> None:
+        """The trade is gone but its hedge is open: a hedge alone is a naked position. It is
+        closed at a fresh price (``_execute`` reads one), never the trade's last known one."""
         if self.unresolved and not await self._resolve_journal():
             raise NotReady("an earlier action is unresolved")
         if not self.trade.hedge_ticket:
             return
+        view = self.view
+        if view is None:   # no market data yet (just restarted): the next poll tries again
+            raise NotReady(f"no market data of {self.trade.symbol} yet to close the hedge")
         seq = self.trade.action_seq + 1
         intent = ActionIntent(ActionKind.CLOSE_HEDGE, "close_hedge",
                               "the trade closed: close its hedge")

@@ -9,8 +9,9 @@ trade actor fills a :class:`Target` from its ``Trade`` and the latest ``Position
 ``build_request`` answers one of three things:
 
 * :class:`Request` - send ``fields``; ``note`` says what was adjusted and why;
-* :class:`Deferred` - the server would refuse now (freeze band); re-evaluate when the bid
-  crosses ``resume_above`` / ``resume_below``, do not spam the server meanwhile;
+* :class:`Deferred` - the server would refuse now (freeze band); re-evaluate when the reference
+  price (bid for a BUY, ask for a SELL) crosses ``resume_above`` / ``resume_below``, do not
+  spam the server meanwhile;
 * :class:`Skipped` - nothing worth sending (no change, would loosen a stop, below volume_min).
 
 Example::
@@ -109,7 +110,8 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """The server would refuse now; re-evaluate when the bid crosses one of the levels."""
+    """The server would refuse now; re-evaluate when the reference price (bid for a BUY, ask
+    for a SELL) crosses one of the levels."""
     reason: str
     resume_above: float | None = None
     resume_below: float | None = None
@@ -204,23 +206,21 @@ def _sltp_blocked(t: Target, spec: SymbolSpec, tick: Tick, sign: float,
 
     The current sl inside the freeze band -> 10029 FROZEN. The tp we keep is checked like a new
     level, so inside max(freeze, stops) it fails too (10029 or 10016): wait until it is out of
-    both. Levels are in the reference price (bid for a BUY, ask for a SELL) and converted to bid
-    levels with the current spread, since the market actor watches the bid.
+    both. Levels are in the reference price (bid for a BUY, ask for a SELL), as the market
+    actor watches them: converting a SELL's to bid levels would bake in today's spread.
     """
-    spread = tick.ask - tick.bid
-    to_bid = 0.0 if sign > 0 else spread
     above: float | None = None
     below: float | None = None
     reasons = []
     frozen_sl = t.sl > 0 and sign * _points(spec, ref - t.sl) <= spec.freeze_level + 1e-6
     if spec.freeze_level > 0 and frozen_sl:
         # the reference must move away from the sl by more than freeze_level points
-        level = _price(spec, t.sl + sign * (spec.freeze_level + 1) * spec.point - to_bid)
+        level = _price(spec, t.sl + sign * (spec.freeze_level + 1) * spec.point)
         reasons.append(f"sl {_fmt(spec, t.sl)} is within freeze_level {spec.freeze_level}")
         above, below = (level, None) if sign > 0 else (None, level)
     band = max(spec.freeze_level, spec.stops_level)
     if t.tp > 0 and sign * _points(spec, t.tp - ref) <= band + 1e-6:
-        level = _price(spec, t.tp - sign * (band + 1) * spec.point - to_bid)
+        level = _price(spec, t.tp - sign * (band + 1) * spec.point)
         reasons.append(f"tp {_fmt(spec, t.tp)} is within max(freeze_level, stops_level) {band}")
         if sign > 0:
             below = level

@@ -84,10 +84,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Watch:
-    """When to evaluate this trade again: bid at/above, bid at/below, market time at."""
+    """When to evaluate this trade again: its closing price at/above ``above`` or at/below
+    ``below``, or market time at ``at``. A BUY closes at the bid, a SELL at the ask: a SELL's
+    levels are ask levels (``ask=True``), compared with the ask of each tick, never converted
+    with the spread of the moment they were decided (the spread changes). ``ask`` is False
+    when there are no levels (a time has no side)."""
     above: float | None = None
     below: float | None = None
     at: float | None = None
+    ask: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +163,13 @@ class _Plan:
                             if v == PENDING or lifetime(k, self.policy)}
 
     def watch_price(self, direction: Direction, price_level: float) -> None:
-        """Evaluate again when the trade's closing price reaches ``price_level``, in bid terms."""
-        spread = self.snap.ask - self.snap.bid
-        # a BUY closes at the bid, a SELL at the ask: levels are watched in bid terms
-        level = price_level if direction is Direction.BUY else price_level - spread
-        if level > self.snap.bid:
-            self.above.append(_on_grid(level, self.snap.spec, ceil=True))
+        """Evaluate again when the trade's closing price (bid for a BUY, ask for a SELL)
+        reaches ``price_level``."""
+        price = self.snap.bid if direction is Direction.BUY else self.snap.ask
+        if price_level > price:
+            self.above.append(_on_grid(price_level, self.snap.spec, ceil=True))
         else:
-            self.below.append(_on_grid(level, self.snap.spec, ceil=False))
+            self.below.append(_on_grid(price_level, self.snap.spec, ceil=False))
 
 
 def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
@@ -199,7 +203,8 @@ def _finish(plan: _Plan) -> Decision:
     new = dataclasses.replace(trade, **plan.changes) if plan.changes else trade
     watch = Watch(above=min(plan.above) if plan.above else None,
                   below=max(plan.below) if plan.below else None,
-                  at=min(plan.at) if plan.at else None)
+                  at=min(plan.at) if plan.at else None,
+                  ask=bool(plan.above or plan.below) and trade.direction is Direction.SELL)
     return Decision(new, tuple(plan.intents), plan.transition, watch)
 
 

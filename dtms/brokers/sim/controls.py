@@ -2,7 +2,7 @@
 
 This module owns the SimControls mixin: moving the clock, forcing prices,
 holding a symbol and playing a scripted price path, opening and closing positions the way a human would in the terminal, market
-and symbol switches, and the fault-injection shortcuts. Every control takes
+and symbol switches, the account's mode, and the fault-injection shortcuts. Every control takes
 the terminal lock, so tests may call them from any thread, and none is
 affected by injected faults or the connection state.
 """
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .ledger import Ledger
     from .market import Market, SymbolState
+    from .types import SimConfig
 
 
 class SimTradeRejected(RuntimeError):
@@ -44,6 +45,7 @@ class SimControls:
     _ledger: Ledger
     clock: Clock
     faults: Faults
+    config: SimConfig
 
     def _catch_up(self) -> None:
         raise NotImplementedError
@@ -73,6 +75,20 @@ class SimControls:
             self._state(symbol)
             self._catch_up()
             self._market.force_price(symbol, bid)
+            self._engine.on_tick(symbol)
+            self._engine.on_step()
+
+    def set_spread(self, symbol: str, points: int) -> None:
+        """From now on the symbol's ask is its bid plus `points` points; a tick now with the
+        same bid and the new ask (SL/TP of SELL positions trigger on it)."""
+        if int(points) < 0:
+            raise ValueError(f"spread must be >= 0 points, got {points!r}")
+        with self._lock:
+            state = self._state(symbol)
+            self._catch_up()
+            state.spec = replace(state.spec, spread=int(points))
+            state.stream.spec = state.spec
+            self._market.force_price(symbol, state.stream.bid)
             self._engine.on_tick(symbol)
             self._engine.on_step()
 
@@ -171,6 +187,17 @@ class SimControls:
         with self._lock:
             self._state(symbol).market_open = bool(is_open)
 
+    def set_account_mode(self, margin_mode: int) -> None:
+        """Make the account hedging or netting (ACCOUNT_MARGIN_MODE_RETAIL_*): as if the
+        terminal were logged in to another account of that kind. Call it while disconnected
+        (``disconnect()``): a client sees it on its next initialize()/account_info()."""
+        if margin_mode not in (c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING,
+                               c.ACCOUNT_MARGIN_MODE_RETAIL_NETTING):
+            raise ValueError(f"margin_mode must be a retail hedging or netting mode, "
+                             f"got {margin_mode!r}")
+        with self._lock:
+            self.config.margin_mode = int(margin_mode)
+
     def set_algo_trading(self, enabled: bool) -> None:
         """The terminal's Algo Trading button (off -> TRADE_RETCODE_CLIENT_DISABLES_AT)."""
         with self._lock:
@@ -184,9 +211,9 @@ class SimControls:
             state.stream.spec = state.spec
 
     # --- fault shortcuts (see faults.Faults) ----------------------------------------------
-    def set_latency(self, seconds: float) -> None:
-        """Every API call sleeps `seconds` before running."""
-        self.faults.set_latency(seconds)
+    def set_latency(self, seconds: float, function: str | None = None) -> None:
+        """Every API call (or every call of `function`) sleeps `seconds` before running."""
+        self.faults.set_latency(seconds, function)
 
     def fail_next(self, n: int = 1, function: str | None = None,
                   error: tuple[int, str] = DEFAULT_FAILURE) -> None:
@@ -201,6 +228,20 @@ class SimControls:
         """The market moves to `bid` just before the next order_send executes."""
         self._state(symbol)
         self.faults.move_before_next_order(symbol, bid)
+
+    def hide_position(self, ticket: int, calls: int | None = None) -> None:
+        """positions_get leaves the open position out of its next `calls` answers that would
+        show it (None: until show_position): a glitch, the position is still open."""
+        self.faults.hide_position(ticket, calls)
+
+    def show_position(self, ticket: int) -> None:
+        """End hide_position: positions_get shows the position again."""
+        self.faults.show_position(ticket)
+
+    def delay_deals(self, position: int, calls: int) -> None:
+        """history_deals_get leaves the position's deals out of its next `calls` answers that
+        would show them: the history catching up after a close."""
+        self.faults.delay_deals(position, calls)
 
     def uncertain_next_order(self, n: int = 1) -> None:
         """The next n order_send calls execute but return TRADE_RETCODE_TIMEOUT."""

@@ -69,6 +69,7 @@ CONTROL_METHODS = frozenset({
     "set_algo_trading", "set_symbol_trade_mode", "fail_next", "disconnect",
     "uncertain_next_order", "set_latency", "sim_time", "hold", "play",
     "move_before_next_order",
+    "set_spread", "set_account_mode", "hide_position", "show_position", "delay_deals",
 })
 
 ALLOWED = frozenset(API_METHODS) | CONTROL_METHODS

@@ -60,7 +60,7 @@ def _api(name: str, failure: Any = None) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(self: SimTerminal, *args: Any, **kwargs: Any) -> Any:
-            latency = self.faults.latency
+            latency = self.faults.latency_of(name)
             if latency > 0:
                 time.sleep(latency)
             with self._lock:
@@ -282,6 +282,7 @@ class SimTerminal(SimControls):
             self._engine.position_view(p) for p in candidates
             if (symbol is None or p.symbol == symbol)
             and (group is None or matches_group(p.symbol, group))
+            and not (self.faults.hiding and self.faults.take_hidden(p.ticket))
         )
 
     @_api("orders_total")
@@ -368,8 +369,12 @@ class SimTerminal(SimControls):
             match = lambda d: d.order == ticket  # noqa: E731
         elif position is not None:
             match = lambda d: d.position_id == position  # noqa: E731
-        return self._history(tuple(self._ledger.deals), lambda d: d.time, date_from, date_to,
-                             group, match)
+        deals = self._history(tuple(self._ledger.deals), lambda d: d.time, date_from, date_to,
+                              group, match)
+        if deals and self.faults.hiding:
+            late = self.faults.take_late_deals({d.position_id for d in deals})
+            deals = tuple(d for d in deals if d.position_id not in late)
+        return deals
 
     @_api("history_deals_total")
     def history_deals_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
