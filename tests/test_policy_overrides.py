@@ -15,7 +15,7 @@ from dtms.config import PolicySettings
 from dtms.errors import InvalidArgument
 from dtms.policy import overrides
 from dtms.policy.lifecycle import decide
-from dtms.policy.overrides import BOUNDS, ORDER, policy_problems, resolve_policy
+from dtms.policy.overrides import BOUNDS, ORDER, policy_problems, resolve_policy, salvage_policy
 from tests.test_lifecycle import BUY, HEALTHY, L1, QUIET, make_trade, score, snap
 
 POLICY = PolicySettings()
@@ -251,3 +251,23 @@ def test_any_map_is_accepted_within_bounds_or_refused_naming_each_bad_key(
     assert math.fsum(p.partial_fractions) <= 1 + 1e-9
     assert all(level > 0 for level in p.partial_levels_r)
     assert list(p.partial_levels_r) == sorted(set(p.partial_levels_r))
+
+
+# == a stored trade's policy ==================================================================
+
+@pytest.mark.parametrize(("stored", "kept", "dropped"), [
+    ({}, {}, set()),
+    ({"breakeven_r": 0.5}, {"breakeven_r": 0.5}, set()),
+    # stored before the wire was typed exactly: strings as numbers
+    ({"breakeven_r": "1.5", "trail_atr_mult": 3.0}, {"trail_atr_mult": 3.0},
+     {"policy.breakeven_r"}),
+    # the negative rung of issue 13: both ladder keys go, the configured (empty) ladder applies
+    ({"partial_levels_r": [-1], "partial_fractions": [0.9], "l1_score": -3.0},
+     {"l1_score": -3.0}, {"policy.partial_levels_r", "policy.partial_fractions"}),
+    ({"bogus": 1}, {}, {"policy.bogus"}),
+])
+def test_a_stored_policy_keeps_its_valid_keys_and_falls_back_for_the_refused(stored, kept,
+                                                                             dropped) -> None:
+    policy, problems = salvage_policy(POLICY, stored)
+    assert set(problems) == dropped
+    assert policy == resolve_policy(POLICY, kept)

@@ -197,3 +197,27 @@ async def _trade_or_none(cl, ticket: int) -> dict | None:
         return await cl.trade(ticket)
     except NotFound:
         return None
+
+
+async def test_a_stored_trade_whose_policy_this_version_refuses_is_managed_with_the_configured_values(
+        engine_settings, caplog):
+    """A policy stored under the looser rules before issue 13 (numbers as strings, a negative
+    rung) must not leave the trade unmanaged (crash -> SUSPENDED): the refused keys fall back to
+    the configured values, the valid ones stay, and the log names what was dropped."""
+    sim, ticket = await ladder_trade(engine_settings)
+    db = sqlite3.connect(engine_settings.store.path)
+    db.execute("UPDATE trades SET policy = ? WHERE ticket = ?", (json.dumps(
+        {"breakeven_r": "1.5", "partial_levels_r": [-1], "partial_fractions": [0.9],
+         "trail_atr_mult": 3}), ticket))
+    db.commit()
+    db.close()
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await settle(svc, sim)
+        view = await cl.trade(ticket)
+        assert view["state"] == "HEALTHY"   # not SUSPENDED by a crash loop
+        assert (await cl.call("restarts", {"kind": "trade"}))["restarts"] == []
+        actor = svc.registry.trades[ticket]
+        assert (actor.policy.breakeven_r, actor.policy.partial_levels_r,
+                actor.policy.trail_atr_mult) == (1.0, (), 3.0)
+    dropped = [r for r in caplog.records if "stored policy keys refused" in r.getMessage()]
+    assert dropped and "policy.breakeven_r" in dropped[0].getMessage()

@@ -23,7 +23,7 @@ from dtms.actors.store import (
 )
 from dtms.config import StoreSettings
 from dtms.metrics import Metrics
-from dtms.model import Direction, Trade, TradeState, Transition
+from dtms.model import ActionRecord, Direction, Trade, TradeState, Transition
 
 pytestmark = pytest.mark.anyio
 
@@ -38,12 +38,12 @@ def trade(ticket: int, **kw) -> Trade:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 5
-        assert await migrate(db) == 5  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 6
+        assert await migrate(db) == 6  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
                                       "trades_archive", "meta"}
 
@@ -64,7 +64,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
                "VALUES (7, 'MODIFY_SL', 'sent', 2.5)")
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 5
+        assert await migrate(adb) == 6
         adb.row_factory = sqlite3.Row
         rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
         trades = await (await adb.execute("SELECT * FROM trades")).fetchall()
@@ -76,7 +76,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
     assert (actions[0]["seq"], actions[0]["status"], actions[0]["obligation"]) == (1, "sent", "")
 
 
-async def test_a_v4_database_with_trades_migrates_to_v5_with_an_empty_meta_table(tmp_path):
+async def test_a_v4_database_with_trades_migrates_with_an_empty_meta_table(tmp_path):
     path = tmp_path / "v4.sqlite3"
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -89,7 +89,7 @@ async def test_a_v4_database_with_trades_migrates_to_v5_with_an_empty_meta_table
     store = StoreActor(StoreSettings(path=str(path)), Metrics())
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
-        assert store.schema_version == 5
+        assert store.schema_version == 6
         assert (await store.ask(GetTrade(7))).state is TradeState.HEALTHY
         assert await store.ask(GetMeta("account")) is None
         record = {"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}
@@ -100,6 +100,39 @@ async def test_a_v4_database_with_trades_migrates_to_v5_with_an_empty_meta_table
     assert db.execute("SELECT key, value, updated_at FROM meta").fetchall() == [
         ("account", '{"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}', 10.0)]
     db.close()
+
+
+async def test_cuts_made_before_v6_are_marked_done_from_the_journal(tmp_path):
+    """Before v6 a state change dropped a done L2 close or hedge, so the trade would be cut
+    again at its next WARNING_L2/HEDGED; the migration restores them from the journal."""
+    path = tmp_path / "v5.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, script in enumerate(MIGRATIONS[:5], start=1):
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    write_batch(db, [
+        PutTrade(trade(1, state=TradeState.WARNING_L1, obligations={"sl:L1": "done"}),
+                 actions=(ActionRecord(1, 1, "PARTIAL_CLOSE", "L2:partial", "warning L2",
+                                       "done", 1.0),
+                          ActionRecord(1, 2, "HEDGE", "hedge", "hedged", "done", 2.0))),
+        PutTrade(trade(2, state=TradeState.WARNING_L1),      # its L2 close failed: still owed
+                 actions=(ActionRecord(2, 1, "PARTIAL_CLOSE", "L2:partial", "warning L2",
+                                       "failed", 1.0),)),
+        PutTrade(trade(3, state=TradeState.HEALTHY, obligations={"L2:partial": "pending"}),
+                 actions=(ActionRecord(3, 1, "PARTIAL_CLOSE", "L2:partial", "warning L2",
+                                       "done", 1.0),)),
+    ])
+    db.close()
+    async with aiosqlite.connect(path, isolation_level=None) as adb:
+        assert await migrate(adb) == 6
+        adb.row_factory = sqlite3.Row
+        rows = await (await adb.execute("SELECT * FROM trades ORDER BY ticket")).fetchall()
+    assert [trade_from_row(r).obligations for r in rows] == [
+        {"sl:L1": "done", "L2:partial": "done", "hedge": "done"},
+        {},
+        {"L2:partial": "pending"},   # a status already there is the trade's own word
+    ]
 
 
 async def test_a_newer_schema_is_refused(tmp_path):

@@ -126,6 +126,19 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
     """,
+    # v6: the defensive cuts are owed once per trade (issue 13). Before, a state change dropped
+    # a done "L2:partial" or "hedge" obligation, so a trade stored then would be cut again at
+    # its next WARNING_L2/HEDGED: the journal says which cuts were made; mark them done.
+    """
+    UPDATE trades SET obligations = json_set(obligations, '$."L2:partial"', 'done')
+     WHERE state != 'CLOSED' AND json_extract(obligations, '$."L2:partial"') IS NULL
+       AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
+                   AND a.obligation = 'L2:partial' AND a.status = 'done');
+    UPDATE trades SET obligations = json_set(obligations, '$."hedge"', 'done')
+     WHERE state != 'CLOSED' AND json_extract(obligations, '$."hedge"') IS NULL
+       AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
+                   AND a.obligation = 'hedge' AND a.status = 'done');
+    """,
 ]
 
 

@@ -78,7 +78,7 @@ from dtms.policy.lifecycle import (
     decide,
     failed,
 )
-from dtms.policy.overrides import resolve_policy
+from dtms.policy.overrides import salvage_policy
 from dtms.policy.signals import trade_score
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,11 @@ class TradeActor(Actor):
                 raise LookupError(f"trade {self.ticket} is not in the store")
             journal = await self.store.ask(ListActions(self.ticket, limit=1000, unresolved=True))
         self.trade = stored
-        self.policy = resolve_policy(self.settings.policy, stored.policy)
+        self.policy, dropped = salvage_policy(self.settings.policy, stored.policy)
+        if dropped:   # stored under looser rules: managed with the configured values instead
+            log.error("trade %s: stored policy keys refused, the configured values apply: %s",
+                      self.ticket, "; ".join(f"{k}: {v}" for k, v in dropped.items()),
+                      extra={"ticket": self.ticket, "dropped": sorted(dropped)})
         self.deferred.clear()
         self.unresolved = sorted(journal, key=lambda a: a.seq)
         self.market, self._market_hint = self._market_hint, None

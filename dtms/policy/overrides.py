@@ -259,4 +259,27 @@ def resolve_policy(base: PolicySettings, overrides: Mapping[str, Any]) -> Policy
     return policy
 
 
-__all__ = ["BOUNDS", "ORDER", "policy_problems", "resolve_policy", "typing_problems"]
+def salvage_policy(base: PolicySettings, overrides: Mapping[str, Any]
+                   ) -> tuple[PolicySettings, dict[str, str]]:
+    """The policy of a trade that is already stored: like :func:`resolve_policy`, but a key
+    this version refuses (a map stored before the wire was typed exactly, or a ``[policy]``
+    changed since) falls back to ``base`` instead of refusing the trade, which would leave it
+    unmanaged. Returns the policy and what was dropped (``policy.<key>`` -> reason), for the
+    caller to log.
+    """
+    kept = dict(overrides)
+    dropped: dict[str, str] = {}
+    while True:   # each round drops at least one key, so it ends with ``base`` at worst
+        try:
+            return resolve_policy(base, kept), dropped
+        except InvalidArgument as exc:
+            named = exc.details.get("errors") or {exc.details["field"]: exc.message}
+            dropped.update(named)
+            bad = {k for k in kept if f"policy.{k}" in named}
+            if not bad:
+                return base, dropped
+            kept = {k: v for k, v in kept.items() if k not in bad}
+
+
+__all__ = ["BOUNDS", "ORDER", "policy_problems", "resolve_policy", "salvage_policy",
+           "typing_problems"]
