@@ -36,6 +36,16 @@ def trade(ticket: int, **kw) -> Trade:
     return Trade(**base)
 
 
+def database_at(path, version: int) -> sqlite3.Connection:
+    """A database file as DTMS left it at schema ``version``, open for the test to fill."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for v, script in enumerate(MIGRATIONS[:version], start=1):
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?)", (v,))
+    return db
+
+
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
         assert await migrate(db) == len(MIGRATIONS) == 6
@@ -78,11 +88,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
 
 async def test_a_v4_database_with_trades_migrates_with_an_empty_meta_table(tmp_path):
     path = tmp_path / "v4.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for version, script in enumerate(MIGRATIONS[:4], start=1):
-        db.executescript(script)
-        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    db = database_at(path, 4)
     write_batch(db, [PutTrade(trade(7, state=TradeState.HEALTHY))])   # a v4 row
     db.close()
 
@@ -106,11 +112,7 @@ async def test_cuts_made_before_v6_are_marked_done_from_the_journal(tmp_path):
     """Before v6 a state change dropped a done L2 close or hedge, so the trade would be cut
     again at its next WARNING_L2/HEDGED; the migration restores them from the journal."""
     path = tmp_path / "v5.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for version, script in enumerate(MIGRATIONS[:5], start=1):
-        db.executescript(script)
-        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    db = database_at(path, 5)
     write_batch(db, [
         PutTrade(trade(1, state=TradeState.WARNING_L1, obligations={"sl:L1": "done"}),
                  actions=(ActionRecord(1, 1, "PARTIAL_CLOSE", "L2:partial", "warning L2",
