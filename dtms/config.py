@@ -197,7 +197,7 @@ class MarketSettings:
 class SupervisorSettings:
     root_max_restarts: int = 2
     root_period_s: float = 10.0
-    trades_max_restarts: int = 3
+    trades_max_restarts: int = 3      # the market supervisor's (symbols); trades: [trades]
     trades_period_s: float = 5.0
     min_backoff_s: float = 0.1
     max_backoff_s: float = 30.0

@@ -320,6 +320,32 @@ def _describe(error: BaseException | None) -> str:
     return "" if error is None else repr(_innermost(error))
 
 
+async def report(event: RestartEvent, error: BaseException | None,
+                 on_event: EventCallback | None) -> None:
+    """Log one decision as one structured line on ``dtms.supervisor`` and pass it to
+    ``on_event``; a failing ``on_event`` is logged, never fatal. Every supervisor of DTMS (the
+    two here and the trade runtime's) reports through this."""
+    level = {"restart": logging.WARNING, "shutdown": logging.INFO}.get(event.action,
+                                                                       logging.ERROR)
+    log.log(level, "supervisor %s: %s child %s (%s) attempt=%d backoff=%.3fs %s",
+            event.supervisor, event.action, event.child, event.reason, event.attempt,
+            event.backoff_s, event.exception,
+            extra={"supervisor": event.supervisor, "child": event.child, "kind": event.kind,
+                   "event": event.action, "reason": event.reason,
+                   "exception_type": type(_innermost(error)).__name__ if error else "",
+                   "exception": event.exception, "attempt": event.attempt,
+                   "backoff_s": event.backoff_s})
+    if on_event is None:
+        return
+    try:
+        result = on_event(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("supervisor %s: on_event failed for %r; supervision goes on",
+                      event.supervisor, event)
+
+
 class _Supervision:
     """The machinery shared by both supervisors; subclasses say which children a death
     affects and how a restart is counted."""
@@ -604,23 +630,7 @@ class _Supervision:
                       attempt: int, backoff_s: float) -> None:
         event = RestartEvent(self.name, child.spec.id, action, reason, _describe(error), attempt,
                              backoff_s, time.time(), child.spec.kind or child.spec.id)
-        level = {"restart": logging.WARNING, "shutdown": logging.INFO}.get(action, logging.ERROR)
-        log.log(level, "supervisor %s: %s child %s (%s) attempt=%d backoff=%.3fs %s",
-                self.name, action, event.child, reason, attempt, backoff_s, event.exception,
-                extra={"supervisor": self.name, "child": event.child, "kind": event.kind,
-                       "event": action, "reason": reason,
-                       "exception_type": type(_innermost(error)).__name__ if error else "",
-                       "exception": event.exception, "attempt": attempt,
-                       "backoff_s": backoff_s})
-        if self._on_event is None:
-            return
-        try:
-            result = self._on_event(event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("supervisor %s: on_event failed for %r; supervision goes on",
-                          self.name, event)
+        await report(event, error, self._on_event)
 
 
 class Supervisor(_Supervision):

@@ -209,7 +209,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.events: list[Any] = []
 
-    async def tell(self, event: Any) -> None:
+    def tell_nowait(self, event: Any) -> None:   # the market tells a trade without waiting
         self.events.append(event)
 
 

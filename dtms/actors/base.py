@@ -114,11 +114,91 @@ class Envelope:
     trace_id: str = field(default_factory=TRACE_ID.get)
 
 
-class Actor:
-    """Base class for every DTMS actor. See the module docstring."""
+class ActorCore:
+    """What every actor shares, whatever runs it: ``tell``/``tell_nowait``/``ask`` over the
+    subclass's ``_post``/``_post_nowait``, one message handled at a time by ``_deliver``, and
+    the hooks. :class:`Actor` runs on a task of its own; :class:`dtms.actors.runtime.Cell`
+    runs on a task only while its mailbox has messages."""
 
+    name: str
     #: exceptions from ``handle`` that are answers to the asker, not crashes of the actor
     reply_errors: tuple[type[BaseException], ...] = (DtmsError,)
+    handling = 0   # messages being handled right now (for ``idle``)
+
+    async def _post(self, env: Envelope) -> None:
+        raise NotImplementedError
+
+    def _post_nowait(self, env: Envelope) -> None:
+        raise NotImplementedError
+
+    async def tell(self, message: Any) -> None:
+        """Fire and forget; waits while the mailbox is full.
+
+        :raises ActorStopped: the actor has stopped for good."""
+        await self._post(Envelope(message))
+
+    def tell_nowait(self, message: Any) -> None:
+        """Fire and forget without waiting.
+
+        :raises MailboxFull: the mailbox is full (nothing was queued).
+        :raises ActorStopped: the actor has stopped for good."""
+        self._post_nowait(Envelope(message))
+
+    async def ask(self, message: Any, timeout: float = 5.0) -> Any:
+        """Request/reply: the value ``handle`` returned, or the error it raised.
+
+        :raises AskTimeout: no reply within ``timeout`` (the message may still be handled).
+        :raises ActorStopped: the actor has stopped for good.
+        :raises Internal: the actor crashed handling it."""
+        reply = Reply()
+        try:
+            with anyio.fail_after(timeout):
+                await self._post(Envelope(message, reply))
+                return await reply.wait()
+        except TimeoutError as exc:
+            if isinstance(exc, AskTimeout):  # a timeout further down, answered to us
+                raise
+            raise AskTimeout(f"{self.name} did not answer {type(message).__name__} "
+                             f"within {timeout}s") from exc
+
+    async def _deliver(self, env: Envelope) -> None:
+        """Handle one message under its trace id and answer its asker (any loop uses this)."""
+        token = TRACE_ID.set(env.trace_id or new_trace_id())
+        self.handling += 1
+        try:
+            result = await self.handle(env.message)
+        except self.reply_errors as err:
+            if env.reply is not None:
+                env.reply.fail(err)
+            else:
+                log.warning("%s: told %s failed: %r", self.name, type(env.message).__name__, err)
+            return
+        except Exception as exc:
+            if env.reply is not None:
+                env.reply.fail(Internal(f"{self.name} crashed handling "
+                                        f"{type(env.message).__name__}: {exc!r}"))
+            raise
+        finally:
+            self.handling -= 1
+            TRACE_ID.reset(token)
+        if env.reply is not None:
+            env.reply.set(result)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Called at the start of every incarnation, before the actor is reported ready."""
+
+    async def on_stop(self) -> None:
+        """Called when an incarnation ends, for any reason (shielded from cancellation)."""
+
+    async def handle(self, message: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")
+
+
+class Actor(ActorCore):
+    """Base class for DTMS's long-lived actors (store, broker, registry...), each on its own
+    task. See the module docstring."""
+
     #: messages of these types queued back to back are taken together (up to ``max_batch``)
     #: and given to ``handle_batch`` in one call: the store's group commit, the registry's
     #: batched registrations. Order is kept: a message of another type ends the batch.
@@ -133,34 +213,20 @@ class Actor:
         self._closed = False
         self._tg: TaskGroup | None = None
         self.incarnation = 0
-        self.handling = 0  # messages being handled right now (for `idle`)
+        self.handling = 0
 
     # -- messaging ---------------------------------------------------------------------------
-    async def tell(self, message: Any) -> None:
+    async def _post(self, env: Envelope) -> None:
         try:
-            await self._send.send(Envelope(message))
+            await self._send.send(env)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise ActorStopped(self.name) from exc
 
-    def tell_nowait(self, message: Any) -> None:
+    def _post_nowait(self, env: Envelope) -> None:
         try:
-            self._send.send_nowait(Envelope(message))
+            self._send.send_nowait(env)
         except anyio.WouldBlock as exc:
             raise MailboxFull(self.name) from exc
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise ActorStopped(self.name) from exc
-
-    async def ask(self, message: Any, timeout: float = 5.0) -> Any:
-        reply = Reply()
-        try:
-            with anyio.fail_after(timeout):
-                await self._send.send(Envelope(message, reply))
-                return await reply.wait()
-        except TimeoutError as exc:
-            if isinstance(exc, AskTimeout):  # a timeout further down, answered to us
-                raise
-            raise AskTimeout(f"{self.name} did not answer {type(message).__name__} "
-                             f"within {timeout}s") from exc
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise ActorStopped(self.name) from exc
 
@@ -255,39 +321,6 @@ class Actor:
                     break
                 batch.append(env)
             await self.handle_batch(batch)
-
-    async def _deliver(self, env: Envelope) -> None:
-        """Handle one message under its trace id and answer its asker (any loop uses this)."""
-        token = TRACE_ID.set(env.trace_id or new_trace_id())
-        self.handling += 1
-        try:
-            result = await self.handle(env.message)
-        except self.reply_errors as err:
-            if env.reply is not None:
-                env.reply.fail(err)
-            else:
-                log.warning("%s: told %s failed: %r", self.name, type(env.message).__name__, err)
-            return
-        except Exception as exc:
-            if env.reply is not None:
-                env.reply.fail(Internal(f"{self.name} crashed handling "
-                                        f"{type(env.message).__name__}: {exc!r}"))
-            raise
-        finally:
-            self.handling -= 1
-            TRACE_ID.reset(token)
-        if env.reply is not None:
-            env.reply.set(result)
-
-    # -- hooks ---------------------------------------------------------------------------------
-    async def on_start(self) -> None:
-        """Called at the start of every incarnation, before the actor is reported ready."""
-
-    async def on_stop(self) -> None:
-        """Called when an incarnation ends, for any reason (shielded from cancellation)."""
-
-    async def handle(self, message: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not handle {message!r}")
 
     async def handle_batch(self, batch: list[Envelope]) -> None:
         """Handle messages of ``batch_types`` together; must answer every asker in ``batch``.

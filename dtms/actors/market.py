@@ -310,7 +310,7 @@ class SymbolMarket(Actor):
         if actor is None:
             return
         try:
-            await actor.tell(event)
+            actor.tell_nowait(event)   # a snapshot: a trade takes it at once, never blocking us
         except ActorStopped:
             self.subscribers.pop(ticket, None)
             self.index.cancel(ticket)

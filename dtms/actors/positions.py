@@ -77,7 +77,6 @@ class PositionWatcher(Actor):
         self.watched: dict[int, Actor] = {}
         self.last_seen: dict[int, bytes] = {}   # ticket -> mark (packed volume, SL, TP)
         self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
-        self.gone_reported: set[int] = set()
         # watched ticket -> polls in a row without it (kept across a restart of the watcher:
         # the polls before it missed the position too)
         self.absent: dict[int, int] = {}
@@ -88,7 +87,6 @@ class PositionWatcher(Actor):
     async def on_start(self) -> None:
         self.last_seen = {}
         self.ours = {}
-        self.gone_reported.clear()
         self.spawn(self._ticker)
 
     async def _ticker(self) -> None:
@@ -104,13 +102,11 @@ class PositionWatcher(Actor):
         if isinstance(message, Watch):
             self.watched[message.ticket] = message.actor
             self.last_seen.pop(message.ticket, None)  # its trade hears of it at the next poll
-            self.gone_reported.discard(message.ticket)
             self.absent.pop(message.ticket, None)
             return None
         if isinstance(message, Unwatch):
             self.watched.pop(message.ticket, None)
             self.last_seen.pop(message.ticket, None)
-            self.gone_reported.discard(message.ticket)
             self.absent.pop(message.ticket, None)
             return None
         if isinstance(message, Poll):
@@ -131,21 +127,20 @@ class PositionWatcher(Actor):
         for ticket, actor in list(self.watched.items()):
             mark = marks.get(ticket)
             try:
+                # snapshots: a trade takes them at once, the newest replacing a queued one, so
+                # one slow or crashed trade never holds up the poll of all the others
                 if mark is None:
-                    # told again each poll until the actor confirms and exits, but never
-                    # queued twice (a confirmation that failed on a broker error is retried)
+                    # told again each poll until the actor confirms and exits (a confirmation
+                    # that failed on a broker error is retried)
                     polls = self.absent[ticket] = self.absent.get(ticket, 0) + 1
-                    if ticket not in self.gone_reported or actor.mailbox_depth == 0:
-                        self.gone_reported.add(ticket)
-                        await actor.tell(PositionGone(polls))
+                    actor.tell_nowait(PositionGone(polls))
                     continue
                 if self.absent.pop(ticket, None):
                     log.warning("position %s is back at the broker after missing from a poll",
                                 ticket, extra={"ticket": ticket})
-                self.gone_reported.discard(ticket)
                 p = changed.get(ticket)
                 if p is not None:
-                    await actor.tell(PositionUpdate(p, polled_at))
+                    actor.tell_nowait(PositionUpdate(p, polled_at))
             except ActorStopped:
                 self.watched.pop(ticket, None)
                 self.absent.pop(ticket, None)

@@ -2,8 +2,10 @@
 
 It is the one owner of the ticket map, and it serialises registrations: two registrations of
 the same ticket, however concurrent, are handled one after the other, so the second finds the
-first and exactly one trade actor exists. The trade actors run under a dynamic supervisor that
-lives inside the registry (the registry's subtree in SPEC section 1).
+first and exactly one trade actor exists. The trade actors are cells of a
+:class:`~dtms.actors.runtime.Runtime` that lives inside the registry (the registry's subtree in
+SPEC section 1): it runs a trade only while it has messages and supervises each one on its own
+(OTP one_for_one, the trade's own restart window, then SUSPENDED).
 
 ``Register`` on the unhappy paths, in the order checked (the ownership and conflict rules are
 the pure functions of :mod:`dtms.policy.ownership`):
@@ -25,8 +27,8 @@ the pure functions of :mod:`dtms.policy.ownership`):
   nothing changed (``adjusted`` says where the request differs from the broker);
 * otherwise (a new ticket, or a RELEASED one adopted again) the trade is built from the broker's
   truth (volume, SL, TP, entry price; any difference from the request is reported in
-  ``adjusted``), stored durably, and only then is its actor started and the registration
-  acknowledged (``created: true``).
+  ``adjusted``), stored durably, then its actor is made (a plain object, started in its first
+  turn) and the registration acknowledged (``created: true``).
 
 A re-registration is thus checked against the broker exactly like a new ticket (SPEC 4).
 
@@ -42,11 +44,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from dtms.actors.base import Actor, Envelope
 from dtms.actors.market import MarketOf
 from dtms.actors.positions import Unwatch, Watch
+from dtms.actors.runtime import Runtime
 from dtms.actors.store import (
     CountByState,
     GetTrade,
@@ -87,7 +88,7 @@ from dtms.policy.ownership import (
     request_refusal,
     stored_refusal,
 )
-from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
+from dtms.supervisor import Backoff, Intensity
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class RegistryActor(Actor):
         self.trades: dict[int, TradeActor] = {}
         self._on_event = on_event
         self._on_recovered = on_recovered
-        self.supervisor: DynamicSupervisor | None = None
+        self.supervisor: Runtime | None = None   # runs and supervises the trade actors
         self.recovered = False  # this incarnation has reloaded every stored open trade
         self.rules = OwnershipRules.from_settings(settings)
 
@@ -155,10 +156,11 @@ class RegistryActor(Actor):
         t = self.settings.trades
         self.trades.clear()
         self.recovered = False
-        self.supervisor = DynamicSupervisor(
-            "trades", intensity=Intensity(sup.trades_max_restarts, sup.trades_period_s),
+        # trades count their crashes one by one: a poisoned trade is given up on its own, and
+        # no number of unrelated poisoned trades reloads every other one (Akka, Proto.Actor)
+        self.supervisor = Runtime(
+            "trades", intensity=Intensity(t.max_restarts, t.restart_period_s),
             backoff=Backoff(sup.min_backoff_s, sup.max_backoff_s, sup.jitter),
-            child_intensity=Intensity(t.max_restarts, t.restart_period_s),
             on_event=self._on_event, on_give_up=self._give_up)
         await self._start_task(self.supervisor.run)
         await self._recover()
@@ -210,25 +212,21 @@ class RegistryActor(Actor):
                            market=self.market, metrics=self.metrics, settings=self.settings,
                            clock=self.clock, journal=journal, symbol_market=symbol_market)
         assert self.supervisor is not None
-        await self.supervisor.start_child(ChildSpec(
-            str(trade.ticket), actor.run, restart=Restart.TRANSIENT,
-            shutdown_timeout=self.settings.supervisor.shutdown_timeout_s, stop=actor.stop,
-            kind="trade"))
+        self.supervisor.start(actor)   # a plain object until its first turn runs on_start
         self.trades[trade.ticket] = actor
         await self.watcher.tell(Watch(trade.ticket, actor))
 
     async def _spawn_all(self, trades: Iterable[tuple[Trade, tuple[ActionRecord, ...] | None]]
                          ) -> None:
-        """Start many trade actors at once: their starts (subscribing to their symbol) overlap
-        instead of queueing one behind the other. Any failure is the registry's crash."""
+        """Start many trade actors: each symbol's market actor is asked for once, and every
+        actor starts (subscribes) in its own first turn. Any failure is the registry's crash."""
         markets: dict[str, Actor] = {}
-        async with anyio.create_task_group() as tg:
-            for trade, journal in trades:
-                market = markets.get(trade.symbol)
-                if market is None:
-                    market = markets[trade.symbol] = await self.market.ask(
-                        MarketOf(trade.symbol), timeout=60.0)
-                tg.start_soon(self._spawn, trade, journal, market)
+        for trade, journal in trades:
+            market = markets.get(trade.symbol)
+            if market is None:
+                market = markets[trade.symbol] = await self.market.ask(
+                    MarketOf(trade.symbol), timeout=60.0)
+            await self._spawn(trade, journal, market)
 
     async def _give_up(self, child_id: str, exc: BaseException | None) -> None:
         # called from the trades supervisor's control loop: never wait on our own mailbox there
@@ -306,7 +304,7 @@ class RegistryActor(Actor):
             return trade.view()
         if ticket in self.trades:
             assert self.supervisor is not None
-            await self.supervisor.terminate_child(str(ticket))
+            await self.supervisor.terminate(str(ticket))
             self._forget(ticket)
             trade = await self._stored(ticket)  # the actor's last word is in the store
         now = self.clock()

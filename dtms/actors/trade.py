@@ -50,6 +50,7 @@ from dtms.actors.market import (
     Unsubscribe,
     WatchLevels,
 )
+from dtms.actors.runtime import Cell
 from dtms.actors.store import GetTrade, ListActions, PutTrade
 from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
@@ -121,13 +122,33 @@ class TradeClosed:
     ticket: int
 
 
-class TradeActor(Actor):
+class TradeActor(Cell):
+    """One trade, run by the registry's :class:`~dtms.actors.runtime.Runtime` only while it has
+    messages (an idle trade holds no task).
+
+    Snapshots (taken whatever the mailbox holds, so a market actor or the position watcher
+    never waits on this trade): a ``BarClose`` replaces a queued older one (the newest bar's
+    view and score is what counts) and the position's state (``PositionUpdate`` /
+    ``PositionGone``) replaces a queued older one. A ``PriceEvent`` is never replaced: it
+    carries the tick that crossed a level, and a later view may have come back from it (a
+    watch is one-shot, so few are ever queued)."""
+
+    snapshots = (BarClose, PriceEvent, PositionUpdate, PositionGone)
+
+    def supersedes(self, new: Any, old: Any) -> bool:
+        if isinstance(new, BarClose):
+            return isinstance(old, BarClose)
+        if isinstance(new, PositionUpdate | PositionGone):
+            return isinstance(old, PositionUpdate | PositionGone)
+        return False
+
     def __init__(self, trade: Trade, *, store: Actor, broker: Any, registry: Actor,
                  market: Actor, metrics: Metrics, settings: Settings,
                  clock: Callable[[], float] = time.time,
                  journal: tuple[ActionRecord, ...] | None = None,
                  symbol_market: Actor | None = None) -> None:
-        super().__init__(f"trade-{trade.ticket}", settings.trades.mailbox_size)
+        super().__init__(f"trade-{trade.ticket}", settings.trades.mailbox_size,
+                         id=str(trade.ticket), kind="trade")
         # the registry has just read (or written) this trade and its unresolved journal rows:
         # the first start uses them instead of reading them again; a restart reads the store
         self._loaded = journal
