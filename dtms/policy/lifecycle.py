@@ -180,13 +180,18 @@ def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
     return round(n * spec.point, spec.digits)
 
 
+def stored_score(score: Score) -> tuple[float, dict[str, float]]:
+    """The (score, layers) a trade takes from a fresh score, as stored: 4 decimals."""
+    return round(score.total, 4), {k: round(v, 4) for k, v in score.layers.items()}
+
+
 def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
     """One evaluation of a managed trade. Paused or unmanaged trades only take the score."""
     plan = _Plan(trade, snap, policy)
     score = snap.score
     if score is not None:
-        plan.changes.update(score=round(score.total, 4),
-                            layers={k: round(v, 4) for k, v in score.layers.items()})
+        total, layers = stored_score(score)
+        plan.changes.update(score=total, layers=layers)
     if trade.state not in _LADDER or trade.paused:
         return _finish(plan)
     _ladder(plan, policy)
