@@ -180,7 +180,8 @@ class PutScores:
     """A bar closed on ``symbol``: every managed trade (not SUSPENDED, RELEASED or CLOSED) of
     that symbol and a direction in ``scores`` takes the direction's ``(score, layers)``, as the
     policy stores them (``lifecycle.stored_score``). One UPDATE per direction, not a row per
-    trade; no notification (a score alone is not a ``trade.updated``)."""
+    trade; no notification (a score alone is not a ``trade.updated``), and ``updated_at``
+    stays the time of the trade's last change of its own."""
     symbol: str
     scores: dict[Direction, tuple[float, dict[str, float]]]
 
