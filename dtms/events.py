@@ -6,7 +6,9 @@ of a change that is not durable:
 * ``[2, "trade.state", [{ticket, from_state, to_state, reason, at, trade}]]`` for a transition
   (registration, close, suspension, resumption, release...);
 * ``[2, "trade.updated", [{ticket, trade}]]`` for any other stored change (SL/TP or volume
-  changed at the broker, paused/resumed).
+  changed at the broker, paused/resumed). Not for a bar close's new score alone: the market
+  stores it for all of a symbol's trades in one write (``PutScores``), which notifies nobody;
+  ``trade``/``trades`` read it, and any notification after it carries it.
 
 (params are an array of one map, as msgpack-rpc says; ``publish`` takes the map.)
 

@@ -124,6 +124,10 @@ class Metrics:
         self.market_gaps = Counter("dtms_market_gaps_total",
                                    "Gaps in a symbol's ticks longer than market.gap_bars bars",
                                    ["symbol"], registry=r)
+        self.scoring_errors = Counter("dtms_scoring_errors_total",
+                                      "Bar closes at which a symbol's score for a direction "
+                                      "could not be computed (its trades decided unscored)",
+                                      ["symbol"], registry=r)
         self.market_bar_seconds = Histogram("dtms_market_bar_close_duration_seconds",
                                             "Reloading bars and computing a symbol's signals "
                                             "on a bar close", buckets=_FAST, registry=r)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,8 +334,17 @@ class Trade:
     def copy(self, **changes: Any) -> Trade:
         return dataclasses.replace(self, **changes)
 
+    def differs_beyond_score(self, other: Trade) -> bool:
+        """Whether a field other than the bar's score (``SCORE_FIELDS``) differs: a trade
+        whose only change is its score has nothing of its own to store."""
+        return _UNSCORED(self) != _UNSCORED(other)
+
 
 TRADE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Trade))
+#: the bar's score, the same for every trade of a symbol and direction: stored for all of them
+#: at once on a bar close (the store's ``PutScores``), not with each trade's row
+SCORE_FIELDS = ("score", "layers")
+_UNSCORED = operator.attrgetter(*(f for f in TRADE_FIELDS if f not in SCORE_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,7 +148,7 @@ class Service:
                                   connect_retry_s=bs.connect_retry_s)
         self.broker.on_connect = self._check_account
         self.market = MarketHub(broker=self.broker, settings=settings, metrics=self.metrics,
-                                on_event=self._on_restart)
+                                on_event=self._on_restart, store=self.store)
         self.watcher = PositionWatcher(self.broker, metrics=self.metrics,
                                        interval_s=bs.poll_interval_s,
                                        max_share=bs.poll_max_share, dtms_magic=bs.magic,

@@ -15,6 +15,7 @@ from dtms.actors.store import (
     GetTrade,
     ListTrades,
     PutMeta,
+    PutScores,
     PutTrade,
     StoreActor,
     migrate,
@@ -23,7 +24,7 @@ from dtms.actors.store import (
 )
 from dtms.config import StoreSettings
 from dtms.metrics import Metrics
-from dtms.model import ActionRecord, Direction, Trade, TradeState, Transition
+from dtms.model import UNMANAGED_STATES, ActionRecord, Direction, Trade, TradeState, Transition
 
 pytestmark = pytest.mark.anyio
 
@@ -252,3 +253,43 @@ async def test_a_batch_writes_rows_in_order_so_the_last_write_of_a_ticket_wins(t
         db.close()
         assert committed() == (count0 + 1, sum0 + 3)  # one commit for the three trade writes
         await store.stop()
+
+
+BAR = {"vwap": 0.9333, "momentum": 2.5}
+
+
+def scores_of(db: sqlite3.Connection) -> dict[int, tuple[float, str]]:
+    return {t: (score, layers) for t, score, layers in
+            db.execute("SELECT ticket, score, layers FROM trades")}
+
+
+def test_put_scores_writes_every_managed_trade_of_its_symbol_and_direction_only(tmp_path):
+    """The whole table: every state x direction x symbol; only managed EURUSD BUYs move."""
+    db = database_at(tmp_path / "s.sqlite3", len(MIGRATIONS))
+    rows = [(state, direction, symbol) for state in TradeState for direction in Direction
+            for symbol in ("EURUSD", "GBPUSD")]
+    write_batch(db, [PutTrade(trade(i, state=state, direction=direction, symbol=symbol,
+                                    score=-1.0, layers={"vwap": -1.0}))
+                     for i, (state, direction, symbol) in enumerate(rows, start=1)])
+    write_batch(db, [PutScores("EURUSD", {Direction.BUY: (4.4333, BAR)})])
+    scores = scores_of(db)
+    for i, (state, direction, symbol) in enumerate(rows, start=1):
+        takes = (symbol, direction) == ("EURUSD", Direction.BUY) and state not in UNMANAGED_STATES
+        assert scores[i] == ((4.4333, '{"momentum": 2.5, "vwap": 0.9333}') if takes
+                             else (-1.0, '{"vwap": -1.0}')), (state, direction, symbol)
+    assert sum(1 for s in scores.values() if s[0] == 4.4333) == 5   # HEALTHY..RECOVERING
+    db.close()
+
+
+def test_a_trade_write_built_before_the_bar_keeps_the_bars_stored_score(tmp_path):
+    """A trade acting while the bar closed writes its row with the score from before it:
+    the bar's score, stored for it by PutScores, stays. Only an insert writes a score."""
+    db = database_at(tmp_path / "r.sqlite3", len(MIGRATIONS))
+    old = trade(1, score=-1.0, layers={"vwap": -1.0})
+    write_batch(db, [PutTrade(old), PutScores("EURUSD", {Direction.BUY: (4.4333, BAR)})])
+    write_batch(db, [PutTrade(old.copy(sl=1.083, updated_at=2.0))])    # its own change
+    write_batch(db, [PutTrade(trade(2, score=0.5, layers={"ema": 0.5}))])   # a new row
+    rows = {r[0]: r[1:] for r in db.execute("SELECT ticket, score, layers, sl FROM trades")}
+    assert rows == {1: (4.4333, '{"momentum": 2.5, "vwap": 0.9333}', 1.083),
+                    2: (0.5, '{"ema": 0.5}', 1.08)}
+    db.close()

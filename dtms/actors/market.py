@@ -4,9 +4,17 @@ A :class:`SymbolMarket` owns one symbol's market data. Every ``tick_poll_s`` the
 tick of every symbol in one terminal call and tells each symbol's actor (one hand-off to the
 terminal's thread per interval, however many symbols and trades). When the tick's time
 passes the end of the forming M5 bar, that bar has closed: the actor reloads the closed M5 and
-M15 bars, computes the market signals once (``dtms.policy.signals.market_signals``) and tells
-every subscribed trade (``BarClose``) -- bar closes drive the scoring. A tick more than
-``gap_bars`` bars after the previous one is a gap: logged, counted, and the bars reloaded.
+M15 bars, computes the market signals once (``dtms.policy.signals.market_signals``) and from
+them the score once per direction (``trade_score``: it depends on the signals and the
+direction alone), tells the store to persist both scores for all the symbol's trades in one
+write (``PutScores``), then tells every subscribed trade (``BarClose``; the view carries the
+scores and each trade decides with its own direction's) -- bar closes drive the scoring. A
+trade whose only change is its score writes no row of its own. A ``ScoringError`` is the
+symbol's, not a trade's: logged, counted (``dtms_scoring_errors_total{symbol}``), and that
+direction's trades decide this bar without a fresh score (their stops and timers still run,
+their stored score stays the last good one) instead of every trade crashing on the same
+bad data. A tick more than ``gap_bars`` bars after the previous one is a gap: logged,
+counted, and the bars reloaded.
 
 Between bar closes, trades are not told about every tick. Each trade leaves a one-shot watch
 ("tell me when my closing price -- the bid for a BUY, the ask for a SELL -- reaches X or falls
@@ -40,6 +48,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +56,20 @@ import anyio
 
 from dtms.actors.base import Actor, ActorStopped
 from dtms.actors.broker import Connected, Listen
+from dtms.actors.store import PutScores
 from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
-from dtms.model import SymbolSpec, Tick
-from dtms.policy.signals import Bars, MarketSignals, market_signals
+from dtms.model import Direction, SymbolSpec, Tick
+from dtms.policy.lifecycle import stored_score
+from dtms.policy.signals import (
+    Bars,
+    MarketSignals,
+    Score,
+    ScoringError,
+    market_signals,
+    trade_score,
+)
 from dtms.supervisor import Backoff, ChildSpec, DynamicSupervisor, Intensity, Restart
 from dtms.triggers import TriggerIndex
 
@@ -102,12 +120,15 @@ class WatchLevels:
 @dataclass(frozen=True, slots=True)
 class MarketView:
     """What a trade needs to evaluate: the spec, the latest tick and the latest signals.
-    ``seq`` numbers the tick among the ticks this symbol has read (0: none yet)."""
+    ``seq`` numbers the tick among the ticks this symbol has read (0: none yet). ``scores``:
+    each direction's score from these signals (a direction whose score failed is missing);
+    a trade takes its own on a ``BarClose`` only."""
     spec: SymbolSpec
     tick: Tick | None
     signals: MarketSignals | None
     hedging: bool
     seq: int = 0
+    scores: Mapping[Direction, Score] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +140,8 @@ class PriceEvent:
 
 @dataclass(frozen=True, slots=True)
 class BarClose:
-    """A bar closed; ``view.signals`` is fresh. Every subscribed trade re-scores."""
+    """A bar closed; ``view.signals`` and ``view.scores`` are fresh. Every subscribed trade
+    decides with its direction's score (already persisted for it by ``PutScores``)."""
     view: MarketView
     seen: float
 
@@ -133,10 +155,11 @@ class TickRead:
 
 class SymbolMarket(Actor):
     def __init__(self, symbol: str, *, broker: Any, settings: Settings, metrics: Metrics,
-                 broadcast_ticks: bool = False) -> None:
+                 broadcast_ticks: bool = False, store: Actor | None = None) -> None:
         super().__init__(f"market-{symbol}", mailbox_size=0)  # unbounded: never block a trade
         self.symbol = symbol
         self.broker = broker
+        self.store = store     # persists each bar's scores; None: not persisted (tests)
         self.settings = settings
         self.metrics = metrics
         self.broadcast_ticks = broadcast_ticks
@@ -146,6 +169,7 @@ class SymbolMarket(Actor):
         self.hedging = True
         self.tick: Tick | None = None
         self.signals: MarketSignals | None = None
+        self.scores: dict[Direction, Score] = {}
         self.bar_end = 0       # market time at which the forming M5 bar closes
         self.bar_closes = 0    # bar closes seen = times the signals were computed
         self.ticks = 0         # new ticks read (the seq of the latest)
@@ -159,8 +183,9 @@ class SymbolMarket(Actor):
         """The current view, or the view as of an earlier tick of ``recent``."""
         assert self.spec is not None
         if seq is None:
-            return MarketView(self.spec, self.tick, self.signals, self.hedging, self.ticks)
-        return MarketView(self.spec, tick, self.signals, self.hedging, seq)
+            return MarketView(self.spec, self.tick, self.signals, self.hedging, self.ticks,
+                              self.scores)
+        return MarketView(self.spec, tick, self.signals, self.hedging, seq, self.scores)
 
     def _new_tick(self, tick: Tick) -> None:
         self.tick = tick
@@ -204,6 +229,25 @@ class SymbolMarket(Actor):
             self.bar_end = m5[-1][0] + 2 * M5   # the bar after the last closed one ends here
             self.signals = market_signals(Bars.from_rows(m5), Bars.from_rows(m15),
                                           symbol=self.symbol, settings=self.settings.signals)
+            self.scores = self._score(self.signals)
+
+    def _score(self, signals: MarketSignals) -> dict[Direction, Score]:
+        """Each direction's score, once for all of the symbol's trades of that direction.
+
+        A ScoringError (a non-finite layer, a missing weight) is the symbol's data: logged
+        and counted, and that direction is left out -- its trades decide without a fresh
+        score -- rather than crashing every trade of the symbol on the same data."""
+        scores = {}
+        for direction in Direction:
+            try:
+                scores[direction] = trade_score(signals, direction)
+            except ScoringError as exc:
+                self.metrics.scoring_errors.labels(self.symbol).inc()
+                log.error("%s: %s trades not scored at this bar: %s", self.symbol,
+                          direction.value, exc,
+                          extra={"symbol": self.symbol, "direction": direction.value,
+                                 "error": str(exc)})
+        return scores
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, TickRead):
@@ -301,6 +345,16 @@ class SymbolMarket(Actor):
             return  # the bar end has not moved: the next poll tries again
         self.bar_closes += 1
         self.metrics.market_bar_seconds.observe(time.perf_counter() - started)
+        if self.store is not None and self.scores:
+            # before any trade hears of the bar: a trade's read (or a restart) after its
+            # decision finds the bar's score stored. Told, not asked: the trades do not wait
+            # on the commit (a failed commit is the store's to log and count)
+            scores = {d: stored_score(s) for d, s in self.scores.items()}
+            try:
+                await self.store.tell(PutScores(self.symbol, scores))
+            except ActorStopped:
+                log.warning("%s: scores of this bar not stored: the store has stopped",
+                            self.symbol, extra={"symbol": self.symbol})
         event = BarClose(self.view(), seen)
         for ticket in list(self.subscribers):
             await self._tell(ticket, event)
@@ -320,9 +374,11 @@ class MarketHub(Actor):
     """The ``market`` node: routes to per-symbol actors, starting each on first use."""
 
     def __init__(self, *, broker: Any, settings: Settings, metrics: Metrics,
-                 on_event: Any = None, broadcast_ticks: bool = False) -> None:
+                 on_event: Any = None, broadcast_ticks: bool = False,
+                 store: Actor | None = None) -> None:
         super().__init__("market", mailbox_size=0)
         self.broker = broker
+        self.store = store
         self.settings = settings
         self.metrics = metrics
         self.on_event = on_event
@@ -380,7 +436,8 @@ class MarketHub(Actor):
         market = self.symbols.get(symbol)
         if market is None:
             market = SymbolMarket(symbol, broker=self.broker, settings=self.settings,
-                                  metrics=self.metrics, broadcast_ticks=self.broadcast_ticks)
+                                  metrics=self.metrics, broadcast_ticks=self.broadcast_ticks,
+                                  store=self.store)
             assert self.supervisor is not None
             await self.supervisor.start_child(ChildSpec(
                 symbol, market.run, restart=Restart.PERMANENT, stop=market.stop,

@@ -17,10 +17,17 @@ a check that the file at the configured path is still the one opened (a deleted 
 would swallow every later write): if not, the writes are answered NOT_READY and the store
 reports itself not writable.
 
+A trade's ``score`` and ``layers`` are the bar's, the same for every open trade of a symbol and
+direction: the market actor writes them once per bar close for all of them (``PutScores``: one
+UPDATE per direction), and ``PutTrade`` writes them only when it inserts the row. A trade's own
+write never carries a score back over a newer bar's (it may have been built before the bar
+closed, while the trade was acting).
+
 Usage::
 
     await store.ask(PutTrade(trade, transition))      # durable when this returns
     trade = await store.ask(GetTrade(ticket))
+    await store.tell(PutScores("EURUSD", {Direction.BUY: (1.25, {"vwap": 0.5, ...}), ...}))
 """
 
 from __future__ import annotations
@@ -44,7 +51,15 @@ from dtms.config import StoreSettings
 from dtms.errors import NotReady
 from dtms.events import EventBus
 from dtms.metrics import Metrics
-from dtms.model import ActionRecord, Direction, Trade, TradeState, Transition
+from dtms.model import (
+    SCORE_FIELDS,
+    UNMANAGED_STATES,
+    ActionRecord,
+    Direction,
+    Trade,
+    TradeState,
+    Transition,
+)
 from dtms.supervisor import RestartEvent
 
 log = logging.getLogger(__name__)
@@ -147,7 +162,8 @@ MIGRATIONS: list[str] = [
 @dataclass(frozen=True, slots=True)
 class PutTrade:
     """Insert or update a trade's full row, with the transition that led there if any, and
-    journal rows (inserted or updated by ``(ticket, seq)``), all in the same commit."""
+    journal rows (inserted or updated by ``(ticket, seq)``), all in the same commit. An update
+    leaves ``score`` and ``layers`` as they are: they are ``PutScores``'s."""
     trade: Trade
     transition: Transition | None = None
     actions: tuple[ActionRecord, ...] = ()
@@ -157,6 +173,17 @@ class PutTrade:
 class PutTrades:
     """Many ``PutTrade`` in one message, committed together (the registry's batches)."""
     puts: tuple[PutTrade, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutScores:
+    """A bar closed on ``symbol``: every managed trade (not SUSPENDED, RELEASED or CLOSED) of
+    that symbol and a direction in ``scores`` takes the direction's ``(score, layers)``, as the
+    policy stores them (``lifecycle.stored_score``). One UPDATE per direction, not a row per
+    trade; no notification (a score alone is not a ``trade.updated``), and ``updated_at``
+    stays the time of the trade's last change of its own."""
+    symbol: str
+    scores: dict[Direction, tuple[float, dict[str, float]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +267,7 @@ class GetMeta:
     key: str
 
 
-WRITES = (PutTrade, PutTrades, AddRestart, Archive, Probe, PutMeta)
+WRITES = (PutTrade, PutTrades, PutScores, AddRestart, Archive, Probe, PutMeta)
 
 
 def _puts(messages: Any) -> Any:
@@ -299,9 +326,15 @@ def _action_params(a: ActionRecord) -> tuple:
 _TRANSITION_INSERT = ("INSERT INTO transitions (ticket, at, from_state, to_state, reason) "
                       "VALUES (?, ?, ?, ?, ?)")
 
+# a trade's update leaves its score to PutScores: it may carry the score from before a bar close
 _UPSERT = (f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in TRADE_COLUMNS)}) ON CONFLICT(ticket) DO UPDATE SET "
-           + ", ".join(f"{c}=excluded.{c}" for c in TRADE_COLUMNS if c != "ticket"))
+           + ", ".join(f"{c}=excluded.{c}" for c in TRADE_COLUMNS
+                       if c != "ticket" and c not in SCORE_FIELDS))
+_UNMANAGED = ", ".join(f"'{state}'" for state in sorted(s.value for s in UNMANAGED_STATES))
+# rows already holding the bar's values are not rewritten (a bar close with nothing new)
+_SCORES_UPDATE = ("UPDATE trades SET score = ?, layers = ? WHERE symbol = ? AND direction = ? "
+                  f"AND state NOT IN ({_UNMANAGED}) AND (score != ? OR layers != ?)")
 
 
 def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
@@ -339,7 +372,12 @@ def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
                     actions.extend(_action_params(a) for a in put.actions)
                 continue
             flush()
-            if isinstance(msg, Probe):
+            if isinstance(msg, PutScores):
+                for direction, (score, layers) in msg.scores.items():
+                    encoded = json.dumps(layers, sort_keys=True)
+                    conn.execute(_SCORES_UPDATE, (score, encoded, msg.symbol,
+                                                  Direction(direction).value, score, encoded))
+            elif isinstance(msg, Probe):
                 conn.execute("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)",
                              (msg.at,))
             elif isinstance(msg, Archive):

@@ -2,9 +2,12 @@
 
 It owns its :class:`~dtms.model.Trade` while the trade is managed:
 
-* **Market events.** It subscribes to its symbol's market actor. On a bar close it scores the
-  trade (``trade_score``) and runs ``lifecycle.decide``; on a price event (a level or time it
-  asked to be told about) it runs ``decide`` without a new score. After every evaluation it
+* **Market events.** It subscribes to its symbol's market actor. On a bar close it takes its
+  direction's score (computed once per symbol and direction by the market actor, which has
+  already told the store to persist it for every trade of the symbol) and runs
+  ``lifecycle.decide``; on a price event (a level or time it asked to be told about) it runs
+  ``decide`` without a new score. An evaluation whose only change is the score writes no
+  row (10,000 trades, one bar: two UPDATEs, not 10,000 rows). After every evaluation it
   leaves its next one-shot watch (levels of its closing price -- bid for a BUY, ask for a
   SELL -- and a time) with the market actor, naming the tick it decided on: a level crossed
   by a later tick, while this trade was busy acting, fires at once. After acting it asks the
@@ -80,7 +83,6 @@ from dtms.policy.lifecycle import (
     failed,
 )
 from dtms.policy.overrides import salvage_policy
-from dtms.policy.signals import trade_score
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,8 @@ class TradeActor(Cell):
             return
         self._release_deferred(self._price(view))
         signals = view.signals
-        score = trade_score(signals, self.trade.direction) if fresh and signals else None
+        # the market scored each direction once for all its trades (None: it could not)
+        score = view.scores.get(self.trade.direction) if fresh and view.scores else None
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
                         spec=view.spec, hedging=view.hedging,
                         atr=signals.atr if signals else 0.0, score=score)
@@ -258,8 +261,11 @@ class TradeActor(Cell):
             records.append(ActionRecord(self.ticket, trade.action_seq, intent.kind.value,
                                         intent.obligation, intent.reason, "pending", now))
         transition = Transition(self.ticket, now, *d.transition) if d.transition else None
-        if trade is not self.trade or records:
+        if records or transition is not None or (
+                trade is not self.trade and trade.differs_beyond_score(self.trade)):
             await self._persist(trade.copy(updated_at=now), transition, tuple(records))
+        else:   # nothing, or the score alone: the market's PutScores has stored it
+            self.trade = trade
         watch = d.watch
         for intent, record in zip(d.intents, records, strict=True):
             self.deferred.pop(intent.obligation, None)

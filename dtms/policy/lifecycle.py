@@ -180,13 +180,18 @@ def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
     return round(n * spec.point, spec.digits)
 
 
+def stored_score(score: Score) -> tuple[float, dict[str, float]]:
+    """The (score, layers) a trade takes from a fresh score, as stored: 4 decimals."""
+    return round(score.total, 4), {k: round(v, 4) for k, v in score.layers.items()}
+
+
 def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
     """One evaluation of a managed trade. Paused or unmanaged trades only take the score."""
     plan = _Plan(trade, snap, policy)
     score = snap.score
     if score is not None:
-        plan.changes.update(score=round(score.total, 4),
-                            layers={k: round(v, 4) for k, v in score.layers.items()})
+        total, layers = stored_score(score)
+        plan.changes.update(score=total, layers=layers)
     if trade.state not in _LADDER or trade.paused:
         return _finish(plan)
     _ladder(plan, policy)
@@ -405,11 +410,15 @@ def _protect_profit(plan: _Plan, p: PolicySettings) -> None:
 
 
 def _timers_watch(plan: _Plan, p: PolicySettings) -> None:
-    t = dataclasses.replace(plan.trade, **plan.changes) if plan.changes else plan.trade
-    if t.state is TradeState.HEDGED and t.flat_since:
-        plan.at.append(t.flat_since + p.flat_timer_min * 60)
-    elif t.state is TradeState.RECOVERING and t.recovery_since:
-        plan.at.append(t.recovery_since + p.recovery_min * 60)
+    # the three fields as changed so far: read, not a copy of the trade (a fresh score alone
+    # is a change, so a copy here cost every trade a second full copy on every bar close)
+    def now(name: str) -> Any:
+        return plan.changes.get(name, getattr(plan.trade, name))
+    state = now("state")
+    if state is TradeState.HEDGED and (flat_since := now("flat_since")):
+        plan.at.append(flat_since + p.flat_timer_min * 60)
+    elif state is TradeState.RECOVERING and (recovery_since := now("recovery_since")):
+        plan.at.append(recovery_since + p.recovery_min * 60)
 
 
 _LADDER = frozenset({TradeState.HEALTHY, TradeState.WARNING_L1, TradeState.WARNING_L2,
