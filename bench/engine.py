@@ -670,9 +670,9 @@ async def crash_storm(actors: list[Any], per_ticket: int, meter: CrashMeter,
     restart has reloaded, until ``stopping``; returns how many tickets were crashed. Running
     out of tickets before ``stopping`` is reported by the caller (the storm did not last)."""
     for used, actor in enumerate(actors):
-        for _ in range(per_ticket):
+        for crashes in range(per_ticket):
             if stopping.is_set():
-                return used + 1
+                return used + (crashes > 0)
             meter.restarted = anyio.Event()
             actor.tell_nowait("poison")
             with anyio.fail_after(60.0):
