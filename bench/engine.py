@@ -1064,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench engine", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="1k and 10k trades, fewer ticks; idle with 10k trades (< 2 min)")
+                   help="1k and 10k trades, fewer ticks; idle with 10k, crash storm with 2k trades (< 2 min)")
     p.add_argument("--sizes", help="comma-separated trade counts for figures 1 and 3")
     p.add_argument("--k", type=int, default=K, help="triggers one tick crosses (<= 100)")
     p.add_argument("--idle-trades", type=int, help="trades for the idle CPU figure (0: skip)")
