@@ -43,6 +43,25 @@ so that RSS and caches are not shared between configurations:
    cost) is bypassed during this figure; no played tick reaches any stop. Baseline: the same
    with no ticks at all.
 
+5. **crash storm**: N trades on EURUSD (the ladder of figure 1), ``STORM_WARMUP`` warm-up ticks,
+   then ticks played as in figure 1 (index ON, k crossed per tick) over a window WITHOUT a
+   storm, then over the same number of other levels WITH one: tickets of the ladder's top
+   levels (never crossed by a played tick, so disjoint from the measured trades) are told
+   ``"poison"`` (a TypeError in ``TradeActor.handle``) in rotation -- each crashes
+   ``STORM_PER_TICKET`` times, below ``trades.max_restarts`` within ``restart_period_s``, the
+   next poison as soon as the previous restart has reloaded, then the next ticket -- from
+   before the window opens until after it closes. ``supervisor.min_backoff_s`` /
+   ``max_backoff_s`` are ``STORM_BACKOFF_S`` in this child, so the restarts happen within the
+   window. Quoted: the measured trades' tick -> decision p50/p99 with and without the storm
+   (only their decisions are sampled: a restarted trade's evaluation of the price it
+   subscribes to is not a tick's), and the restart cost per crash, "decision + state reload,
+   backoff excluded": ``Runtime._crashed`` from the crash caught to its RestartEvent reported,
+   plus the restarted incarnation's ``TradeActor.on_start`` (its row and unresolved journal
+   read from the store, its market subscribed again); with the counts of crashes, restarts,
+   give-ups (0 by construction) and escalations (``dtms_supervisor_escalations_total``, every
+   supervisor: must stay 0). "Unchanged" is read as a storm p99 within ``STORM_TOLERANCE`` of
+   the no-storm p99.
+
 Every figure also records DTMS's actor restarts, decisions that never came (a stalled tick is
 given up after STALL_S and counted, never waited on forever) and the time spent in Python's
 cyclic garbage collector (``gc.callbacks``).
@@ -99,6 +118,11 @@ MAGIC = 4242
 GIB = 1024**3
 CHILD_TIMEOUT_S = 3600.0
 STALL_S = 30.0               # no decision for this long while the market is idle: give up a tick
+STORM_TRADES, QUICK_STORM_TRADES = 10_000, 2_000
+STORM_WARMUP = 3             # ticks before the no-storm window (first-tick costs kept out)
+STORM_PER_TICKET = 3         # crashes of one ticket before the next one starts
+STORM_BACKOFF_S = (0.002, 0.02)   # supervisor.min_backoff_s, max_backoff_s in the storm child
+STORM_TOLERANCE = 1.5        # storm p99 / no-storm p99 still read as "unchanged"
 
 progress = logging.getLogger(__name__)   # phase markers in a child's log (to attach py-spy)
 
@@ -299,11 +323,12 @@ class DecisionLog:
         self.gc = gc_meter
         self.samples: list[tuple[float, float, int]] = []
         self.per_tick: Counter[float] = Counter()
+        self.only: set[int] | None = None   # sample only these tickets' decisions
 
     def observe(self, amount: float) -> None:
         self.histogram.observe(amount)
         current = _CURRENT.get()
-        if current is not None:
+        if current is not None and (self.only is None or current[1] in self.only):
             self.samples.append((current[0], amount, current[1]))
             self.per_tick[current[0]] += 1
 
@@ -572,6 +597,165 @@ async def engine_run(n: int, *, k: int = K, ticks_on: int, ticks_off: int, bar_c
     return out
 
 
+# --------------------------------------------------------------------------- figure 5
+
+
+class CrashMeter:
+    """Per crash of a trade actor: the supervision decision (``Runtime._crashed``: the crash
+    caught -> its RestartEvent reported) and the restarted incarnation's ``on_start``; the trade
+    runtime's decisions by action. ``restarted`` is set when a restart has reloaded."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}   # cell id -> decision seconds, reload to come
+        self.decisions: list[float] = []
+        self.reloads: list[float] = []
+        self.costs: list[float] = []          # decision + reload, per crash
+        self.actions: Counter[str] = Counter()
+        self.crashes = 0
+        self.restarted = anyio.Event()
+
+    def crashed(self, cell_id: str, seconds: float) -> None:
+        self.crashes += 1
+        self.decisions.append(seconds)
+        self.pending[cell_id] = seconds
+
+    def reloaded(self, cell_id: str, seconds: float) -> None:
+        self.reloads.append(seconds)
+        decision = self.pending.pop(cell_id, None)
+        if decision is not None:
+            self.costs.append(decision + seconds)
+        self.restarted.set()
+
+
+@contextlib.contextmanager
+def crash_metered() -> Iterator[CrashMeter]:
+    """Time the trade runtime's crash decisions and the trades' restarts (this process only)."""
+    from dtms.actors.runtime import Runtime
+    from dtms.actors.trade import TradeActor
+
+    meter = CrashMeter()
+    crashed, report, on_start = Runtime._crashed, Runtime._report, TradeActor.on_start
+
+    async def timed_crashed(self: Any, cell: Any, error: Exception) -> None:
+        started = time.perf_counter()
+        try:
+            await crashed(self, cell, error)
+        finally:
+            if self.name == "trades":
+                meter.crashed(cell.id, time.perf_counter() - started)
+
+    async def counted_report(self: Any, cell: Any, action: str, *args: Any) -> None:
+        if self.name == "trades":
+            meter.actions[action] += 1
+        await report(self, cell, action, *args)
+
+    async def timed_on_start(self: Any) -> None:
+        started = time.perf_counter()
+        await on_start(self)
+        if self.incarnation > 1:
+            meter.reloaded(self.id, time.perf_counter() - started)
+
+    Runtime._crashed, Runtime._report = timed_crashed, counted_report  # type: ignore[method-assign]
+    TradeActor.on_start = timed_on_start  # type: ignore[method-assign]
+    try:
+        yield meter
+    finally:
+        Runtime._crashed, Runtime._report = crashed, report  # type: ignore[method-assign]
+        TradeActor.on_start = on_start  # type: ignore[method-assign]
+
+
+async def crash_storm(actors: list[Any], per_ticket: int, meter: CrashMeter,
+                      stopping: anyio.Event) -> int:
+    """Tell ``"poison"`` to each actor in turn, ``per_ticket`` times, each time once the last
+    restart has reloaded, until ``stopping``; returns how many tickets were crashed. Running
+    out of tickets before ``stopping`` is reported by the caller (the storm did not last)."""
+    for used, actor in enumerate(actors):
+        for crashes in range(per_ticket):
+            if stopping.is_set():
+                return used + (crashes > 0)
+            meter.restarted = anyio.Event()
+            actor.tell_nowait("poison")
+            with anyio.fail_after(60.0):
+                await meter.restarted.wait()
+    return len(actors)
+
+
+def _counter_total(counter: Any) -> float:
+    """Sum of a prometheus Counter over every label."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+async def storm_run(n: int, *, k: int = K, ticks: int, db_path: str,
+                    per_ticket: int = STORM_PER_TICKET,
+                    backoff: tuple[float, float] = STORM_BACKOFF_S,
+                    emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Figure 5 for n trades on EURUSD, in this process (see the module docstring)."""
+    from dtms.service import Service
+
+    sim = make_sim((SYMBOL,))
+    ladder = open_ladder(sim, SYMBOL, n, k)
+    await populate_store(db_path, sim)
+    settings = bench_settings(db_path, 0.01).replace(
+        supervisor={"min_backoff_s": backoff[0], "max_backoff_s": backoff[1]})
+    limit = settings.trades.max_restarts
+    per_ticket = max(1, min(per_ticket, limit - 1))   # never reaches the give-up limit
+    ticks = max(1, min(ticks, (len(ladder) - STORM_WARMUP) // 4))
+    levels = list(enumerate(ladder))
+    warmup, calm_levels = levels[:STORM_WARMUP], levels[STORM_WARMUP:STORM_WARMUP + ticks]
+    storm_levels = levels[STORM_WARMUP + ticks:STORM_WARMUP + 2 * ticks]
+    # the crashing tickets: the top levels, whose triggers no played tick reaches
+    crashing = [t for _, tickets in reversed(levels[STORM_WARMUP + 2 * ticks:]) for t in tickets]
+    service = Service(settings, module=MeteredTerminal(sim))
+    out: dict[str, Any] = {"trades": n, "k": k, "backoff_s": list(backoff),
+                           "per_ticket": per_ticket, "max_restarts": limit,
+                           "restart_period_s": settings.trades.restart_period_s}
+    with recorded(service) as log, crash_metered() as meter:
+        log.only = {t for _, tickets in levels for t in tickets} - set(crashing)
+        async with running(service, {SYMBOL: n}) as startup_s:
+            out["startup_s"] = startup_s
+            await tick_latency(service, sim, log, warmup, broadcast=False)
+            log.clear()
+            out["calm"] = await tick_latency(service, sim, log, calm_levels, broadcast=False)
+            trades = service.registry.trades
+            actors = [trades[t] for t in crashing if t in trades]
+            escalations0 = _counter_total(service.metrics.escalations)
+            giveups0 = _counter_total(service.metrics.actor_giveups)
+            stopping, used, finished = anyio.Event(), 0, False
+
+            async def storm() -> None:
+                nonlocal used, finished
+                used = await crash_storm(actors, per_ticket, meter, stopping)
+                finished = True
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(storm)
+                await until(lambda: len(meter.costs) >= per_ticket, "the storm under way")
+                crashes0, started = meter.crashes, time.perf_counter()
+                out["storm"] = await tick_latency(service, sim, log, storm_levels,
+                                                  broadcast=False)
+                window_s, in_window = time.perf_counter() - started, meter.crashes - crashes0
+                lasted = not finished   # the storm was still crashing tickets at the end
+                stopping.set()
+            costs, decisions, reloads = (sorted(x) for x in (
+                meter.costs, meter.decisions, meter.reloads))
+            out["crash"] = {
+                "crashes": meter.crashes, "restarts": meter.actions["restart"],
+                "give_ups": meter.actions["give_up"] + int(
+                    _counter_total(service.metrics.actor_giveups) - giveups0),
+                "escalations": meter.actions["escalate"] + int(
+                    _counter_total(service.metrics.escalations) - escalations0),
+                "reloaded": len(costs), "tickets": used, "pool": len(actors),
+                "in_window": in_window, "window_s": window_s, "lasted": lasted,
+                "p50_s": percentile(costs, 0.5), "p99_s": percentile(costs, 0.99),
+                "decision_p50_s": percentile(decisions, 0.5),
+                "decision_p99_s": percentile(decisions, 0.99),
+                "reload_p50_s": percentile(reloads, 0.5),
+                "reload_p99_s": percentile(reloads, 0.99)}
+            if emit is not None:
+                emit(out)
+    return out
+
+
 # --------------------------------------------------------------------------- figure 4
 
 
@@ -743,7 +927,47 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, ...]]:
                      f"{t['dtms'] * 100:.1f} % of a core", "-",
                      f"no ticks {q['dtms'] * 100:.1f} %", _x(t["dtms"], q["dtms"]),
                      "<= 5 %", "pass" if t["dtms"] <= 0.05 else "FAIL"))
+    storm = results.get("storm")
+    if storm:
+        rows += storm_rows(storm)
     return rows
+
+
+def storm_verdict(storm: dict[str, Any]) -> tuple[bool, bool]:
+    """(restart p99 <= 1 ms with no give-up or escalation, others' p99 unchanged within
+    STORM_TOLERANCE) of a figure 5 result."""
+    c, calm, st = storm["crash"], storm["calm"], storm["storm"]
+    restart_ok = c["p99_s"] <= 0.001 and c["give_ups"] == 0 and c["escalations"] == 0
+    return restart_ok, st["p99_s"] <= STORM_TOLERANCE * calm["p99_s"] and c["lasted"]
+
+
+def storm_rows(storm: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Figure 5's two rows: the others' tick -> decision, the restart cost per crash."""
+    c, calm, st = storm["crash"], storm["calm"], storm["storm"]
+    restart_ok, unchanged = storm_verdict(storm)
+    low, high = (f"{b * 1000:g}" for b in storm["backoff_s"])
+    missing = sum(f["expected"] - f["decisions"] for f in (calm, st))
+    lasted = "" if c["lasted"] else "; the storm ran out of tickets before the window ended!"
+    return [
+        ("crash storm: others' tick -> decision",
+         f"{storm['trades']:,} trades, {storm['k']} crossed/tick, {st['ticks']} ticks; storm "
+         f"{c['in_window'] / c['window_s']:,.0f} crashes/s during the window, tickets rotating "
+         f"x{storm['per_ticket']} (give-up > {storm['max_restarts']} in "
+         f"{storm['restart_period_s']:g} s), backoff {low}-{high} ms{lasted}"
+         + (f" [{missing:,} decisions missing!]" if missing > 0 else ""),
+         _ms(st["p50_s"]), _ms(st["p99_s"]),
+         f"no storm {_ms(calm['p50_s'])} / {_ms(calm['p99_s'])}",
+         f"{_x(st['p50_s'], calm['p50_s'])} / {_x(st['p99_s'], calm['p99_s'])}",
+         f"p99 unchanged (<= {STORM_TOLERANCE:g}x)", "pass" if unchanged else "FAIL"),
+        ("supervised restart of a crashed trade",
+         f"per crash: decision + on_start reload, backoff excluded; {c['crashes']:,} crashes "
+         f"of {c['tickets']:,} tickets, {c['restarts']:,} restarts, {c['reloaded']:,} reloaded, "
+         f"{c['give_ups']} give-ups, {c['escalations']} escalations",
+         _ms(c["p50_s"]), _ms(c["p99_s"]),
+         f"decision {_ms(c['decision_p50_s'])} / {_ms(c['decision_p99_s'])}; reload "
+         f"{_ms(c['reload_p50_s'])} / {_ms(c['reload_p99_s'])}", "-", "<= 1 ms p99",
+         "pass" if restart_ok else "FAIL"),
+    ]
 
 
 HEADERS = ("figure", "configuration", "median", "p99", "baseline", "ratio", "target", "result")
@@ -799,9 +1023,10 @@ def child(args: list[str], work: Path, name: str) -> dict[str, Any]:
 
 def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool = True,
               idle_trades: int = 0, progress: bool = True,
-              scoring_trades: int = SCORING_TRADES) -> dict[str, Any]:
+              scoring_trades: int = SCORING_TRADES, storm_trades: int = 0
+              ) -> dict[str, Any]:
     """Every figure, each configuration in a child process of its own."""
-    results: dict[str, Any] = {"engine": [], "scoring": None, "idle": None}
+    results: dict[str, Any] = {"engine": [], "scoring": None, "idle": None, "storm": None}
 
     def step(what: str) -> None:
         if progress:
@@ -827,6 +1052,10 @@ def run_bench(sizes: tuple[int, ...], *, quick: bool, k: int = K, scoring: bool 
             results["idle"] = child(["idle", "--trades", str(idle_trades), "--seconds",
                                      "10" if quick else "30",
                                      "--quiet-seconds", "3" if quick else "30"], work, "idle")
+        if storm_trades:
+            step(f"crash storm, {storm_trades:,} trades")
+            results["storm"] = child(["storm", "--trades", str(storm_trades), "--k", str(k),
+                                      "--ticks-on", "30" if quick else "50"], work, "storm")
     return results
 
 
@@ -835,11 +1064,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench engine", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="1k and 10k trades, fewer ticks; idle with 10k trades (< 2 min)")
+                   help="1k and 10k trades, fewer ticks; idle with 10k, crash storm with 2k trades (< 2 min)")
     p.add_argument("--sizes", help="comma-separated trade counts for figures 1 and 3")
     p.add_argument("--k", type=int, default=K, help="triggers one tick crosses (<= 100)")
     p.add_argument("--idle-trades", type=int, help="trades for the idle CPU figure (0: skip)")
     p.add_argument("--no-scoring", action="store_true", help="skip the bar-close figure")
+    p.add_argument("--storm-trades", type=int,
+                   help="trades for the crash-storm figure (0: skip)")
     p.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = p.parse_args(argv)
     sizes = (tuple(int(s) for s in args.sizes.split(",")) if args.sizes
@@ -848,8 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--k must be in 1..100 and every size >= 2 * k")
     idle = args.idle_trades if args.idle_trades is not None else (
         10_000 if args.quick else 100_000)
+    storm = args.storm_trades if args.storm_trades is not None else (
+        QUICK_STORM_TRADES if args.quick else STORM_TRADES)
     results = run_bench(sizes, quick=args.quick, k=args.k, scoring=not args.no_scoring,
-                        idle_trades=idle)
+                        idle_trades=idle, storm_trades=storm)
     print(format_table(results), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -860,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _child_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engine --child")
-    p.add_argument("--child", choices=("engine", "idle"), required=True)
+    p.add_argument("--child", choices=("engine", "idle", "storm"), required=True)
     p.add_argument("--trades", type=int, required=True)
     p.add_argument("--k", type=int, default=K)
     p.add_argument("--ticks-on", type=int, default=50)
@@ -884,6 +1117,9 @@ def _child_main(argv: list[str]) -> int:
         anyio.run(lambda: engine_run(
             args.trades, k=args.k, ticks_on=args.ticks_on, ticks_off=args.ticks_off,
             bar_closes=args.bar_closes, db_path=args.db, emit=emit))
+    elif args.child == "storm":
+        anyio.run(lambda: storm_run(args.trades, k=args.k, ticks=args.ticks_on, db_path=args.db,
+                                    emit=emit))
     else:
         anyio.run(lambda: idle_run(args.trades, seconds=args.seconds,
                                    quiet_seconds=args.quiet_seconds, db_path=args.db, emit=emit))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 
-from bench.engine import HEADERS, engine_run, format_table, idle_run, rows_of
+from bench.engine import HEADERS, engine_run, format_table, idle_run, rows_of, storm_run
 
 N = 200
 K = 10
@@ -52,3 +52,39 @@ def test_engine_bench_fills_every_row_with_finite_numbers_and_the_index_tells_fe
             assert values and all(math.isfinite(v) for v in values), row
     table = format_table(results).splitlines()
     assert len(table) >= 2 + len(rows)
+
+
+def test_crash_storm_rotates_tickets_below_their_limit_and_no_supervisor_escalates(
+        tmp_path: Path):
+    from bench import summary
+
+    storm = anyio.run(lambda: storm_run(N, k=K, ticks=3, per_ticket=3,
+                                        db_path=str(tmp_path / "storm.sqlite3")))
+
+    calm, during, crash = storm["calm"], storm["storm"], storm["crash"]
+    assert storm["per_ticket"] == 3 < storm["max_restarts"]
+    # only the crossed trades' decisions are sampled: k per tick, none of a restarted trade's
+    for figure in (calm, during):
+        assert figure["ticks"] == 3
+        assert figure["events"] == figure["decisions"] == figure["expected"] == 3 * K
+        for key in ("p50_s", "p99_s"):
+            assert math.isfinite(figure[key]) and figure[key] > 0
+    assert calm["restarts"] == 0 and during["restarts"] == crash["in_window"] > 0
+    # every crash restarted and reloaded, tickets used in turn, nobody given up or escalated
+    assert crash["crashes"] == crash["restarts"] == crash["reloaded"] > 0
+    assert crash["give_ups"] == crash["escalations"] == 0
+    assert crash["lasted"] and crash["tickets"] < crash["pool"]
+    assert 3 * (crash["tickets"] - 1) < crash["crashes"] <= 3 * crash["tickets"]
+    for key in ("p50_s", "p99_s", "decision_p50_s", "decision_p99_s", "reload_p50_s",
+                "reload_p99_s"):
+        assert math.isfinite(crash[key]) and crash[key] > 0
+
+    rows = rows_of({"storm": storm})
+    assert [r[0] for r in rows] == ["crash storm: others' tick -> decision",
+                                    "supervised restart of a crashed trade"]
+    assert all(len(r) == len(HEADERS) and r[-1] in ("pass", "FAIL") for r in rows)
+    assert "backoff 2-20 ms" in rows[0][1] and "0 give-ups, 0 escalations" in rows[1][1]
+    table = summary.summary_rows([], [], [], {"storm": storm})
+    assert [r[0] for r in table] == ["supervised restart of one crashed trade actor"]
+    assert table[0][-1] == "-"   # a tiny run is not the target's size
+    assert "x p99 in the storm" in table[0][4]
