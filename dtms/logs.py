@@ -8,10 +8,11 @@ current ``trace_id`` is added to every line logged while a request or message is
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from typing import Any
 TRACE_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dtms_trace_id", default="")
 
 
+#: trace ids: this process's random prefix and a counter -- unique within the process and
+#: across restarts, 16 hex digits, ~0.2 us against ~2 us for uuid4 (one per message untraced)
+_TRACE_PREFIX = os.urandom(4).hex()
+_TRACE_COUNTER = itertools.count(1)
+
+
 def new_trace_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return f"{_TRACE_PREFIX}{next(_TRACE_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}

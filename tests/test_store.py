@@ -14,6 +14,7 @@ from dtms.actors.store import (
     GetMeta,
     GetTrade,
     ListTrades,
+    LoadTrade,
     PutMeta,
     PutScores,
     PutTrade,
@@ -293,3 +294,19 @@ def test_a_trade_write_built_before_the_bar_keeps_the_bars_stored_score(tmp_path
     assert rows == {1: (4.4333, '{"momentum": 2.5, "vwap": 0.9333}', 1.083),
                     2: (0.5, '{"ema": 0.5}', 1.08)}
     db.close()
+
+
+async def test_load_trade_reads_the_row_and_its_unresolved_journal_in_one_ask(tmp_path):
+    store = StoreActor(StoreSettings(path=str(tmp_path / "l.sqlite3")), Metrics())
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        rows = tuple(ActionRecord(7, seq, "MODIFY_SL", f"sl:{seq}", "r", status, float(seq))
+                     for seq, status in ((3, "sent"), (1, "done"), (2, "uncertain"),
+                                         (4, "pending"), (5, "failed")))
+        await store.ask(PutTrade(trade(7), actions=rows))
+        loaded, journal = await store.ask(LoadTrade(7))
+        assert loaded == await store.ask(GetTrade(7))
+        assert [(a.seq, a.status) for a in journal] == [(2, "uncertain"), (3, "sent"),
+                                                        (4, "pending")]
+        assert await store.ask(LoadTrade(8)) == (None, [])
+        await store.stop()

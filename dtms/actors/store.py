@@ -205,6 +205,13 @@ class GetTrade:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadTrade:
+    """A trade actor's (re)start: its row (live or archived) and its unresolved journal rows,
+    oldest first, read in one hand-off; answered ``(trade or None, [records])``."""
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
 class GetTrades:
     """Answered with ticket -> Trade for those of ``tickets`` stored (archived included)."""
     tickets: tuple[int, ...]
@@ -335,6 +342,17 @@ _UNMANAGED = ", ".join(f"'{state}'" for state in sorted(s.value for s in UNMANAG
 # rows already holding the bar's values are not rewritten (a bar close with nothing new)
 _SCORES_UPDATE = ("UPDATE trades SET score = ?, layers = ? WHERE symbol = ? AND direction = ? "
                   f"AND state NOT IN ({_UNMANAGED}) AND (score != ? OR layers != ?)")
+
+
+def load_trade(conn: sqlite3.Connection, ticket: int
+               ) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+    """On the database thread: one trade's row and its unresolved journal (LoadTrade)."""
+    row = conn.execute("SELECT * FROM trades WHERE ticket = ?", (ticket,)).fetchone()
+    if row is None:
+        row = conn.execute("SELECT * FROM trades_archive WHERE ticket = ?", (ticket,)).fetchone()
+    journal = conn.execute("SELECT * FROM actions WHERE ticket = ? AND status IN "
+                           "('pending', 'sent', 'uncertain') ORDER BY seq", (ticket,)).fetchall()
+    return row, journal
 
 
 def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
@@ -683,6 +701,17 @@ class StoreActor(Actor):
             raise
 
     async def handle(self, message: Any) -> Any:
+        if isinstance(message, LoadTrade):
+            assert self.db is not None
+            try:
+                row, journal = await self.db._execute(load_trade, self.db._conn,
+                                                      message.ticket)
+            except sqlite3.Error as exc:
+                self.metrics.store_errors.inc()
+                log.error("store read failed: %s", exc, extra={"ticket": message.ticket})
+                raise
+            return (trade_from_row(row) if row is not None else None,
+                    [action_from_row(r) for r in journal])
         if isinstance(message, GetTrade):
             rows = await self._all("SELECT * FROM trades WHERE ticket = ?", (message.ticket,))
             if not rows:  # archived trades still answer `trade` and idempotent `register`

@@ -54,7 +54,7 @@ from dtms.actors.market import (
     WatchLevels,
 )
 from dtms.actors.runtime import Cell
-from dtms.actors.store import GetTrade, ListActions, PutTrade
+from dtms.actors.store import ListActions, LoadTrade, PutTrade
 from dtms.config import Settings
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
@@ -175,10 +175,9 @@ class TradeActor(Cell):
         if self._loaded is not None:
             stored, journal, self._loaded = self.trade, list(self._loaded), None
         else:
-            stored = await self.store.ask(GetTrade(self.ticket))
+            stored, journal = await self.store.ask(LoadTrade(self.ticket))   # one round trip
             if stored is None:
                 raise LookupError(f"trade {self.ticket} is not in the store")
-            journal = await self.store.ask(ListActions(self.ticket, limit=1000, unresolved=True))
         self.trade = stored
         self.policy, dropped = salvage_policy(self.settings.policy, stored.policy)
         if dropped:   # stored under looser rules: managed with the configured values instead
