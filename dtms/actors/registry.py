@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from dtms.actors.base import Actor, Envelope
 from dtms.actors.market import MarketOf
 from dtms.actors.positions import Unwatch, Watch
@@ -144,6 +146,7 @@ class RegistryActor(Actor):
         self.metrics = metrics
         self.clock = clock
         self.trades: dict[int, TradeActor] = {}
+        self._markets: dict[str, Actor] = {}   # symbol -> its market actor (MarketOf's answer)
         self._on_event = on_event
         self._on_recovered = on_recovered
         self.supervisor: Runtime | None = None   # runs and supervises the trade actors
@@ -155,6 +158,7 @@ class RegistryActor(Actor):
         sup = self.settings.supervisor
         t = self.settings.trades
         self.trades.clear()
+        self._markets = {}
         self.recovered = False
         # trades count their crashes one by one: a poisoned trade is given up on its own, and
         # no number of unrelated poisoned trades reloads every other one (Akka, Proto.Actor)
@@ -220,11 +224,10 @@ class RegistryActor(Actor):
                          ) -> None:
         """Start many trade actors: each symbol's market actor is asked for once, and every
         actor starts (subscribes) in its own first turn. Any failure is the registry's crash."""
-        markets: dict[str, Actor] = {}
         for trade, journal in trades:
-            market = markets.get(trade.symbol)
-            if market is None:
-                market = markets[trade.symbol] = await self.market.ask(
+            market = self._markets.get(trade.symbol)
+            if market is None:   # the hub keeps one actor per symbol for good: ask once
+                market = self._markets[trade.symbol] = await self.market.ask(
                     MarketOf(trade.symbol), timeout=60.0)
             await self._spawn(trade, journal, market)
 
@@ -380,11 +383,31 @@ class RegistryActor(Actor):
     async def _register_many(self, regs: list[Registration]) -> dict[int, Any]:
         """ticket -> the reply, or the DtmsError to answer, for distinct tickets."""
         outcome: dict[int, Any] = {}
-        try:
-            stored: dict[int, Trade] = await self.store.ask(
-                GetTrades(tuple(r.ticket for r in regs)), timeout=30.0)
-        except DtmsError as exc:
-            return {r.ticket: exc for r in regs}
+        tickets = tuple(r.ticket for r in regs)
+        # the store's record and the broker's position, read at the same time (a sequential
+        # client waits for the slower of the two, not their sum)
+        read: dict[str, Any] = {}
+
+        async def from_broker() -> None:
+            try:
+                read["positions"] = await self.broker.call("positions_of", tickets=list(tickets))
+            except (BrokerError, NotReady, TimeoutError) as exc:
+                read["broker_error"] = exc
+
+        async def from_store() -> None:
+            try:
+                read["stored"] = await self.store.ask(GetTrades(tickets), timeout=30.0)
+            except Exception as exc:   # answered below (a DtmsError) or re-raised: a crash
+                read["store_error"] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(from_broker)
+            tg.start_soon(from_store)
+        if "store_error" in read:
+            if isinstance(read["store_error"], DtmsError):
+                return {r.ticket: read["store_error"] for r in regs}
+            raise read["store_error"]
+        stored: dict[int, Trade] = read["stored"]
         room = self.settings.registry.max_trades - len(self.trades)
         checks: list[Registration] = []
         for reg in regs:
@@ -400,10 +423,9 @@ class RegistryActor(Actor):
                 room -= 0 if _open(stored.get(reg.ticket)) else 1
         if not checks:
             return outcome
-        try:
-            positions = await self.broker.call("positions_of",
-                                               tickets=[r.ticket for r in checks])
-        except (BrokerError, NotReady, TimeoutError) as exc:
+        positions = read.get("positions")
+        if positions is None:
+            exc = read["broker_error"]
             self.metrics.registrations.labels("not_ready").inc(len(checks))
             error = NotReady(f"cannot check the position with the broker: {exc}",
                              retry_after=2.0)
