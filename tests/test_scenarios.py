@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -344,16 +346,22 @@ async def test_losing_sell_walks_the_ladder_to_hedged_and_the_flat_timer_closes_
         SCENARIO_PNL["losing SELL: L1, L2, hedged, flat timer"] = pnl(sim, ticket, hedge.ticket)
 
 
-async def test_a_hedged_trade_recovers_to_healthy_when_structure_resumes_its_direction(
-        engine_settings):
+@asynccontextmanager
+async def hedged_sell(settings) -> AsyncIterator[tuple[SimTerminal, Any, Any, int, int]]:
+    """A SELL 0.20 walked down the ladder to HEDGED, with a flat timer long enough (240 min)
+    for what a test plays next: (sim, service, client, ticket, hedge ticket)."""
     sim = make_sim()
     ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
-    path = engine_settings.store.path
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+    async with running(settings, sim) as svc, client_for(svc) as cl:
         await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
         await settle(svc, sim)
-        await walk_down_the_ladder(svc, sim, cl, ticket, path)
-        hedge_ticket = (await cl.trade(ticket))["hedge_ticket"]
+        await walk_down_the_ladder(svc, sim, cl, ticket, settings.store.path)
+        yield sim, svc, cl, ticket, (await cl.trade(ticket))["hedge_ticket"]
+
+
+async def test_a_hedged_trade_recovers_to_healthy_when_structure_resumes_its_direction(
+        engine_settings):
+    async with hedged_sell(engine_settings) as (sim, svc, cl, ticket, hedge_ticket):
         await play_bars(svc, sim, RANGE_THEN_BREAK[:-1], 1.0865)
         assert (await cl.trade(ticket))["state"] == "HEDGED"    # no break of structure yet
         await play_bars(svc, sim, RANGE_THEN_BREAK[-1:], 1.0858)
@@ -394,14 +402,7 @@ async def test_on_a_netting_account_the_hedge_is_a_reduction(engine_settings):
 
 async def test_a_hedge_left_by_a_closed_trade_is_closed_at_a_fresh_price_not_the_last_seen(
         engine_settings):
-    sim = make_sim()
-    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
-    path = engine_settings.store.path
-    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
-        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
-        await settle(svc, sim)
-        await walk_down_the_ladder(svc, sim, cl, ticket, path)
-        hedge_ticket = (await cl.trade(ticket))["hedge_ticket"]
+    async with hedged_sell(engine_settings) as (sim, svc, cl, ticket, hedge_ticket):
         last_seen = svc.registry.trades[ticket].view.tick
         # HEDGED watches only its timer: the trade is told no tick while the bid climbs 60
         # points (three times the request's deviation) inside one bar
@@ -411,7 +412,8 @@ async def test_a_hedge_left_by_a_closed_trade_is_closed_at_a_fresh_price_not_the
         await eventually(lambda: position(sim, hedge_ticket) is None)
         view = await eventually(lambda: _closed(cl, ticket))
         assert view["close_reason"] == "MANUAL"
-        [row] = [r for r in journal(path, ticket) if r["kind"] == "CLOSE_HEDGE"]
+        [row] = [r for r in journal(engine_settings.store.path, ticket)
+                 if r["kind"] == "CLOSE_HEDGE"]
         assert (row["status"], row["retcode"]) == ("done", 10009)
         request = json.loads(row["request"])
         assert (request["price"], request["market_time"]) == (
