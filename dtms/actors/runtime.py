@@ -203,6 +203,11 @@ class Cell(ActorCore):
         self._runtime._spawn_for(self, fn, *args)
 
 
+def _running(cell: Cell) -> bool:
+    """Started and not crashed: ``on_start`` ran and ``on_stop`` has not yet."""
+    return bool(cell.incarnation) and not cell._starting and not cell._suspended
+
+
 class Runtime:
     """Runs :class:`Cell` s while they have messages and supervises each one. See the module
     docstring."""
@@ -257,7 +262,7 @@ class Runtime:
                     await asyncio.wait(tasks)
                 for cell in list(self._cells.values()):
                     cell._scheduled = False
-                    if cell.incarnation and not cell._starting and not cell._suspended:
+                    if _running(cell):
                         await self._stop_hook(cell)
         if self._failure is not None:
             raise self._failure
@@ -285,12 +290,14 @@ class Runtime:
         cell = self._cells.get(id)
         if cell is None:
             return None
+        running = _running(cell)
         cell.close(f"terminated by {self.name}")
         task = cell._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.wait([task])
-        await self._stop_hook(cell)
+        if running:
+            await self._stop_hook(cell)
         return cell
 
     def which_children(self) -> list[str]:
