@@ -120,10 +120,11 @@ class ActorCore:
     the hooks. :class:`Actor` runs on a task of its own; :class:`dtms.actors.runtime.Cell`
     runs on a task only while its mailbox has messages."""
 
+    __slots__ = ()   # a subclass decides: a Cell has slots (100,000 of them), an Actor a dict
     name: str
+    handling: int    # messages being handled right now (for ``idle``)
     #: exceptions from ``handle`` that are answers to the asker, not crashes of the actor
     reply_errors: tuple[type[BaseException], ...] = (DtmsError,)
-    handling = 0   # messages being handled right now (for ``idle``)
 
     async def _post(self, env: Envelope) -> None:
         raise NotImplementedError

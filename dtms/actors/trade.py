@@ -135,6 +135,9 @@ class TradeActor(Cell):
     carries the tick that crossed a level, and a later view may have come back from it (a
     watch is one-shot, so few are ever queued)."""
 
+    __slots__ = ("_loaded", "ticket", "trade", "store", "broker", "registry", "hub", "metrics",
+                 "settings", "clock", "market", "_market_hint", "view", "deferred", "unresolved",
+                 "acted_at", "policy")
     snapshots = (BarClose, PriceEvent, PositionUpdate, PositionGone)
 
     def supersedes(self, new: Any, old: Any) -> bool:
