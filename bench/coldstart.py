@@ -124,7 +124,7 @@ def expected_positions(stored: int) -> list[Any]:
 async def _migrate(path: Path) -> None:
     import aiosqlite
 
-    from dtms.actors.store import migrate
+    from dtms.actors.schema import migrate
 
     async with aiosqlite.connect(path, isolation_level=None) as db:
         await db.execute("PRAGMA journal_mode=WAL")

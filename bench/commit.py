@@ -154,7 +154,8 @@ async def store_pass(db_path: Path, writes: list[Any], writers: int, max_batch: 
 
 def raw_pass(db_path: Path, writes: list[Any]) -> tuple[float, list[float]]:
     """The same rows through plain sqlite3, one BEGIN IMMEDIATE ... COMMIT per registration."""
-    from dtms.actors.store import _UPSERT, MIGRATIONS, _trade_params
+    from dtms.actors.schema import MIGRATIONS
+    from dtms.actors.store import _UPSERT, _trade_params
 
     db = sqlite3.connect(db_path, isolation_level=None)
     try:

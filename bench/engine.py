@@ -269,7 +269,8 @@ async def populate_store(path: str, sim: Any) -> int:
     """Write every open position as a HEALTHY trade, as registration would have stored it."""
     import aiosqlite
 
-    from dtms.actors.store import _UPSERT, _trade_params, migrate
+    from dtms.actors.schema import migrate
+    from dtms.actors.store import _UPSERT, _trade_params
     from dtms.brokers.mt5 import MT5Adapter
     from dtms.model import Trade, TradeState
 

@@ -62,8 +62,6 @@ from dtms.actors.store import (
     ListTransitions,
     PutMeta,
     StoreActor,
-    StoreInUse,
-    StoreLock,
 )
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
@@ -76,6 +74,7 @@ from dtms.policy.account import account_record, check_account
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection, RpcServer
+from dtms.storelock import StoreInUse, StoreLock
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import sys
 import anyio
 import pytest
 
-from dtms.actors.store import MIGRATIONS
+from dtms.actors.schema import MIGRATIONS
 from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
 from dtms.errors import NotReady
 from tests.conftest import client_for, eventually, running

@@ -20,12 +20,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from dtms.actors.store import StoreInUse, StoreLock
 from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
 from dtms.cli import _find, build_parser
 from dtms.config import Settings
 from dtms.policy.account import check_account
 from dtms.service import Service, StartupFailed
+from dtms.storelock import StoreInUse, StoreLock
 from tests.conftest import client_for, running
 from tests.test_cli import dtms, env, free_port  # noqa: F401 - the env fixture
 

@@ -8,8 +8,8 @@ import aiosqlite
 import anyio
 import pytest
 
+from dtms.actors.schema import MIGRATIONS, migrate
 from dtms.actors.store import (
-    MIGRATIONS,
     Archive,
     GetMeta,
     GetTrade,
@@ -19,7 +19,6 @@ from dtms.actors.store import (
     PutScores,
     PutTrade,
     StoreActor,
-    migrate,
     trade_from_row,
     write_batch,
 )

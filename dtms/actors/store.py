@@ -7,12 +7,13 @@ answers every writer. An ``ask`` for a write therefore returns only after its ro
 (``synchronous=FULL`` by default). Reads are answered in mailbox order, so a read sees every
 write acknowledged before it.
 
-Schema changes are forward migrations in ``MIGRATIONS``; ``schema_version`` records the level;
-``meta`` holds facts about the database itself (the broker account it belongs to).
+Schema changes are forward migrations (:mod:`dtms.actors.schema`); ``meta`` holds facts about
+the database itself (the broker account it belongs to).
 
-It also owns the file's safety at its edges: :class:`StoreLock` (one DTMS per database, held for
-the process's life, taken before anything is opened), ``PRAGMA quick_check`` at open (a damaged
-file is refused before any migration or write), and, before every group commit is acknowledged,
+It also owns the file's safety at its edges (the lock that keeps a second DTMS out is
+:class:`dtms.storelock.StoreLock`, taken by the service before the store opens anything):
+``PRAGMA quick_check`` at open (a damaged file is refused before any migration or write), and,
+before every group commit is acknowledged,
 a check that the file at the configured path is still the one opened (a deleted or replaced file
 would swallow every later write): if not, the writes are answered NOT_READY and the store
 reports itself not writable.
@@ -37,7 +38,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ import aiosqlite
 import anyio
 
 from dtms.actors.base import Actor, Envelope
+from dtms.actors.schema import migrate, quick_check
 from dtms.config import StoreSettings
 from dtms.errors import NotReady
 from dtms.events import EventBus
@@ -66,96 +67,6 @@ log = logging.getLogger(__name__)
 
 TRADE_COLUMNS = [f.name for f in dataclasses.fields(Trade)]
 _COLUMNS = ", ".join(TRADE_COLUMNS)
-
-MIGRATIONS: list[str] = [
-    # v1: trades with their full state, transitions, action journal, restart history
-    """
-    CREATE TABLE trades (
-        ticket INTEGER PRIMARY KEY, symbol TEXT NOT NULL, direction TEXT NOT NULL,
-        entry_price REAL NOT NULL, volume REAL NOT NULL, initial_volume REAL NOT NULL,
-        sl REAL NOT NULL, tp REAL NOT NULL, initial_sl REAL NOT NULL,
-        state TEXT NOT NULL, state_since REAL NOT NULL,
-        strategy_type TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '',
-        magic INTEGER NOT NULL DEFAULT 0, comment TEXT NOT NULL DEFAULT '',
-        policy TEXT NOT NULL DEFAULT '{}', score REAL NOT NULL DEFAULT 0,
-        hedge_ticket INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL, closed_at REAL NOT NULL DEFAULT 0,
-        close_reason TEXT NOT NULL DEFAULT '', close_price REAL NOT NULL DEFAULT 0,
-        profit REAL NOT NULL DEFAULT 0
-    );
-    CREATE INDEX trades_state ON trades(state);
-    CREATE TABLE transitions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, ticket INTEGER NOT NULL, at REAL NOT NULL,
-        from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL
-    );
-    CREATE INDEX transitions_ticket ON transitions(ticket);
-    CREATE TABLE actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, ticket INTEGER NOT NULL, kind TEXT NOT NULL,
-        status TEXT NOT NULL, created_at REAL NOT NULL, resolved_at REAL NOT NULL DEFAULT 0,
-        request TEXT NOT NULL DEFAULT '{}', retcode INTEGER NOT NULL DEFAULT 0,
-        result TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX actions_ticket ON actions(ticket);
-    CREATE TABLE restarts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, supervisor TEXT NOT NULL,
-        child TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
-        exception TEXT NOT NULL, attempt INTEGER NOT NULL, backoff_s REAL NOT NULL
-    );
-    """,
-    # v2: the kind of child in the restart history (trade, store, broker...), queried by time
-    """
-    ALTER TABLE restarts ADD COLUMN kind TEXT NOT NULL DEFAULT '';
-    CREATE INDEX restarts_at ON restarts(at);
-    """,
-    # v3: closed trades past their retention move here (still readable by ticket)
-    """
-    CREATE TABLE trades_archive AS SELECT *, 0.0 AS archived_at FROM trades WHERE 0;
-    CREATE UNIQUE INDEX trades_archive_ticket ON trades_archive(ticket);
-    """,
-    # v4: the engine's state per trade (timers, hedge size, score layers, obligations) and a
-    # journal row named by (ticket, seq), which the order comment carries
-    """
-    ALTER TABLE trades ADD COLUMN opened_at REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades ADD COLUMN flat_since REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades ADD COLUMN recovery_since REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades ADD COLUMN hedge_volume REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades ADD COLUMN layers TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE trades ADD COLUMN obligations TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE trades ADD COLUMN action_seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE trades_archive ADD COLUMN opened_at REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades_archive ADD COLUMN flat_since REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades_archive ADD COLUMN recovery_since REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades_archive ADD COLUMN hedge_volume REAL NOT NULL DEFAULT 0;
-    ALTER TABLE trades_archive ADD COLUMN layers TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE trades_archive ADD COLUMN obligations TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE trades_archive ADD COLUMN action_seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE actions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE actions ADD COLUMN obligation TEXT NOT NULL DEFAULT '';
-    ALTER TABLE actions ADD COLUMN reason TEXT NOT NULL DEFAULT '';
-    UPDATE actions SET seq = id;
-    CREATE UNIQUE INDEX actions_ticket_seq ON actions(ticket, seq);
-    CREATE INDEX actions_open ON actions(status) WHERE status IN ('pending', 'sent', 'uncertain');
-    CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
-    """,
-    # v5: facts about the database itself, e.g. key "account": the broker account it belongs to
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
-    """,
-    # v6: the defensive cuts are owed once per trade (issue 13). Before, a state change dropped
-    # a done "L2:partial" or "hedge" obligation, so a trade stored then would be cut again at
-    # its next WARNING_L2/HEDGED: the journal says which cuts were made; mark them done.
-    """
-    UPDATE trades SET obligations = json_set(obligations, '$."L2:partial"', 'done')
-     WHERE state != 'CLOSED' AND json_extract(obligations, '$."L2:partial"') IS NULL
-       AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
-                   AND a.obligation = 'L2:partial' AND a.status = 'done');
-    UPDATE trades SET obligations = json_set(obligations, '$."hedge"', 'done')
-     WHERE state != 'CLOSED' AND json_extract(obligations, '$."hedge"') IS NULL
-       AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
-                   AND a.obligation = 'hedge' AND a.status = 'done');
-    """,
-]
-
 
 # -- messages ----------------------------------------------------------------------------------
 
@@ -427,96 +338,6 @@ def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
     return archived
 
 
-class StoreInUse(RuntimeError):
-    """Another process holds the database's lock."""
-
-
-class StoreLock:
-    """An exclusive lock on the database, held by one DTMS process for its whole life.
-
-    The lock file ``<db>.lock`` sits next to the database and holds the holder's pid (to name
-    it); the lock itself is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking``
-    on Windows), so it dies with the process: a SIGKILL never leaves a stale lock, and a pid
-    left in the file means nothing by itself. Platforms with neither lock run unlocked (logged).
-
-    Usage::
-
-        with StoreLock("data/dtms.sqlite3"):   # StoreInUse if another DTMS has it
-            ...
-    """
-
-    # Windows locks byte ranges, and a locked range cannot be read by others: the lock is on a
-    # byte far past the pid, so a second instance can still read who holds it
-    _WINDOWS_LOCK_OFFSET = 1 << 20
-
-    def __init__(self, db_path: str | Path) -> None:
-        self.path = Path(f"{db_path}.lock")
-        self._fd: int | None = None
-
-    def __enter__(self) -> StoreLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            locked = _lock_fd(fd, self._WINDOWS_LOCK_OFFSET)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            holder = _read_pid(fd)
-            os.close(fd)
-            db = str(self.path)[: -len(".lock")]
-            raise StoreInUse(f"the database {db} is in use by another DTMS (pid {holder}; "
-                             f"lock file {self.path}); stop that one first, or give this one "
-                             f"its own store.path")
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        # the file stays (removing it would race with a process about to lock it); closing the
-        # descriptor releases the lock on every platform
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def _lock_fd(fd: int, windows_offset: int) -> bool:
-    """Take an exclusive, non-blocking lock on ``fd``; False if another process holds it."""
-    if sys.platform == "win32":
-        import msvcrt
-        os.lseek(fd, windows_offset, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        import fcntl
-    except ImportError:  # neither lock on this platform: run, but say so
-        log.warning("no file locking on this platform: nothing stops a second DTMS from "
-                    "opening the same database")
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _read_pid(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 32).decode("ascii", "replace").strip()
-    return text if text.isdigit() else "unknown"
-
-
 def file_identity(path: str | Path) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file at ``path``; None where the filesystem gives no inode."""
     st = os.stat(path)
@@ -775,46 +596,3 @@ class StoreActor(Actor):
             rows = await self._all("SELECT state, COUNT(*) AS n FROM trades GROUP BY state")
             return {r["state"]: r["n"] for r in rows}
         raise TypeError(f"store cannot handle {message!r}")
-
-
-async def quick_check(db: aiosqlite.Connection, path: Path) -> None:
-    """``PRAGMA quick_check``: a damaged file raises ``sqlite3.DatabaseError`` with SQLite's
-    own words, before anything is migrated or written."""
-    # its messages may quote the damaged bytes: read them as text whatever they hold
-    db.text_factory = lambda raw: raw.decode("utf-8", "replace")
-    try:
-        rows = await db.execute_fetchall("PRAGMA quick_check")
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        raise sqlite3.DatabaseError(f"database {path} failed its integrity check "
-                                    f"(PRAGMA quick_check): {exc}") from exc
-    finally:
-        db.text_factory = str
-    problems = [str(r[0]) for r in rows if r[0] != "ok"]
-    if problems:
-        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
-                                           if len(problems) > 5 else "")
-        raise sqlite3.DatabaseError(f"database {path} failed its integrity check "
-                                    f"(PRAGMA quick_check): {shown}")
-
-
-async def migrate(db: aiosqlite.Connection) -> int:
-    """Bring the schema to the newest version; returns it."""
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = await (await db.execute("SELECT MAX(version) FROM schema_version")).fetchone()
-    version = row[0] or 0
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(f"database schema v{version} is newer than this DTMS "
-                                    f"(v{len(MIGRATIONS)})")
-    for target in range(version + 1, len(MIGRATIONS) + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[target - 1].split(";"):
-                if statement.strip():
-                    await db.execute(statement)
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        log.info("store migrated", extra={"schema_version": target})
-    return len(MIGRATIONS)
