@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +185,21 @@ class ActorCore:
         if env.reply is not None:
             env.reply.set(result)
 
+    def _fail_queued(self, envelopes: Iterable[Envelope], reason: str) -> int:
+        """Closing for good: fail the asks among ``envelopes`` (stops aside) with ActorStopped,
+        log how many messages were dropped; returns that number."""
+        dropped = 0
+        for env in envelopes:
+            if isinstance(env.message, _Stop):
+                continue
+            dropped += 1
+            if env.reply is not None:
+                env.reply.fail(ActorStopped(f"{self.name}: {reason}"))
+        if dropped:
+            log.warning("actor %s closed (%s) with %d queued messages failed", self.name,
+                        reason, dropped)
+        return dropped
+
     # -- hooks ---------------------------------------------------------------------------------
     async def on_start(self) -> None:
         """Called at the start of every incarnation, before the actor is reported ready."""
@@ -242,21 +257,14 @@ class Actor(ActorCore):
         """Stop for good: fail queued asks with ActorStopped; returns how many were dropped."""
         self._closed = True
         self._send.close()
-        dropped = 0
-        while True:
-            try:
-                env = self._recv.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-            if isinstance(env.message, _Stop):
-                continue
-            dropped += 1
-            if env.reply is not None:
-                env.reply.fail(ActorStopped(f"{self.name}: {reason}"))
-        if dropped:
-            log.warning("actor %s closed (%s) with %d queued messages failed", self.name, reason,
-                        dropped)
-        return dropped
+
+        def queued() -> Iterator[Envelope]:
+            while True:
+                try:
+                    yield self._recv.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+        return self._fail_queued(queued(), reason)
 
     @property
     def mailbox_depth(self) -> int:

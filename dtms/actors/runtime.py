@@ -174,19 +174,10 @@ class Cell(ActorCore):
         dropped."""
         self._closed = True
         box, self._box = self._box or deque(), None
-        dropped = 0
-        for env in box:
-            if isinstance(env.message, _Stop):
-                continue
-            dropped += 1
-            if env.reply is not None:
-                env.reply.fail(ActorStopped(f"{self.name}: {reason}"))
+        dropped = self._fail_queued(box, reason)
         self._made_room()
         if self._runtime is not None:
             self._runtime._forget(self)
-        if dropped:
-            log.warning("actor %s closed (%s) with %d queued messages failed", self.name,
-                        reason, dropped)
         return dropped
 
     @property
