@@ -1,4 +1,5 @@
-"""The DTMS service: builds the supervision tree, gates readiness, and answers the RPC methods.
+"""The DTMS service: builds the supervision tree, gates readiness, and dispatches the RPC methods
+(their handlers are in :mod:`dtms.rpc.methods`).
 
 Tree (SPEC section 1)::
 
@@ -27,12 +28,10 @@ the terminal is logged in to is checked against the one the database belongs to
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -44,43 +43,29 @@ from dtms.actors.broker import BrokerActor
 from dtms.actors.market import MarketHub
 from dtms.actors.positions import Poll, PositionWatcher
 from dtms.actors.registry import (
-    Pause,
-    PauseAll,
     Register,
     RegistryActor,
-    Resume,
-    Unregister,
 )
 from dtms.actors.store import (
     AddRestart,
-    CountByState,
     GetMeta,
-    GetTrade,
-    ListActions,
-    ListRestarts,
-    ListTrades,
-    ListTransitions,
     PutMeta,
     StoreActor,
 )
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
-from dtms.errors import DtmsError, InvalidArgument, NotFound, NotReady, Overloaded
-from dtms.events import EVENTS, EventBus
+from dtms.errors import DtmsError, NotFound, NotReady
+from dtms.events import EventBus
 from dtms.logs import TRACE_ID, new_trace_id
-from dtms.metrics import ACTOR_KINDS, Metrics, MetricsServer
-from dtms.model import Account, Registration, TradeState, parse_registration
+from dtms.metrics import Metrics, MetricsServer
+from dtms.model import Account, Registration
 from dtms.policy.account import account_record, check_account
-from dtms.policy.overrides import resolve_policy
-from dtms.rpc.protocol import MAX_PAGE
+from dtms.rpc.methods import Methods
 from dtms.rpc.server import Connection, RpcServer
 from dtms.storelock import StoreInUse, StoreLock
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 1000
-
 
 class StartupTimeout(RuntimeError):
     """Readiness was not reached within the startup timeout."""
@@ -95,29 +80,6 @@ def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-
-
-def _int_arg(args: dict[str, Any], name: str, *, default: int | None = None, low: int = 0,
-             high: int = 2**63 - 1) -> int:
-    value = args.get(name, default)
-    if value is None:
-        raise InvalidArgument("required", field=name)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"must be an integer in {low}..{high}", field=name)
-    return value
-
-
-def _str_arg(args: dict[str, Any], name: str) -> str | None:
-    value = args.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > 64):
-        raise InvalidArgument("must be a string of at most 64 characters", field=name)
-    return value
-
-
-def _only(args: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(str(k) for k in args if k not in allowed)
-    if unknown:
-        raise InvalidArgument.many({k: "unknown field" for k in unknown})
 
 
 class Service:
@@ -161,14 +123,9 @@ class Service:
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
                                             settings.metrics.port, token=settings.metrics.token)
-        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
-            "health": self._health, "status": self._status, "register": self._register,
-            "register_batch": self._register_batch, "trade": self._trade, "trades": self._trades,
-            "transitions": self._transitions, "restarts": self._restarts,
-            "pause": self._pause, "resume": self._resume, "unregister": self._unregister,
-            "actions": self._actions,
-        }
-        self.connection_methods = {"subscribe": self._subscribe}
+        methods = Methods(self)
+        self.methods = methods.table()
+        self.connection_methods = methods.connection_table()
 
     # -- readiness -----------------------------------------------------------------------------
     def _on_recovered(self) -> None:
@@ -429,154 +386,3 @@ class Service:
         if fn is None:
             return await self.connection_methods[method](args, conn)
         return await fn(args)
-
-    async def _subscribe(self, args: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        _only(args, {"tickets", "events"})
-        tickets = args.get("tickets")
-        if tickets is not None and (not isinstance(tickets, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tickets)):
-            raise InvalidArgument("must be an array of tickets (integers > 0)", field="tickets")
-        events = args.get("events")
-        if events is not None and (not isinstance(events, list) or not set(events) <= EVENTS):
-            raise InvalidArgument(f"must be an array of {', '.join(sorted(EVENTS))}",
-                                  field="events")
-        sub = self.events.subscribe(conn, tickets=set(tickets) if tickets else None,
-                                    events=set(events) if events else None)
-        return {"subscribed": True, "id": sub.id, "events": sorted(sub.events),
-                "tickets": sorted(sub.tickets) if sub.tickets else None}
-
-    async def _health(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.health()
-
-    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, set())
-        counts = await self.store.ask(CountByState())
-        by_state = {s.value: counts.get(s.value, 0) for s in TradeState}
-        account = self.broker.account
-        return {**self.health(), "trades_by_state": by_state,
-                "unknown_positions": list(self.watcher.unknown),
-                "broker": {"backend": self.settings.broker.backend,
-                           "login": account.login if account else 0,
-                           "server": account.server if account else "",
-                           "hedging": account.hedging if account else None},
-                "rpc": {"host": self.settings.rpc.host, "port": self.rpc.port,
-                        "connections": self.rpc.connections}}
-
-    async def _register_one(self, args: Any) -> dict[str, Any]:
-        try:
-            reg = parse_registration(args)
-            resolve_policy(self.settings.policy, reg.policy)  # names every bad policy.<key>
-        except InvalidArgument:
-            self.metrics.registrations.labels("invalid").inc()
-            raise
-        limit = self.settings.registry.mailbox_size
-        if self.registry.mailbox_depth >= limit:
-            raise Overloaded(f"registry has {limit} registrations queued", retry_after=0.5)
-        return await self.registry.ask(Register(reg), timeout=self.settings.registry.ask_timeout_s)
-
-    async def _register(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._register_one(args)
-
-    async def _register_batch(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"trades"})
-        items = args.get("trades")
-        if not isinstance(items, list) or not items:
-            raise InvalidArgument("must be a non-empty array of registration maps", field="trades")
-        if len(items) > MAX_BATCH:
-            raise InvalidArgument(f"at most {MAX_BATCH} per batch, got {len(items)}",
-                                  field="trades")
-        results: list[dict[str, Any]] = [{} for _ in items]
-
-        async def one(i: int, item: Any) -> None:
-            try:
-                results[i] = {"ok": True, **await self._register_one(item)}
-            except DtmsError as err:
-                results[i] = {"ok": False, "error": err.to_wire()}
-
-        async with anyio.create_task_group() as tg:
-            for i, item in enumerate(items):
-                tg.start_soon(one, i, item)
-        return {"results": results, "created": sum(1 for r in results if r.get("created")),
-                "failed": sum(1 for r in results if not r["ok"])}
-
-    async def _trade(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket"})
-        ticket = _int_arg(args, "ticket", low=1)
-        trade = await self.store.ask(GetTrade(ticket))
-        if trade is None:
-            raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
-        return trade.view()
-
-    async def _trades(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"state", "symbol", "limit", "offset", "open_only"})
-        state = _str_arg(args, "state")
-        if state is not None:
-            state = state.upper()
-            if state not in TradeState.__members__:
-                raise InvalidArgument(f"must be one of {', '.join(TradeState.__members__)}",
-                                      field="state")
-        symbol = _str_arg(args, "symbol")
-        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        offset = _int_arg(args, "offset", default=0)
-        open_only = args.get("open_only", False)
-        if not isinstance(open_only, bool):
-            raise InvalidArgument("must be true or false", field="open_only")
-        trades = await self.store.ask(ListTrades(state, symbol, open_only, limit, offset))
-        return {"trades": [t.view() for t in trades], "count": len(trades), "offset": offset,
-                "limit": limit}
-
-    async def _pause(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._set_paused(args, True)
-
-    async def _resume(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._set_paused(args, False)
-
-    async def _set_paused(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
-        """One ticket, or ``all: true`` (every managed trade; SUSPENDED ones stay suspended)."""
-        _only(args, {"ticket", "all"})
-        every = args.get("all", False)
-        if not isinstance(every, bool):
-            raise InvalidArgument("must be true or false", field="all")
-        if every == ("ticket" in args):
-            raise InvalidArgument("give either a ticket or all: true", field="ticket")
-        if every:
-            return await self.registry.ask(PauseAll(paused), timeout=60.0)
-        ticket = _int_arg(args, "ticket", low=1)
-        message = Pause(ticket) if paused else Resume(ticket)
-        return await self.registry.ask(message, timeout=self.settings.registry.ask_timeout_s)
-
-    async def _unregister(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket"})
-        return await self.registry.ask(Unregister(_int_arg(args, "ticket", low=1)),
-                                       timeout=self.settings.registry.ask_timeout_s)
-
-    async def _actions(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket", "limit", "since"})
-        ticket = _int_arg(args, "ticket", low=1) if "ticket" in args else None
-        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        since = _since_arg(args)
-        rows = await self.store.ask(ListActions(ticket, since, limit))
-        return {"actions": [dataclasses.asdict(a) for a in rows]}
-
-    async def _transitions(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"ticket", "limit"})
-        ticket = _int_arg(args, "ticket", low=1)
-        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        return {"ticket": ticket,
-                "transitions": await self.store.ask(ListTransitions(ticket, limit))}
-
-    async def _restarts(self, args: dict[str, Any]) -> dict[str, Any]:
-        _only(args, {"limit", "since", "kind"})
-        limit = _int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        since = _since_arg(args)
-        kind = _str_arg(args, "kind")
-        if kind is not None and kind not in ACTOR_KINDS:
-            raise InvalidArgument(f"must be one of {', '.join(ACTOR_KINDS)}", field="kind")
-        return {"restarts": await self.store.ask(ListRestarts(limit, since, kind))}
-
-
-def _since_arg(args: dict[str, Any]) -> float:
-    since = args.get("since", 0.0)
-    if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
-        raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
-    return float(since)

@@ -278,14 +278,15 @@ def test_bad_arguments_are_usage_errors_exit_2_naming_the_argument_and_its_bound
 
 
 def test_cli_bounds_are_the_servers():
-    from dtms import cli, metrics, service
+    from dtms import cli, metrics
     from dtms.model import TradeState
+    from dtms.rpc import methods
 
     parser = cli.build_parser(cli.config.Settings())
     args = parser.parse_args(["trades", "--state", "warning_l1", "--limit", "1000"])
     assert (args.state, args.limit) == ("WARNING_L1", 1000)
     assert parser.parse_args(["restarts", "--kind", "Market"]).kind == "market"
-    assert cli.MAX_PAGE == service.MAX_PAGE == 1000
+    assert cli.MAX_PAGE == methods.MAX_PAGE == 1000
     assert tuple(TradeState.__members__) == cli.TRADE_STATES
     assert cli.RESTART_KINDS == metrics.ACTOR_KINDS
 

@@ -1,0 +1,38 @@
+"""Argument checks shared by the RPC method handlers: each names the field and its bound in the
+:class:`~dtms.errors.InvalidArgument` it raises (``int_arg(args, "limit", low=1, high=500)``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dtms.errors import InvalidArgument
+
+
+def int_arg(args: dict[str, Any], name: str, *, default: int | None = None, low: int = 0,
+             high: int = 2**63 - 1) -> int:
+    value = args.get(name, default)
+    if value is None:
+        raise InvalidArgument("required", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"must be an integer in {low}..{high}", field=name)
+    return value
+
+
+def str_arg(args: dict[str, Any], name: str) -> str | None:
+    value = args.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > 64):
+        raise InvalidArgument("must be a string of at most 64 characters", field=name)
+    return value
+
+
+def only(args: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in args if k not in allowed)
+    if unknown:
+        raise InvalidArgument.many({k: "unknown field" for k in unknown})
+
+
+def since_arg(args: dict[str, Any]) -> float:
+    since = args.get("since", 0.0)
+    if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
+        raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
+    return float(since)
