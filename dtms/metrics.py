@@ -5,28 +5,20 @@ process do not share counters). Names follow Prometheus conventions: ``dtms_`` p
 units, ``_total`` on counters, ``_seconds`` on durations; no per-ticket labels. Label values known
 in advance are initialised to 0 so that rates and alerts work from the first scrape.
 
-:class:`MetricsServer` is a small anyio HTTP/1.1 server on its own port with two routes:
-``/metrics`` (text exposition) and ``/health`` (200 when ready, 503 when not, JSON body). With
-``metrics.token`` set, ``/metrics`` needs ``Authorization: Bearer <token>`` (401 otherwise); a
-non-loopback ``metrics.host`` without a token is refused, as on the rpc port.
+:class:`MetricsServer` (defined in :mod:`dtms.web.server`, importable from here) serves them on
+the metrics port with ``/health`` and the web view: a Starlette app run by uvicorn in the
+service's event loop. With ``metrics.token`` set, ``/metrics`` needs ``Authorization: Bearer
+<token>`` (401 otherwise); a non-loopback ``metrics.host`` without a token is refused, as on the
+rpc port.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-from collections.abc import Callable
-from typing import Any
 
-import anyio
-from anyio.abc import SocketStream, TaskStatus
-from anyio.streams.stapled import MultiListener
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dtms.model import CloseReason, TradeState
-from dtms.net import listen_tcp, refuse_open_bind
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +123,9 @@ class Metrics:
         self.market_bar_seconds = Histogram("dtms_market_bar_close_duration_seconds",
                                             "Reloading bars and computing a symbol's signals "
                                             "on a bar close", buckets=_FAST, registry=r)
+        self.web_streams_dropped = Counter("dtms_web_streams_dropped_total",
+                                           "Web view event streams closed because the browser "
+                                           "fell behind", registry=r)
         self.unknown_positions = Gauge("dtms_unknown_positions",
                                        "Open positions with DTMS's magic that DTMS does not manage",
                                        registry=r)
@@ -184,110 +179,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
-    """``/metrics`` and ``/health`` over HTTP on the metrics port.
+# the HTTP side of the metrics port lives in dtms.web (it imports nothing from here at run time)
+from dtms.web.server import MetricsServer  # noqa: E402
 
-    Auth follows the rpc port's rule (:mod:`dtms.net`): a non-loopback ``host`` without a
-    ``token`` is refused at construction (ValueError naming ``metrics.host`` and
-    ``metrics.token``). With a token, ``/metrics`` needs ``Authorization: Bearer <token>`` --
-    what Prometheus sends with the scrape option ``authorization: {credentials: ...}`` -- and
-    answers 401 otherwise. ``/health`` answers without it, as the rpc ``health`` method does:
-    load-balancer and Kubernetes probes carry no secret, and it tells no more than ``health``.
-    """
-
-    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, Any]], host: str,
-                 port: int, *, token: str = "") -> None:
-        refuse_open_bind("metrics", host, token)
-        self.metrics = metrics
-        self.health = health
-        self.host = host
-        self.port = port
-        self._expected = f"bearer {token}".encode() if token else b""
-        self._listener: MultiListener[SocketStream] | None = None
-
-    async def listen(self) -> int:
-        """Bind the port now, if not yet bound (``run`` binds it otherwise); returns the port.
-        Raises :class:`~dtms.net.ListenError` naming ``metrics.port`` when it cannot."""
-        if self._listener is None:
-            self._listener = await listen_tcp("metrics", self.host, self.port)
-            self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
-        return self.port
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self.listen()
-        listener, self._listener = self._listener, None  # the next incarnation binds anew
-        assert listener is not None
-        async with listener:
-            log.info("metrics listening", extra={"host": self.host, "port": self.port,
-                                                 "auth": "required" if self._expected else "off"})
-            task_status.started()
-            await listener.serve(self._serve)
-
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
-        if not self._expected:
-            return True
-        given = headers.get(b"authorization", b"")
-        scheme, _, credentials = given.partition(b" ")
-        return hmac.compare_digest(scheme.lower() + b" " + credentials.strip(), self._expected)
-
-    async def _serve(self, stream: SocketStream) -> None:
-        async with stream:
-            try:
-                with anyio.fail_after(10):
-                    request, headers = await self._read_head(stream)
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, ValueError) as exc:
-                log.debug("metrics: bad or slow request: %r", exc)
-                return
-            parts = request.split(b" ")
-            path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
-            extra = ""
-            if parts[0] not in (b"GET", b"HEAD"):
-                status, ctype, body = 405, "text/plain", b"method not allowed\n"
-            elif path == b"/health":
-                h = self.health()
-                status = 200 if h.get("ready") else 503
-                ctype, body = "application/json", json.dumps(h).encode()
-            elif not self._authorized(headers):
-                log.warning("metrics: %s from %s without the right bearer token: 401",
-                            path.decode("latin-1")[:60],
-                            stream.extra(anyio.abc.SocketAttribute.remote_address, "?"))
-                status, ctype = 401, "text/plain"
-                body = b"unauthorized: send Authorization: Bearer <metrics.token>\n"
-                extra = 'WWW-Authenticate: Bearer realm="dtms metrics"\r\n'
-            elif path == b"/metrics":
-                self._refresh()
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
-            else:
-                status, ctype, body = 404, "text/plain", b"not found: try /metrics or /health\n"
-            reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-                      503: "Service Unavailable"}[status]
-            head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n{extra}"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            try:
-                await stream.send(head + (b"" if parts[0] == b"HEAD" else body))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                log.debug("metrics: client went away: %r", exc)
-
-    def _refresh(self) -> None:
-        """Sample the gauges that are read, not pushed (readiness, mailbox depth) before a scrape."""
-        try:
-            self.health()
-        except Exception:  # a scrape must still answer with what is there
-            log.exception("metrics: refreshing gauges from health() failed")
-
-    @staticmethod
-    async def _read_head(stream: SocketStream) -> tuple[bytes, dict[bytes, bytes]]:
-        """The request line and the headers (names lower-cased) of one request."""
-        buf = b""
-        while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-            chunk = await stream.receive(4096)
-            buf += chunk
-            if len(buf) > 16384:
-                raise ValueError("request head too large")
-        lines = buf.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].split(b"\n")
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        return lines[0], headers
+__all__ = ["Metrics", "MetricsServer"]

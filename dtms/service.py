@@ -4,7 +4,7 @@
 Tree (SPEC section 1)::
 
     root (rest_for_one)
-    ├── metrics    /metrics + /health over HTTP
+    ├── metrics    /metrics, /health and the web view over HTTP (dtms.web)
     ├── rpc        msgpack-rpc over TCP
     └── core (rest_for_one)
         ├── store      the only writer to SQLite
@@ -64,6 +64,7 @@ from dtms.rpc.methods import Methods
 from dtms.rpc.server import Connection, RpcServer
 from dtms.storelock import StoreInUse, StoreLock
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
+from dtms.web.views import WebView
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,12 @@ class Service:
                                       metrics=self.metrics,
                                       on_event=self._on_restart, on_recovered=self._on_recovered)
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
-        self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
-                                            settings.metrics.port, token=settings.metrics.token)
         methods = Methods(self)
         self.methods = methods.table()
         self.connection_methods = methods.connection_table()
+        self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
+                                            settings.metrics.port, token=settings.metrics.token,
+                                            web=WebView(self))
 
     # -- readiness -----------------------------------------------------------------------------
     def _on_recovered(self) -> None:
