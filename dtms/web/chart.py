@@ -4,7 +4,7 @@ transitions (no I/O, no clock: ``now`` is passed in).
 * :func:`pick_timeframe` -- the bar size that shows the trade's whole life in at most
   ``MAX_BARS`` bars (never fewer than ``MIN_BARS`` bars of context);
 * :func:`sl_path` -- the stop as DTMS moved it: the stop at registration, then each stop
-  modification the broker accepted (journal rows ``done`` with a ``sl`` in their request), at the
+  modification the broker accepted (``MODIFY_SL`` rows ``done``, the ``sl`` of their request), at the
   time it was resolved, then the trade's stop now (a change made at the broker by hand shows as a
   last step);
 * :func:`marks` -- the journal's actions and the state changes as points in time, for markers.
@@ -23,8 +23,8 @@ TIMEFRAMES = (("M1", 60), ("M5", 300), ("M15", 900), ("M30", 1800), ("H1", 3600)
               ("H4", 14400), ("D1", 86400))
 MAX_BARS = 300
 MIN_BARS = 60
-#: journal kinds that move the stop
-SL_KINDS = frozenset({"breakeven", "trail", "tighten"})
+#: the journal kind that moves the stop (breakeven, trail, tighten: its obligation says which)
+SL_KIND = "MODIFY_SL"
 
 
 def pick_timeframe(opened_at: float, now: float) -> tuple[str, int]:
@@ -44,7 +44,7 @@ def sl_path(trade: dict[str, Any], actions: list[dict[str, Any]], now: float
     path = [(start, float(trade.get("initial_sl") or 0.0))]
     moves = sorted((float(a["resolved_at"] or a["created_at"]), float(a["request"]["sl"]))
                    for a in actions
-                   if a.get("kind") in SL_KINDS and a.get("status") == "done"
+                   if a.get("kind") == SL_KIND and a.get("status") == "done"
                    and isinstance(a.get("request"), dict) and "sl" in a["request"])
     for at, sl in moves:
         if sl != path[-1][1]:
@@ -59,9 +59,11 @@ def sl_path(trade: dict[str, Any], actions: list[dict[str, Any]], now: float
 
 def marks(actions: list[dict[str, Any]], transitions: list[dict[str, Any]]
           ) -> list[dict[str, Any]]:
-    """Markers in time order: ``{"at", "type": "action"|"state", "label", "status"}``."""
-    out = [{"at": float(a["created_at"]), "type": "action", "label": a["kind"],
-            "status": a["status"], "seq": a["seq"]} for a in actions]
+    """Markers in time order: ``{"at", "type": "action"|"state", "label", "status"}``; an
+    action is labelled with its obligation (``sl:breakeven``, ``L2:partial``...)."""
+    out = [{"at": float(a["created_at"]), "type": "action",
+            "label": a.get("obligation") or a["kind"], "status": a["status"], "seq": a["seq"]}
+           for a in actions]
     out += [{"at": float(t["at"]), "type": "state",
              "label": f"{t['from_state'] or '-'} -> {t['to_state']}", "status": t["reason"]}
             for t in transitions]
