@@ -130,6 +130,7 @@ class WebView:
         self._quotes: dict[int, dict[str, Any]] = {}
         self._quoted_at = -math.inf
         self._quote_lock = anyio.Lock()
+        self._digits: dict[str, int] = {}   # symbol -> digits (a symbol's never change)
 
     def routes(self) -> list[BaseRoute]:
         page = self._page
@@ -191,6 +192,7 @@ class WebView:
                                                        "open_only"})}
             page = await self.call("trades", args)
             page["quotes"] = await self.quotes(page["trades"])
+            page["digits"] = await self.digits({t["symbol"] for t in page["trades"]})
         except DtmsError as err:
             return _error(err)
         return JSONResponse(page)
@@ -218,7 +220,8 @@ class WebView:
         bars, timeframe, offset, bars_error = await self._bars(trade, now)
         return JSONResponse({
             "trade": trade, "actions": actions, "transitions": transitions,
-            "quote": quotes.get(trade["ticket"]), "bars": bars, "timeframe": timeframe,
+            "quote": quotes.get(trade["ticket"]),
+            "digits": (await self.digits({trade["symbol"]})).get(trade["symbol"]), "bars": bars, "timeframe": timeframe,
             "bars_error": bars_error, "server_offset_s": offset,
             "sl_path": chart.sl_path(trade, actions, now),
             "marks": chart.marks(actions, transitions), "now": now})
@@ -241,6 +244,23 @@ class WebView:
                         extra={"ticket": trade["ticket"], "symbol": symbol})
             return [], "", 0.0, str(exc)
         return [list(b) for b in bars], timeframe, offset, None
+
+    async def digits(self, symbols: set[str]) -> dict[str, int]:
+        """Each symbol's digits, for showing prices as the terminal does: from its market actor
+        if it has one, else asked of the broker once (a symbol it cannot describe is left out:
+        the page shows the price as the trade stores it)."""
+        for symbol in sorted(symbols - set(self._digits)):
+            market = self.service.market.symbols.get(symbol)
+            if market is not None and market.spec is not None:
+                self._digits[symbol] = market.spec.digits
+                continue
+            try:
+                self._digits[symbol] = (await self.service.broker.call("symbol",
+                                                                       name=symbol)).digits
+            except (BrokerError, DtmsError, ActorStopped, TimeoutError) as exc:
+                log.warning("web view: digits of %s not read: %s", symbol, exc,
+                            extra={"symbol": symbol})
+        return {s: self._digits[s] for s in symbols if s in self._digits}
 
     async def quotes(self, trades: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Price and open P/L of the open trades among ``trades`` (by ticket). Refreshed with

@@ -33,9 +33,12 @@ const DTMS = (() => {
     return dot < 0 ? 0 : Math.min(5, s.length - dot - 1);
   }
 
-  function price(x, like) {
+  // A price with its symbol's digits (``digits`` from the server), else as many as ``like``
+  // (the entry price) shows.
+  function price(x, like, digitsOf) {
     if (x === null || x === undefined || x === 0) return "";
-    return Number(x).toFixed(Math.max(digits(like === undefined ? x : like), 0));
+    const d = Number.isInteger(digitsOf) ? digitsOf : digits(like === undefined ? x : like);
+    return Number(x).toFixed(d);
   }
 
   function money(x) {

@@ -18,23 +18,24 @@
   function showFacts() {
     const t = data.trade;
     const q = data.quote;
+    const p = (x) => price(x, t.entry_price, data.digits);
     document.title = `DTMS · ${t.ticket} ${t.symbol}`;
-    document.getElementById("title").replaceChildren(
+    document.getElementById("title").replaceChildren(...[
       `${t.ticket} · ${t.symbol} ${t.direction} ${t.volume} `,
       el("span", { class: `state ${t.state}`, id: "state", "data-state": t.state }, t.state),
-      t.paused ? el("span", { class: "flag" }, "paused") : null);
+      t.paused ? el("span", { class: "flag", "data-flag": "paused" }, "paused") : null].filter(Boolean));
     const profit = q ? q.profit : (t.state === "CLOSED" ? t.profit : null);
-    document.getElementById("facts").replaceChildren(
-      fact("entry", price(t.entry_price)),
-      fact("current price", q ? price(q.price, t.entry_price) : price(t.close_price, t.entry_price)),
-      fact("SL (initial)", `${price(t.sl, t.entry_price)} (${price(t.initial_sl, t.entry_price) || "none"})`),
-      fact("TP", price(t.tp, t.entry_price) || "none"),
+    document.getElementById("facts").replaceChildren(...[
+      fact("entry", p(t.entry_price)),
+      fact("current price", q ? p(q.price) : p(t.close_price)),
+      fact("SL (initial)", `${p(t.sl) || "none"} (${p(t.initial_sl) || "none"})`),
+      fact("TP", p(t.tp) || "none"),
       fact("open P/L", money(profit), signClass(profit)),
       fact("R", q && q.r !== null ? q.r.toFixed(2) : "", q ? signClass(q.r) : ""),
       fact("score", t.score ? Number(t.score).toFixed(2) : ""),
       fact("owner / strategy", `${t.owner || "-"} / ${t.strategy_type || "-"}`),
       fact("registered", when(t.created_at)),
-      t.closed_at ? fact("closed", `${when(t.closed_at)} (${t.close_reason})`) : null);
+      t.closed_at ? fact("closed", `${when(t.closed_at)} (${t.close_reason})`) : null].filter(Boolean));
   }
 
   function showTables() {
@@ -84,7 +85,7 @@
     for (let i = 0; i <= 5; i++) {   // price grid
       const p = lo + (hi - lo) * i / 5;
       g.beginPath(); g.moveTo(left, Y(p)); g.lineTo(width - right, Y(p)); g.stroke();
-      g.fillText(price(p, t.entry_price), width - right + 4, Y(p) + 4);
+      g.fillText(price(p, t.entry_price, data.digits), width - right + 4, Y(p) + 4);
     }
     for (let i = 0; i <= 4; i++) {   // time axis (server time)
       const s = x0 + (x1 - x0) * i / 4;
@@ -117,6 +118,7 @@
         else if (prev > 0) g.lineTo(x, Y(prev));
         prev = sl;
       }
+      if (!t.closed_at && prev > 0) g.lineTo(width - right, Y(prev));   // and on from now
       g.stroke(); g.lineWidth = 1; g.fillStyle = COLORS.sl;
       g.fillText("SL", X(shift(data.sl_path[0][0])) + 2, Y(data.sl_path[0][1] || t.sl) + 12);
       drawn++;

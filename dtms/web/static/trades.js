@@ -7,6 +7,7 @@
                   "RELEASED", "CLOSED"];
   const trades = new Map();   // ticket -> the trade view
   const quotes = new Map();   // ticket -> {price, profit, r}
+  const digits = {};          // symbol -> its digits
   let scheduled = false;
 
   function row(t) {
@@ -15,6 +16,8 @@
     const current = open ? (q ? q.price : null) : t.close_price;
     const profit = open ? (q ? q.profit : null) : (t.state === "CLOSED" ? t.profit : null);
     const r = open && q ? q.r : null;
+    const d = digits[t.symbol];
+    const p = (x) => price(x, t.entry_price, d);
     const flags = [];
     if (t.paused) flags.push(el("span", { class: "flag", "data-flag": "paused" }, "paused"));
     if (t.state === "SUSPENDED") flags.push(el("span", { class: "flag", "data-flag": "suspended" }, "suspended"));
@@ -23,10 +26,10 @@
       el("td", { class: "l", "data-col": "symbol" }, t.symbol),
       el("td", { class: "l" }, t.direction),
       el("td", {}, t.volume),
-      el("td", {}, price(t.entry_price)),
-      el("td", { "data-col": "price" }, current ? price(current, t.entry_price) : ""),
-      el("td", {}, price(t.sl, t.entry_price)),
-      el("td", {}, price(t.tp, t.entry_price)),
+      el("td", {}, p(t.entry_price)),
+      el("td", { "data-col": "price" }, current ? p(current) : ""),
+      el("td", {}, p(t.sl)),
+      el("td", {}, p(t.tp)),
       el("td", { class: signClass(profit), "data-col": "profit" }, money(profit)),
       el("td", { class: signClass(r), "data-col": "r" }, r === null || r === undefined ? "" : r.toFixed(2)),
       el("td", { class: `l state ${t.state}`, "data-col": "state" }, t.state),
@@ -62,6 +65,7 @@
       DTMS.showStatus(status);
       trades.clear();
       for (const t of page.trades) trades.set(t.ticket, t);
+      Object.assign(digits, page.digits || {});
       quotes.clear();
       for (const [ticket, q] of Object.entries(page.quotes || {})) quotes.set(Number(ticket), q);
       DTMS.showError(null);
