@@ -37,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtms.net import listen_tcp, refuse_open_bind
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 COOKIE = "dtms_web"
 #: how long a shutdown waits for open responses (an event stream ends at once) before
 #: uvicorn cancels them
-_GRACE_S = 2.0
+_GRACE_S = 2
 #: header names as HTTP/1.1 spells them; ASGI hands them over lower-cased
 _HEADER_NAMES = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
 
@@ -149,7 +149,7 @@ class MetricsServer:
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self._cookie.encode())
 
     def _build_app(self) -> ASGIApp:
-        routes = [Route("/health", self._health, methods=["GET"]),
+        routes: list[BaseRoute] = [Route("/health", self._health, methods=["GET"]),
                   Route("/metrics", self._metrics, methods=["GET"])]
         if self.web is not None:
             routes += self.web.routes()
@@ -190,6 +190,10 @@ class MetricsServer:
                                 log_config=None, access_log=False, server_header=False,
                                 proxy_headers=False, timeout_graceful_shutdown=_GRACE_S)
         server = _Uvicorn(config)
+        # DTMS logs its own start line; uvicorn's "Started server process [pid]" would be noise
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if uvicorn_log.level == logging.NOTSET:
+            uvicorn_log.setLevel(logging.WARNING)
         done = anyio.Event()
 
         async def serve() -> None:
