@@ -20,10 +20,25 @@ from dtms.net import ListenError
 from dtms.web import chart
 from dtms.web.views import STREAM_QUEUE, _Stream, quote
 from tests.conftest import client_for, eventually, running
-from tests.test_metrics_http import http_get
 from tests.test_scenarios import make_sim, play, position, settle
 
 pytestmark = pytest.mark.anyio
+
+
+async def http_get(port: int, path: str, *, headers: str = "", host: str = "127.0.0.1"
+                   ) -> tuple[int, dict[str, str], bytes]:
+    """One GET over TCP, as a browser on this machine sends it; (status, headers, body)."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}\r\n".encode())
+        data = b""
+        while True:
+            try:
+                data += await s.receive()
+            except anyio.EndOfStream:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body
 
 
 async def get_json(port: int, path: str, headers: str = "") -> tuple[int, dict]:
@@ -253,7 +268,7 @@ class SseReader:
 
 async def open_events(port: int, query: str = ""):
     stream = await anyio.connect_tcp("127.0.0.1", port)
-    await stream.send(f"GET /events{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await stream.send(f"GET /events{query} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
     reader = SseReader(stream)
     head = b""
     while b"\r\n\r\n" not in head:
@@ -361,6 +376,20 @@ async def test_off_loopback_rule_every_page_needs_the_token_by_header_query_or_c
         assert (await http_get(port, "/", headers="Cookie: dtms_web=forged\r\n"))[0] == 401
         assert (await http_get(port, "/api/trades",
                                headers="Authorization: Bearer s3cret\r\n"))[0] == 200
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("127.0.0.1", 200), ("localhost", 200), ("[::1]", 200), ("127.0.0.2", 200),
+    ("evil.example", 403), ("192.168.1.10", 403), ("localhost.evil.example", 403)])
+async def test_without_a_token_the_view_answers_only_to_loopback_names(settings, sim, host,
+                                                                      status):
+    async with running(settings, sim) as svc:
+        port = svc.metrics_server.port
+        for path in ("/", "/api/trades", "/events?ticket=1" if status == 403 else "/restarts"):
+            assert (await http_get(port, path, host=host))[0] == status, path
+        # probes and scrapers are answered whatever name they use
+        assert (await http_get(port, "/metrics", host=host))[0] == 200
+        assert (await http_get(port, "/health", host=host))[0] == 200
 
 
 async def test_a_busy_metrics_port_names_its_setting():

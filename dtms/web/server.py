@@ -13,6 +13,9 @@ refused at construction. With ``metrics.token`` set, every route but ``/health``
 cookie (an HMAC of the token, HttpOnly, SameSite=Strict) so that the page's scripts, fetches
 and its EventSource are let in without repeating it. Anything else is 401. ``/health`` answers
 without it: probes carry no secret, and it tells no more than the rpc ``health`` method.
+Without a token (a loopback host), the web view answers only requests whose ``Host`` is a
+loopback name or the bound host (403 otherwise): another site's page cannot read it by pointing
+its own name at 127.0.0.1 (DNS rebinding). ``/metrics`` and ``/health`` answer any Host.
 
 The port is bound with :func:`dtms.net.listen_tcp` (a busy port raises
 :class:`~dtms.net.ListenError` naming ``metrics.port``) and the bound sockets are handed to
@@ -37,10 +40,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dtms.net import listen_tcp, refuse_open_bind
+from dtms.net import is_loopback, listen_tcp, refuse_open_bind
 
 if TYPE_CHECKING:
     from dtms.metrics import Metrics
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COOKIE = "dtms_web"
+#: what probes and scrapers ask for, answered whatever the Host header says
+_OPEN_PATHS = frozenset({"/health", "/metrics"})
 #: how long a shutdown waits for open responses (an event stream ends at once) before
 #: uvicorn cancels them
 _GRACE_S = 2
@@ -85,6 +90,13 @@ class _Front:
                 "unauthorized: send Authorization: Bearer <metrics.token>, or open the page "
                 "with ?token=<metrics.token>\n", status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="dtms metrics"'})
+        elif not server._token and scope["path"] not in _OPEN_PATHS and \
+                server.routed(scope) and not server.host_allowed(request):
+            log.warning("web view: %s asked for with Host %r: 403", scope["path"][:60],
+                        request.headers.get("host", "")[:60])
+            app = PlainTextResponse("forbidden: without metrics.token the web view answers "
+                                    "only to loopback names (localhost, 127.0.0.1, [::1])\n",
+                                    status_code=403)
         else:
             app = self.app
         cookie = (server._token and request.query_params.get("token") is not None
@@ -148,12 +160,25 @@ class MetricsServer:
         cookie = request.cookies.get(COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self._cookie.encode())
 
+    def host_allowed(self, request: Request) -> bool:
+        """Without a token the view is for this machine only: a page of another site that
+        got its name pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host."""
+        host = request.headers.get("host", "")
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else \
+            host.rsplit(":", 1)[0]
+        return name == self.host or is_loopback(name)
+
     def _build_app(self) -> ASGIApp:
         routes: list[BaseRoute] = [Route("/health", self._health, methods=["GET"]),
-                  Route("/metrics", self._metrics, methods=["GET"])]
+                                   Route("/metrics", self._metrics, methods=["GET"])]
         if self.web is not None:
             routes += self.web.routes()
+        self._routes = routes
         return _Front(Starlette(routes=routes), self)
+
+    def routed(self, scope: Scope) -> bool:
+        """Whether a route answers this path (an unknown path is 404 whoever asks)."""
+        return any(route.matches(scope)[0] is not Match.NONE for route in self._routes)
 
     # -- /health and /metrics ------------------------------------------------------------------
     async def _health(self, request: Request) -> Response:
