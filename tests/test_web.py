@@ -400,3 +400,13 @@ async def test_a_busy_metrics_port_names_its_setting():
         with pytest.raises(ListenError) as err:
             await server.listen()
     assert err.value.section == "metrics" and "metrics.port" in str(err.value)
+
+
+async def test_the_server_runs_again_after_a_stop_as_a_restarted_child_does():
+    server = MetricsServer(Metrics(), lambda: {"ready": True}, "127.0.0.1", 0)
+    for _ in range(2):
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)
+            status, _, body = await http_get(server.port, "/metrics")
+            assert status == 200 and b"dtms_web_streams_dropped_total 0.0" in body
+            tg.cancel_scope.cancel()

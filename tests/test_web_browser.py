@@ -206,6 +206,11 @@ async def test_the_web_view_in_chromium(settings, sim, tmp_path):
             await page.until(row(paused, "dataset.paused") + " === '0'")
             assert await page.js("window.__same_page") == 1
             assert len(await page.js(ROWS)) == len(demo)      # the released one stays listed
+            late = open_demo(sim, "BTCUSD", "BUY")                # registered while it is open
+            await c.register({"ticket": late, "owner": "demo-bot", "strategy_type": "demo"})
+            await page.until(row(late, "dataset.state") + " === 'HEALTHY'")
+            await page.until(row(late, "querySelector('[data-col=price]').textContent") + " !== ''")
+            assert await page.js("window.__same_page") == 1
             await c.pause(tickets[3])
             await page.until(row(tickets[3], "dataset.paused") + " === '1'")
             png = await page.screenshot(tmp_path / "trades.png")

@@ -9,6 +9,7 @@
   const quotes = new Map();   // ticket -> {price, profit, r}
   const digits = {};          // symbol -> its digits
   let scheduled = false;
+  let truncated = 0;          // the page size, when the server had more trades than it
 
   function row(t) {
     const q = quotes.get(t.ticket);
@@ -33,7 +34,7 @@
       el("td", { class: signClass(profit), "data-col": "profit" }, money(profit)),
       el("td", { class: signClass(r), "data-col": "r" }, r === null || r === undefined ? "" : r.toFixed(2)),
       el("td", { class: `l state ${t.state}`, "data-col": "state" }, t.state),
-      el("td", {}, t.score ? Number(t.score).toFixed(2) : ""),
+      el("td", {}, Number(t.score || 0).toFixed(2)),
       el("td", { class: "l", "data-col": "flags" }, flags));
   }
 
@@ -46,9 +47,11 @@
       box.replaceChildren(el("p", { class: "empty" }, "no trades registered"));
       return;
     }
-    box.replaceChildren(...groups.map(([state, list]) => el("section", { "data-group": state },
+    const summary = el("p", { class: "legend", id: "summary" },
+      `${trades.size} trades` + (truncated ? ` (the first ${truncated} by ticket, and those registered since)` : ""));
+    box.replaceChildren(summary, ...groups.map(([state, list]) => el("section", { "data-group": state },
       el("h2", {}, `${state} `, el("span", { class: "count" }, `(${list.length})`)),
-      el("table", {},
+      el("table", { class: "trades" },
         el("thead", {}, el("tr", {}, ["ticket", "symbol", "dir"].map((h) => el("th", { class: "l" }, h)),
           ["volume", "entry", "price", "SL", "TP", "P/L", "R"].map((h) => el("th", {}, h)),
           el("th", { class: "l" }, "state"), el("th", {}, "score"), el("th", { class: "l" }, ""))),
@@ -65,6 +68,7 @@
       DTMS.showStatus(status);
       trades.clear();
       for (const t of page.trades) trades.set(t.ticket, t);
+      truncated = page.count >= page.limit ? page.limit : 0;
       Object.assign(digits, page.digits || {});
       quotes.clear();
       for (const [ticket, q] of Object.entries(page.quotes || {})) quotes.set(Number(ticket), q);
