@@ -230,7 +230,16 @@ async def test_the_web_view_in_chromium(settings, sim, tmp_path):
             view = await c.transitions(tickets[2])
             assert await page.js("document.querySelectorAll('#transitions tbody tr').length") \
                 == len(view["transitions"]) == 1
+            await page.js("window.__same_page = 2")
+            await c.pause(tickets[2])                       # the trade page is live too
+            await page.until("!!document.querySelector('#title [data-flag=paused]')")
+            assert await page.js("window.__same_page") == 2
             await page.screenshot(tmp_path / "trade.png")
+
+            await page.goto(f"{base}/trade/{released}")     # not managed any more: still shown
+            await page.until("document.getElementById('state')?.dataset.state === 'RELEASED'")
+            await page.until("Number(document.getElementById('chart')?.dataset.drawn)")
+            assert await page.js("document.querySelectorAll('#transitions tbody tr').length") == 2
 
             await page.goto(f"{base}/restarts")
             await page.until("document.querySelectorAll('#restarts tbody tr').length > 0")
