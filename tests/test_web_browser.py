@@ -264,6 +264,13 @@ async def test_with_a_token_the_address_bar_token_lets_the_page_and_its_stream_i
             await page.until("document.querySelectorAll('tr[data-ticket]').length === 2")
             await c.call("unregister", {"ticket": tickets[1]})
             await page.until(row(tickets[1], "dataset.state") + " === 'RELEASED'")
+            # the account guard's state (issue 15 adds it to health): shown in the header
+            health = svc.health
+            svc.health = lambda: {**health(), "guard": {"locked": True, "reason": "daily loss",
+                                                         "since": 1.0, "until": 0.0}}
+            await page.until("document.getElementById('guard').textContent"
+                             " === 'guard: LOCKED (daily loss)'")
+            assert await page.js("document.getElementById('guard').hidden") is False
             await page.goto(f"{base}/trade/{tickets[0]}")   # no token in the address now
             await page.until("Number(document.getElementById('chart')?.dataset.drawn)")
             assert page.errors == []
