@@ -282,8 +282,10 @@ class _Handler(socketserver.BaseRequestHandler):
                     if not authed:
                         log.warning("bridge: %s from %s refused: wrong or missing token",
                                     method, peer)
+                        why = ("refused the token" if method == "auth"
+                               else "requires a token")
                         sock.sendall(pack_response(msgid, error_map(Unauthorized(
-                            "the terminal bridge refused the token")), None))
+                            f"the terminal bridge {why}")), None))
                         return
                     sock.sendall(self._answer(msgid, method, args, kwargs))
         except (OSError, msgpack.UnpackException, ValueError) as exc:
@@ -407,8 +409,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="terminal-bridge",
+def main(argv: list[str] | None = None, prog: str = "terminal-bridge") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Serve the MetaTrader5 API to DTMS over TCP.")
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
