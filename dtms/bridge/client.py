@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -126,10 +127,8 @@ class TerminalClient:
         self._main.dead = True
         sock = self._main.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):   # already closed by its owner: nothing to break
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its owner: nothing left to break
 
     def __enter__(self) -> TerminalClient:
         return self

@@ -252,7 +252,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         srv = self.server
         sock: socket.socket = self.request
-        peer = "%s:%s" % self.client_address[:2]
+        peer = ":".join(str(part) for part in self.client_address[:2])
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if srv.ssl_context is not None:
             try:
