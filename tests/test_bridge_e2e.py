@@ -372,3 +372,24 @@ async def test_tls_with_a_self_signed_certificate(tmp_path, engine_settings):
             assert svc.health()["broker_error"] is None
     finally:
         rig.close()
+
+
+def test_serve_on_a_bridge_refusing_its_token_exits_3_saying_why(tmp_path):
+    rig = Rig(tmp_path, "--token", "s3cret")
+    try:
+        env = {**os.environ, "DTMS_RPC_PORT": str(free_port()),
+               "DTMS_METRICS_PORT": str(free_port()),
+               "DTMS_STORE_PATH": str(tmp_path / "dtms.sqlite3"),
+               "DTMS_CONFIG": str(REPO / "config" / "dtms.toml"),
+               "DTMS_BROKER_BACKEND": "bridge", "DTMS_BROKER_BRIDGE_PORT": str(rig.bridge_port),
+               "DTMS_BROKER_BRIDGE_TOKEN": "wrong", "DTMS_BROKER_CONNECT_RETRY_S": "0.1",
+               "DTMS_SERVICE_STARTUP_TIMEOUT_S": "2"}
+        result = subprocess.run([sys.executable, "-m", "dtms", "serve"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 3, result.stderr[-3000:]
+        assert ("dtms: not ready within 2.0s: DTMS is not ready: the trading terminal is not "
+                "connected (ping failed: (-10100) terminal bridge 127.0.0.1:"
+                f"{rig.bridge_port}: the terminal bridge refused the token "
+                "(broker.bridge_token must be the bridge's --token))") in result.stderr
+    finally:
+        rig.close()
