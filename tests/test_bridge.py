@@ -299,6 +299,13 @@ def test_the_bridge_backend_is_the_bridge_client_with_the_settings():
     assert MT5Adapter(module).has_heartbeat and not MT5Adapter(_sim()).has_heartbeat
 
 
+def test_a_bridge_ca_that_cannot_be_loaded_fails_the_start_naming_the_setting(tmp_path):
+    s = Settings().replace(broker={"backend": "bridge", "bridge_tls": True,
+                                   "bridge_ca": str(tmp_path / "missing.pem")})
+    with pytest.raises(RuntimeError, match=r"broker.bridge_ca: cannot load '.*missing.pem'"):
+        load_module(s)
+
+
 def _sim() -> Any:
     from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
     return SimTerminal(SimConfig(seed=7), clock=ManualClock())

@@ -105,6 +105,7 @@ def encode(value: Any) -> Any:
 
 
 _TUPLE_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
+MAX_TUPLE_TYPES = 256   # the package has about a dozen result types
 
 
 def decode(value: Any, known: Mapping[str, type] | None = None) -> Any:
@@ -124,7 +125,9 @@ def decode(value: Any, known: Mapping[str, type] | None = None) -> Any:
                 raise ValueError(f"unknown named tuple {name!r}")
             cls = _TUPLE_TYPES.get((name, names))
             if cls is None:
-                cls = _TUPLE_TYPES.setdefault((name, names), namedtuple(name, names))
+                cls = namedtuple(name, names)
+                if len(_TUPLE_TYPES) < MAX_TUPLE_TYPES:   # a bound, whatever a peer sends
+                    _TUPLE_TYPES[(name, names)] = cls
             return cls(*fields)
         if "__dt__" in value:
             return datetime.fromtimestamp(value["__dt__"], UTC).replace(tzinfo=None)

@@ -93,7 +93,10 @@ def bridge_client(settings: Settings) -> Any:
     from dtms.bridge.client import TerminalClient, client_tls
 
     b = settings.broker
-    tls = client_tls(ca=b.bridge_ca, verify=b.bridge_tls_verify) if b.bridge_tls else None
+    try:
+        tls = client_tls(ca=b.bridge_ca, verify=b.bridge_tls_verify) if b.bridge_tls else None
+    except OSError as exc:   # ssl.SSLError included
+        raise RuntimeError(f"broker.bridge_ca: cannot load {b.bridge_ca!r}: {exc}") from exc
     # the socket's own timeout only ends a call the bridge never answers (a dead link is found
     # by the heartbeat first; a stuck terminal is answered by the bridge at its call timeout)
     return TerminalClient(b.bridge_host, b.bridge_port, token=b.bridge_token, tls=tls,
