@@ -358,6 +358,11 @@ def _validate(s: Settings) -> None:
     if s.broker.module_args and s.broker.backend in ("sim", "sim-remote", "bridge"):
         problems.append("broker.module_args: only for backend mt5 or module:NAME:ATTR, not "
                         f"{s.broker.backend!r}")
+    from dtms.net import is_loopback  # it imports this module (ENV_PREFIX)
+    if s.broker.backend == "bridge" and not s.broker.bridge_token and not is_loopback(
+            s.broker.bridge_host):
+        problems.append(f"broker.bridge_token: required for a bridge off loopback "
+                        f"(broker.bridge_host = {s.broker.bridge_host!r}): the bridge's --token")
     if s.broker.bridge_ca and not s.broker.bridge_tls:
         problems.append("broker.bridge_ca: needs broker.bridge_tls = true")
     for name, value in (("broker.heartbeat_interval_s", s.broker.heartbeat_interval_s),

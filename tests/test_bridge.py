@@ -286,6 +286,11 @@ def test_module_args_errors_name_the_setting_and_the_call():
                  "'bridge'", "broker.bridge_ca: needs broker.bridge_tls = true",
                  "broker.heartbeat_timeout_s: must be > 0, got 0"):
         assert part in message
+    with pytest.raises(ConfigError, match=r"broker.bridge_token: required for a bridge off "
+                                          r"loopback \(broker.bridge_host = '10.0.0.5'\)"):
+        Settings().replace(broker={"backend": "bridge", "bridge_host": "10.0.0.5"})
+    Settings().replace(broker={"backend": "bridge", "bridge_host": "10.0.0.5",
+                               "bridge_token": "t"})
 
 
 def test_the_bridge_backend_is_the_bridge_client_with_the_settings():
