@@ -237,11 +237,12 @@ def _api_method(name: str) -> Callable[..., Any]:
     return method
 
 
-def _install(cls: type, constants: Mapping[str, Any]) -> None:
+def install_api(cls: type, constants: Mapping[str, Any]) -> None:
+    """Give ``cls`` a method per MetaTrader5 API function (``_api_call``) and ``constants``."""
     for name in API_METHODS:
         setattr(cls, name, _api_method(name))
     for name, value in constants.items():
         setattr(cls, name, value)
 
 
-_install(TerminalClient, c.export_names())   # the package's constants (sim mirrors them)
+install_api(TerminalClient, c.export_names())   # the package's constants (sim mirrors them)

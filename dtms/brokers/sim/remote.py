@@ -33,7 +33,7 @@ import anyio.abc
 import msgpack
 
 from dtms.bridge import server as wire
-from dtms.bridge.client import KNOWN_TYPES, RemoteError, TerminalClient, _install
+from dtms.bridge.client import KNOWN_TYPES, RemoteError, TerminalClient, install_api
 from dtms.bridge.server import API_METHODS, NO_IPC, encode, error_map, pack_response
 
 from . import constants as c
@@ -167,7 +167,7 @@ def _control_method(name: str) -> Any:
     return method
 
 
-_install(RemoteTerminal, {})
+install_api(RemoteTerminal, {})
 for _name in CONTROL_METHODS - {"sim_time"}:
     setattr(RemoteTerminal, _name, _control_method(_name))
 for _name in API_METHODS:
