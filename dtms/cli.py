@@ -4,6 +4,7 @@
 positions in the simulated terminal and registers them through the protocol). The client
 commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transitions``,
 ``restarts``) read the same settings as the server, so they find it on the same port.
+``dtms terminal-bridge`` runs :mod:`dtms.bridge.server` (next to a terminal, its own options).
 
 Exit codes (also in ``--help``): 0 ok; 2 usage (bad arguments or configuration; the message
 names the argument and its allowed values or bounds, which are the server's); 3 not ready
