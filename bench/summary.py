@@ -22,6 +22,9 @@ the run measured a smaller size than the target names):
 * bar close -> every trade re-scored, 10,000 trades -- vs the pure policy alone;
 * cold start to ready with stored trades -- vs an empty store;
 * durable writes/s with group commit vs one commit per write (64 writers): the store alone;
+* one terminal call through ``dtms terminal-bridge`` over loopback (symbol_info_tick,
+  positions_get, order_send): p50 and p99 -- vs the terminal embedded in the process (ratio of
+  the medians) and ``dtms sim-terminal``; no target (the issue asks for the figure);
 * supervised restart of one crashed trade actor (decision + state reload, backoff excluded)
   during a crash storm over 10,000 trades -- vs the others' tick -> decision p99 without the
   storm (ratio: storm p99 / no-storm p99; PASS needs restart p99 <= 1 ms, no give-up, no
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, commit, engine, registration
+from bench import bridge, coldstart, commit, engine, registration
 
 
 def _rate(x: float) -> str:
@@ -51,7 +54,8 @@ def _verdict(ok: bool, measured_at_target: bool = True) -> str:
 
 
 def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
-                 com: list[commit.Row], eng: dict[str, Any]) -> list[tuple[str, ...]]:
+                 com: list[commit.Row], eng: dict[str, Any],
+                 bri: list[bridge.Row] | None = None) -> list[tuple[str, ...]]:
     """(figure, target, DTMS, baseline, ratio, result) for each target."""
     rows: list[tuple[str, ...]] = []
     by = {(r.clients, r.mode): r for r in reg}
@@ -140,6 +144,15 @@ def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
                      f"{storm['p99_s'] / calm['p99_s']:.2f}x p99 in the storm"
                      if calm["p99_s"] > 0 else "-",
                      _verdict(restart_ok and unchanged, st["trades"] >= engine.STORM_TRADES)))
+    by_call = {(r.backend, r.call): r for r in bri or ()}
+    for call in bridge.CALLS:
+        b, e, sr = (by_call.get((k, call)) for k in ("bridge", "embedded", "sim-remote"))
+        if b is not None and e is not None:
+            rows.append((f"terminal call over the bridge, loopback: {call}", "-",
+                         f"p50 {b.p50_us:,.0f} us (p99 {b.p99_us:,.0f} us)",
+                         f"embedded p50 {e.p50_us:,.0f} us"
+                         + (f"; sim-terminal {sr.p50_us:,.0f} us" if sr else ""),
+                         f"{b.versus_embedded:.1f}x embedded", "-"))
     return rows
 
 
@@ -195,7 +208,11 @@ def main(argv: list[str]) -> int:
                                          else engine.STORM_TRADES))
     print(engine.format_table(eng), flush=True)
 
-    rows = summary_rows(reg, cold, com, eng)
+    step("bridge")
+    bri = bridge.run_bench(bridge.QUICK_COUNT if quick else bridge.DEFAULT_COUNT)
+    print(bridge.format_table(bri), flush=True)
+
+    rows = summary_rows(reg, cold, com, eng, bri)
     print(format_summary(rows, quick=quick, seconds=time.monotonic() - started), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -203,5 +220,6 @@ def main(argv: list[str]) -> int:
             "summary": [dict(zip(HEADERS, r, strict=True)) for r in rows],
             "registration": registration.to_json(reg, count=count, reps=reg_reps),
             "commit": commit.to_json(com, count=com_count, reps=com_reps),
-            "coldstart": coldstart.to_json(cold, reps=cold_reps), "engine": eng}, indent=2))
+            "coldstart": coldstart.to_json(cold, reps=cold_reps), "engine": eng,
+            "bridge": bridge.to_json(bri)}, indent=2))
     return 0

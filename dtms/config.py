@@ -84,6 +84,15 @@ class BrokerSettings:
     comment_tag: str = "DTMS"
     deviation_points: int = 20
     absent_polls: int = 3   # a position missing this many polls in a row, no closing deal: UNKNOWN
+    module_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of NAME:ATTR(...)
+    bridge_host: str = "127.0.0.1"    # `dtms terminal-bridge` (backend = "bridge")
+    bridge_port: int = 8003
+    bridge_token: str = ""
+    bridge_tls: bool = False
+    bridge_ca: str = ""               # PEM file the bridge's certificate must chain to; "" = system CAs
+    bridge_tls_verify: bool = True
+    heartbeat_interval_s: float = 0.5   # a ping to the terminal link this often...
+    heartbeat_timeout_s: float = 1.0    # ...unanswered this long: NOT_READY, reconnect
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +272,14 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             if any(len(p) != 2 for p in pairs):
                 raise ConfigError(f"{where}: expected KEY=VALUE pairs, got {value!r}")
             value = {k.strip(): v.strip() for k, v in pairs}
+            if typing.get_args(kind)[1] is Any:   # env text spelling TOML values
+                value = {k: _toml_value(v) for k, v in value.items()}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         item = typing.get_args(kind)[1]
         return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
+    if kind is Any:
+        return value      # a TOML value, its type kept
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -291,6 +304,16 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def _toml_value(text: str) -> Any:
+    """An environment variable's text as the TOML value it spells (``18812`` an integer,
+    ``true`` a boolean, ``"x"`` a string), else the text itself: ``module_args``' types are
+    kept from the environment as from the file."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) -> Settings:
@@ -322,10 +345,30 @@ def _validate(s: Settings) -> None:
     for name, port in (("rpc.port", s.rpc.port), ("metrics.port", s.metrics.port)):
         if not 0 <= port <= 65535:
             problems.append(f"{name}: must be 0..65535, got {port}")
-    if (s.broker.backend not in ("sim", "sim-remote", "mt5")
+    if (s.broker.backend not in ("sim", "sim-remote", "mt5", "bridge")
             and not s.broker.backend.startswith("module:")):
-        problems.append("broker.backend: must be sim, sim-remote, mt5 or module:NAME, got "
+        problems.append("broker.backend: must be sim, sim-remote, mt5, bridge or module:NAME, "
+                        f"got {s.broker.backend!r}")
+    if not 0 <= s.broker.bridge_port <= 65535:
+        problems.append(f"broker.bridge_port: must be 0..65535, got {s.broker.bridge_port}")
+    bad_args = sorted(k for k in s.broker.module_args if not k.isidentifier())
+    if bad_args:
+        problems.append("broker.module_args: keys must be Python identifiers (keyword "
+                        f"arguments), got {bad_args}")
+    if s.broker.module_args and s.broker.backend in ("sim", "sim-remote", "bridge"):
+        problems.append("broker.module_args: only for backend mt5 or module:NAME:ATTR, not "
                         f"{s.broker.backend!r}")
+    from dtms.net import is_loopback  # it imports this module (ENV_PREFIX)
+    if s.broker.backend == "bridge" and not s.broker.bridge_token and not is_loopback(
+            s.broker.bridge_host):
+        problems.append(f"broker.bridge_token: required for a bridge off loopback "
+                        f"(broker.bridge_host = {s.broker.bridge_host!r}): the bridge's --token")
+    if s.broker.bridge_ca and not s.broker.bridge_tls:
+        problems.append("broker.bridge_ca: needs broker.bridge_tls = true")
+    for name, value in (("broker.heartbeat_interval_s", s.broker.heartbeat_interval_s),
+                        ("broker.heartbeat_timeout_s", s.broker.heartbeat_timeout_s)):
+        if value <= 0:
+            problems.append(f"{name}: must be > 0, got {value}")
     if s.sim.account not in ("hedging", "netting"):
         problems.append(f"sim.account: must be hedging or netting, got {s.sim.account!r}")
     if s.store.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):

@@ -107,7 +107,9 @@ class Service:
         self.store = StoreActor(settings.store, self.metrics, events=self.events)
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
-                                  connect_retry_s=bs.connect_retry_s)
+                                  connect_retry_s=bs.connect_retry_s,
+                                  heartbeat_interval_s=bs.heartbeat_interval_s,
+                                  heartbeat_timeout_s=bs.heartbeat_timeout_s)
         self.broker.on_connect = self._check_account
         self.market = MarketHub(broker=self.broker, settings=settings, metrics=self.metrics,
                                 on_event=self._on_restart, store=self.store)
@@ -162,6 +164,7 @@ class Service:
         return {"ready": ready, "initialized": self.initialized,
                 "monitoring_active": self.monitoring_active,
                 "broker_connected": self.broker.connected,
+                "broker_error": None if ready else self.broker.error,   # why not connected
                 "active_trades": len(self.registry.trades),
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "version": __version__}
@@ -175,6 +178,9 @@ class Service:
             why = self.broker.refused
         elif not self.broker.connected:
             why = "the trading terminal is not connected"
+            error = self.broker.error   # a crash is told once, as the last crash
+            if error and error != self.last_crash.get("broker"):
+                why += f" ({error})"
         elif not self.registry.recovered:
             why = "stored trades are being recovered"
         else:

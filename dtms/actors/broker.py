@@ -7,6 +7,17 @@ reconnects with exponential backoff and jitter (the supervisor's ``Backoff``, st
 ``connect_retry_s``, capped at 30 s). Callers get :class:`~dtms.errors.NotReady` while the terminal is
 unreachable, or :class:`~dtms.errors.BrokerError` for a failed call.
 
+A terminal reached over a link (``dtms terminal-bridge``, ``dtms sim-terminal``) is pinged every
+``heartbeat_interval_s`` on a connection of its own -- a protocol ping, not the age of the last
+tick, since markets go quiet. No answer within ``heartbeat_timeout_s``, or the bridge saying its
+terminal is stuck, marks it disconnected at once (callers get NOT_READY within about 1.5 s, the
+link is broken so a call blocked on it fails now) and the reconnect loop takes over. Nothing
+else follows from it: no trade is closed or forgotten because the terminal went away.
+
+``error`` says why the broker is not connected -- the last failed connect, a lost heartbeat, a
+refused token or account, or the exception the actor last crashed with -- until a connect
+succeeds; the service shows it in ``health`` as ``broker_error``.
+
 Every (re)connect reads the account again (another login may have another mode: hedging or
 netting) and tells it to the actors that asked (:class:`Listen`) as :class:`Connected`, before
 any call is let through: a market actor has it in its mailbox before any tick read on the new
@@ -25,13 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.brokers.mt5 import DISCONNECTED_CODES, MT5Adapter
 from dtms.errors import BrokerError, DtmsError, NotReady
 from dtms.metrics import Metrics
 from dtms.model import Account
-from dtms.supervisor import Backoff
+from dtms.supervisor import Backoff, _innermost
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +83,17 @@ class BrokerActor(Actor):
     reply_errors = (DtmsError, BrokerError)
 
     def __init__(self, adapter: MT5Adapter, *, metrics: Metrics, call_timeout_s: float = 10.0,
-                 connect_retry_s: float = 2.0, mailbox_size: int = 4096) -> None:
+                 connect_retry_s: float = 2.0, mailbox_size: int = 4096,
+                 heartbeat_interval_s: float = 0.5, heartbeat_timeout_s: float = 1.0) -> None:
         super().__init__("broker", mailbox_size)
         self.adapter = adapter
         self.metrics = metrics
         self.call_timeout_s = call_timeout_s
         self.connect_retry_s = connect_retry_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self.connected = False
+        self.error: str | None = None   # why not connected (None once a connect succeeds)
         self.account: Account | None = None
         self.backoff = Backoff(min=connect_retry_s, max=max(30.0, connect_retry_s), jitter=0.2)
         self.reconnect_attempts = 0
@@ -122,15 +138,20 @@ class BrokerActor(Actor):
 
     async def _connect(self) -> bool:
         try:
+            if self.adapter.has_heartbeat:   # a dead link: fail fast, no call left hanging on it
+                await self._ping()
             self.account = await self._run_blocking("initialize", self.adapter.connect)
         except BrokerError as exc:
+            self.error = str(exc)
             log.warning("broker connect failed: %s", exc, extra={"code": exc.code})
             return False
         if self.on_connect is not None:
             self.refused = await self.on_connect(self.account)
             if self.refused is not None:
+                self.error = self.refused
                 log.error("broker connected to an account DTMS must not use: %s", self.refused)
                 return False
+        self.error = None
         log.info("broker connected", extra={"login": self.account.login,
                                             "server": self.account.server,
                                             "hedging": self.account.hedging})
@@ -158,9 +179,53 @@ class BrokerActor(Actor):
         finally:
             self._reconnecting = False
 
+    async def _ping(self) -> None:
+        """One heartbeat; BrokerError (-10005 for no answer in time) if the link fails it."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            with anyio.fail_after(self.heartbeat_timeout_s):
+                await anyio.to_thread.run_sync(self.adapter.heartbeat, abandon_on_cancel=True)
+        except TimeoutError as exc:
+            outcome = "timeout"
+            raise BrokerError("ping", -10005, f"no heartbeat answer within "
+                              f"{self.heartbeat_timeout_s:g}s") from exc
+        except BrokerError:
+            outcome = "disconnected"
+            raise
+        finally:
+            self.metrics.broker_requests.labels("ping", outcome).inc()
+            self.metrics.broker_latency.labels("ping").observe(time.perf_counter() - started)
+
+    async def _heartbeat(self) -> None:
+        """While connected, ping the link; a failed ping disconnects at once."""
+        while True:
+            await anyio.sleep(self.heartbeat_interval_s)
+            if not self.connected:
+                continue   # the reconnect loop pings before each attempt
+            try:
+                await self._ping()
+            except BrokerError as exc:
+                if not self.connected:
+                    continue   # a call failing meanwhile got there first
+                self.error = str(exc)
+                log.warning("terminal link lost: %s; NOT_READY until it answers again", exc,
+                            extra={"code": exc.code})
+                self.adapter.abort()     # a call blocked on the dead link fails now
+                self._set_connected(False)
+
     async def on_start(self) -> None:
         self._reconnecting = False
         self.spawn(self._keep_connected)
+        if self.adapter.has_heartbeat:
+            self.spawn(self._heartbeat)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(task_status=task_status)
+        except Exception as exc:  # a crash: kept as the reason it is not connected, re-raised
+            self.error = repr(_innermost(exc))   # as the supervisor names the crash
+            raise
 
     async def on_stop(self) -> None:
         if self.connected:

@@ -1,17 +1,20 @@
 """The adapter over any module with the MetaTrader5 Python API.
 
-Works unchanged with the real ``MetaTrader5`` package (Windows), a bridge exposing the same
-functions (e.g. ``mt5linux``), and DTMS's simulated terminal, which is how every test runs it.
+Works unchanged with the real ``MetaTrader5`` package (Windows), DTMS's terminal bridge
+(``broker.backend = "bridge"``, :mod:`dtms.bridge`), another module exposing the same functions
+(e.g. ``mt5linux``, given constructor arguments by ``broker.module_args``), and DTMS's simulated
+terminal, which is how every test runs it. ``load_module`` picks the module by the settings.
 It converts the terminal's named tuples into DTMS's own types (``dtms.model``) and turns a
 ``None`` result into :class:`~dtms.errors.BrokerError` carrying ``last_error()``.
 
 The adapter is blocking, as the package is. Only the broker actor calls it, from a worker
 thread; a lock makes every terminal call strictly one at a time even if a timed-out call is
-still running in an abandoned thread.
+still running in an abandoned thread. The heartbeat of a linked terminal (``heartbeat``,
+``abort``) never takes that lock.
 
 Example::
 
-    adapter = MT5Adapter(load_module("sim", settings))
+    adapter = MT5Adapter(load_module(settings))
     adapter.connect()
     adapter.positions(ticket=50000001)
 """
@@ -34,31 +37,71 @@ from dtms.model import Account, Deal, Direction, OrderResult, Position, SymbolSp
 #: a position's (volume, sl, tp) as 24 bytes: compared exactly, never tracked by the GC
 _MARK = struct.Struct("<3d")
 
-DISCONNECTED_CODES = frozenset({-10000, -10001, -10002, -10003, -10004, -10005})
+#: ... and -10100, the terminal bridge refused DTMS's token (broker.bridge_token)
+DISCONNECTED_CODES = frozenset({-10000, -10001, -10002, -10003, -10004, -10005, -10100})
 
 # MetaTrader5 timeframe constants
 TIMEFRAMES = {"M1": 1, "M5": 5, "M15": 15, "M30": 30, "H1": 16385, "H4": 16388, "D1": 16408}
 
 
 def load_module(settings: Settings) -> Any:
-    """The terminal module the settings name: the simulated terminal, MetaTrader5, or another."""
-    backend = settings.broker.backend
-    if backend == "sim":
+    """The terminal module the settings name: the simulated terminal (embedded or in its own
+    process), the terminal bridge, MetaTrader5, or another module with its API --
+    ``module:NAME`` (the module itself) or ``module:NAME:ATTR`` (an attribute of it; a class or
+    function is called with ``broker.module_args`` as keyword arguments, e.g. mt5linux's
+    ``MetaTrader5(host=..., port=...)``). RuntimeError says why it cannot be had."""
+    b = settings.broker
+    if b.backend == "sim":
         return sim_terminal(settings)
-    if backend == "sim-remote":
+    if b.backend == "sim-remote":
         from dtms.brokers.sim.remote import RemoteTerminal
-        return RemoteTerminal(settings.sim.remote_host, settings.sim.remote_port)
-    name = settings.broker.module if backend == "mt5" else backend.split(":", 1)[1]
+        return RemoteTerminal(settings.sim.remote_host, settings.sim.remote_port,
+                              heartbeat_timeout=b.heartbeat_timeout_s)
+    if b.backend == "bridge":
+        return bridge_client(settings)
+    name = b.module if b.backend == "mt5" else b.backend.split(":", 1)[1]
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = " (pip install 'dtms[mt5]' on Windows)" if module_name == "MetaTrader5" else ""
+        hint = (" (pip install 'dtms[mt5]' on Windows; on Linux: broker.backend = \"bridge\" "
+                "and `dtms terminal-bridge` next to the terminal)"
+                if module_name == "MetaTrader5" else "")
         raise RuntimeError(f"broker module {module_name!r} cannot be imported{hint}: {exc}") from exc
-    if attr:
+    if not attr:
+        if b.module_args:
+            raise RuntimeError(f"broker.module_args needs a class or function to call: name it "
+                               f"as {module_name}:ATTR")
+        return module
+    try:
         obj = getattr(module, attr)
-        return obj() if isinstance(obj, type) else obj
-    return module
+    except AttributeError as exc:
+        raise RuntimeError(f"broker module {module_name!r} has no {attr!r}: {exc}") from exc
+    if not callable(obj):
+        if b.module_args:
+            raise RuntimeError(f"broker.module_args given but {name} is not callable")
+        return obj
+    try:
+        return obj(**b.module_args)
+    except Exception as exc:   # its constructor connects, checks arguments...: say which
+        args = ", ".join(f"{k}={v!r}" for k, v in b.module_args.items())
+        raise RuntimeError(f"{name}({args}) failed: {exc!r}") from exc
+
+
+def bridge_client(settings: Settings) -> Any:
+    """The client of ``dtms terminal-bridge`` the ``broker.bridge_*`` settings describe."""
+    from dtms.bridge.client import TerminalClient, client_tls
+
+    b = settings.broker
+    try:
+        tls = client_tls(ca=b.bridge_ca, verify=b.bridge_tls_verify) if b.bridge_tls else None
+    except OSError as exc:   # ssl.SSLError included
+        raise RuntimeError(f"broker.bridge_ca: cannot load {b.bridge_ca!r}: {exc}") from exc
+    # the socket's own timeout only ends a call the bridge never answers (a dead link is found
+    # by the heartbeat first; a stuck terminal is answered by the bridge at its call timeout)
+    return TerminalClient(b.bridge_host, b.bridge_port, token=b.bridge_token, tls=tls,
+                          timeout=max(30.0, 3 * b.call_timeout_s),
+                          heartbeat_timeout=b.heartbeat_timeout_s)
 
 
 def sim_terminal(settings: Settings) -> Any:
@@ -130,6 +173,30 @@ class MT5Adapter:
     def disconnect(self) -> None:
         with self._lock:
             self.mt5.shutdown()
+
+    @property
+    def has_heartbeat(self) -> bool:
+        """The module is reached over a link with a heartbeat (bridge, sim-remote)."""
+        return callable(getattr(self.mt5, "ping", None))
+
+    def heartbeat(self) -> None:
+        """Ping the link, never waiting for the call lock (a long call may hold it): returns
+        when the far side answers and its terminal is not stuck, else BrokerError."""
+        try:
+            answer = self.mt5.ping()
+        except OSError as exc:   # refused, reset, timed out, wrong token
+            raise BrokerError("ping", int(getattr(exc, "code", -10004)),
+                              str(exc) or type(exc).__name__) from exc
+        stuck = float(answer.get("stuck_s") or 0.0)
+        if stuck > 0:
+            raise BrokerError("ping", -10005, f"terminal stuck: a call is {stuck:.1f}s past "
+                              "the bridge's call timeout")
+
+    def abort(self) -> None:
+        """Break the link now (a call blocked on a dead link fails at once), if it can be."""
+        abort = getattr(self.mt5, "abort", None)
+        if callable(abort):
+            abort()
 
     def account(self) -> Account:
         a = self._call("account_info", self.mt5.account_info)

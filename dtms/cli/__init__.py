@@ -4,6 +4,7 @@
 positions in the simulated terminal and registers them through the protocol). The client
 commands (``health``, ``status``, ``register``, ``trade``, ``trades``, ``transitions``,
 ``restarts``) read the same settings as the server, so they find it on the same port.
+``dtms terminal-bridge`` runs :mod:`dtms.bridge.server` (next to a terminal, its own options).
 
 Exit codes (also in ``--help``): 0 ok; 2 usage (bad arguments or configuration; the message
 names the argument and its allowed values or bounds, which are the server's); 3 not ready
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = _preload(argv)
     args = build_parser(loaded if isinstance(loaded, config.Settings) else config.Settings()
                         ).parse_args(argv)
+    if args.command == "terminal-bridge":   # needs no DTMS settings: it runs by the terminal
+        from dtms.bridge.server import main as bridge_main
+        return bridge_main(args.bridge_args, prog="dtms terminal-bridge")
     try:
         if isinstance(loaded, config.ConfigError):
             raise loaded

@@ -64,7 +64,8 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=_PORT,
                    help=f"metrics/health HTTP port (metrics.port, now {metrics.port})")
     s.add_argument("--db", help=f"SQLite file (store.path, now {settings.store.path})")
-    s.add_argument("--backend", help=f"sim, sim-remote, mt5, or module:NAME (broker.backend, now "
+    s.add_argument("--backend", help=f"sim, sim-remote, bridge, mt5, or module:NAME[:ATTR] "
+                                     f"(broker.backend, now "
                                      f"{settings.broker.backend})")
     s.add_argument("--demo", type=_integer(0), default=0, metavar="N",
                    help="open N positions in the simulated terminal and register them")
@@ -76,6 +77,11 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
     st = sub.add_parser("sim-terminal",
                         help="run the simulated terminal in its own process (backend sim-remote)")
     st.add_argument("--ready-file", help='write {"port": P} here once listening')
+    # issue 18: its options are the bridge module's own (it runs without DTMS too)
+    sub.add_parser("terminal-bridge", add_help=False, prefix_chars="\0",
+                   help="serve the MetaTrader5 API to DTMS over TCP, next to the terminal "
+                        "(backend bridge; terminal-bridge --help)").add_argument(
+        "bridge_args", nargs=argparse.REMAINDER)
     sub.add_parser("health", help="readiness of the service (exit 0 when ready)")
     sub.add_parser("status", help="service status, trades by state, broker")
     ac = sub.add_parser("actions", help="the action journal, newest first")
@@ -123,7 +129,7 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
     sub.add_parser("unregister", help="stop managing a trade (the position stays open)"
                    ).add_argument("ticket", type=_TICKET)
     for name, command in sub.choices.items():
-        if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
+        if name not in ("serve", "watch", "trades", "sim-terminal", "terminal-bridge"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
                                  help="JSON output (the default for this command)")
     return p

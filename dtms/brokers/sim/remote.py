@@ -6,14 +6,10 @@ This module owns the remote link to a SimTerminal: ``serve_terminal`` (an anyio 
 dtms.brokers.sim.remote --port P``). A test can then SIGKILL DTMS while the terminal and its
 positions live on.
 
-Wire format: msgpack-rpc over one TCP connection.
-  request  ``[0, msgid, method, [args, kwargs]]`` (args a list, kwargs a map)
-  response ``[1, msgid, error, result]``; error is nil or
-           ``{"type": "SimTradeRejected", "message": "...", "retcode": 10019 | nil}``
-Values are encoded recursively: a named tuple is ``{"__nt__": "TradePosition", "fields": [...]}``
-(type names from ``sim/types.py``), a tuple/list is an array (decoded as a tuple, as MT5 returns
-tuples), a datetime is ``{"__dt__": epoch_seconds}`` (naive datetimes are UTC, as in MT5) and is
-decoded as a naive UTC datetime. Only the method names in ``API_METHODS`` and
+Wire format: that of ``dtms terminal-bridge`` (msgpack-rpc, the codec and the ``ping``
+heartbeat in :mod:`dtms.bridge.server`); the client is the bridge's
+(:class:`~dtms.bridge.client.TerminalClient`) plus the simulator's controls and exceptions
+(``SimTradeRejected`` travels with its retcode). Only the method names in ``API_METHODS`` and
 ``CONTROL_METHODS`` are callable.
 
 When the link is down, API functions behave like MT5 with a dead terminal: they return None
@@ -29,39 +25,22 @@ import functools
 import json
 import os
 import signal
-import socket
 import sys
-import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
-from itertools import count
 from typing import Any
 
 import anyio
 import anyio.abc
 import msgpack
 
+from dtms.bridge import server as wire
+from dtms.bridge.client import KNOWN_TYPES, RemoteError, TerminalClient, install_api
+from dtms.bridge.server import API_METHODS, NO_IPC, encode, error_map, pack_response
+
 from . import constants as c
-from . import types as sim_types
 from .clock import RealtimeClock
 from .controls import SimTradeRejected
-from .faults import NO_IPC
 from .terminal import SimTerminal
 from .types import SimConfig
-
-REQUEST, RESPONSE = 0, 1
-
-# MetaTrader5 API functions -> the value a dead terminal returns
-API_METHODS: dict[str, Any] = {
-    "initialize": False, "login": False, "shutdown": None, "last_error": NO_IPC,
-    "version": None, "terminal_info": None, "account_info": None, "symbols_total": None,
-    "symbols_get": None, "symbol_info": None, "symbol_info_tick": None, "symbol_select": False,
-    "copy_rates_from_pos": None, "copy_rates_from": None, "copy_rates_range": None,
-    "positions_total": None, "positions_get": None, "orders_total": None, "orders_get": None,
-    "order_check": None, "order_calc_margin": None, "order_calc_profit": None,
-    "order_send": None, "history_deals_get": None, "history_deals_total": None,
-    "history_orders_get": None, "history_orders_total": None,
-}
 
 # The simulator's test controls ("sim_time" is a property read)
 CONTROL_METHODS = frozenset({
@@ -74,61 +53,13 @@ CONTROL_METHODS = frozenset({
 
 ALLOWED = frozenset(API_METHODS) | CONTROL_METHODS
 
-_NAMED_TUPLES = {name: obj for name, obj in vars(sim_types).items()
-                 if isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")}
-
-_EXCEPTIONS: dict[str, type[Exception]] = {
-    "KeyError": KeyError, "ValueError": ValueError, "TypeError": TypeError,
-}
-
-
-class RemoteError(RuntimeError):
-    """An exception raised by the remote terminal that has no local counterpart."""
-
-
-# --- value encoding ------------------------------------------------------------------------
-def encode(value: Any) -> Any:
-    """Python value -> msgpack-safe structure (named tuples and datetimes tagged)."""
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return {"__nt__": type(value).__name__, "fields": [encode(v) for v in value]}
-    if isinstance(value, list | tuple):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return {"__dt__": aware.timestamp()}
-    return value
+__all__ = ["ALLOWED", "API_METHODS", "CONTROL_METHODS", "NO_IPC", "RemoteError",
+           "RemoteTerminal", "decode", "encode", "main", "serve_process", "serve_terminal"]
 
 
 def decode(value: Any) -> Any:
-    """Inverse of encode: arrays become tuples, tagged maps named tuples / naive UTC datetimes."""
-    if isinstance(value, list):
-        return tuple(decode(v) for v in value)
-    if isinstance(value, dict):
-        if "__nt__" in value:
-            cls = _NAMED_TUPLES.get(value["__nt__"])
-            if cls is None:
-                raise ValueError(f"unknown named tuple {value['__nt__']!r}")
-            return cls(*(decode(v) for v in value["fields"]))
-        if "__dt__" in value:
-            return datetime.fromtimestamp(value["__dt__"], UTC).replace(tzinfo=None)
-        return {k: decode(v) for k, v in value.items()}
-    return value
-
-
-def _error_map(exc: BaseException) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc),
-            "retcode": getattr(exc, "retcode", None), "comment": getattr(exc, "comment", None)}
-
-
-def _raise_remote(error: dict[str, Any]) -> None:
-    kind, message = error.get("type", ""), error.get("message", "")
-    if kind == "SimTradeRejected":
-        raise SimTradeRejected(int(error.get("retcode") or 0), str(error.get("comment") or ""))
-    if kind in _EXCEPTIONS:
-        raise _EXCEPTIONS[kind](message)
-    raise RemoteError(f"{kind}: {message}")
+    """The wire codec's decode with the simulator's (the package's) result types."""
+    return wire.decode(value, KNOWN_TYPES)
 
 
 # --- server --------------------------------------------------------------------------------
@@ -144,21 +75,23 @@ def _dispatch(terminal: SimTerminal, method: str, args: tuple[Any, ...],
     return target(*args, **kwargs)
 
 
-async def _handle_request(terminal: SimTerminal, message: Any) -> list[Any] | None:
-    if not isinstance(message, list | tuple) or len(message) != 4 or message[0] != REQUEST:
+async def _handle_request(terminal: SimTerminal, message: Any) -> bytes | None:
+    request = wire.parse_request(message)
+    if request is None:
         return None
-    _, msgid, method, params = message
+    msgid, method, args, kwargs = request
+    if method == "ping":   # the heartbeat: answered without the terminal
+        return pack_response(msgid, None, {"version": wire.PROTOCOL_VERSION, "stuck_s": 0.0})
+    if method == "auth":   # no token here: a loopback test terminal
+        return pack_response(msgid, None, {"version": wire.PROTOCOL_VERSION})
     try:
         if method not in ALLOWED:
             raise RemoteError(f"method {method!r} is not callable remotely")
-        args_raw, kwargs_raw = params
-        args = tuple(decode(a) for a in args_raw)
-        kwargs = {str(k): decode(v) for k, v in kwargs_raw.items()}
         call = functools.partial(_dispatch, terminal, method, args, kwargs)
         result = await anyio.to_thread.run_sync(call)
     except Exception as exc:  # reported to the caller, who re-raises it
-        return [RESPONSE, msgid, _error_map(exc), None]
-    return [RESPONSE, msgid, None, encode(result)]
+        return pack_response(msgid, error_map(exc), None)
+    return pack_response(msgid, None, result)
 
 
 async def _serve_connection(terminal: SimTerminal, stream: anyio.abc.SocketStream) -> None:
@@ -175,7 +108,7 @@ async def _serve_connection(terminal: SimTerminal, stream: anyio.abc.SocketStrea
                 if reply is None:
                     return  # not msgpack-rpc: drop the connection
                 try:
-                    await stream.send(msgpack.packb(reply, use_bin_type=True))
+                    await stream.send(reply)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
 
@@ -192,77 +125,29 @@ async def serve_terminal(terminal: SimTerminal, host: str = "127.0.0.1", port: i
 
 
 # --- client --------------------------------------------------------------------------------
-class RemoteTerminal:
-    """A blocking stand-in for the `MetaTrader5` module backed by a remote SimTerminal."""
+class RemoteTerminal(TerminalClient):
+    """A blocking stand-in for the `MetaTrader5` module backed by a remote SimTerminal, with
+    the simulator's controls (which raise ConnectionError when the link is down)."""
+
+    what = "simulated terminal"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 timeout: float = 30.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self._ids = count(1)
-        self._link_error: tuple[int, str] | None = None
+                 timeout: float = 30.0, heartbeat_timeout: float = 1.0) -> None:
+        super().__init__(host, port, timeout=timeout, heartbeat_timeout=heartbeat_timeout)
 
-    def close(self) -> None:
-        """Drop the connection (the next call reconnects)."""
-        with self._lock:
-            self._drop()
+    def _link_down(self, exc: OSError) -> tuple[int, str]:
+        return NO_IPC   # exactly what MT5 says with no terminal
 
-    def __enter__(self) -> RemoteTerminal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _drop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-
-    def _request(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """One call; OSError (ConnectionError included) when the link is down or lost."""
-        if self._sock is None:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
-        msgid = next(self._ids)
-        payload = [REQUEST, msgid, method, [encode(list(args)), encode(kwargs)]]
-        try:
-            self._sock.sendall(msgpack.packb(payload, use_bin_type=True))
-            while True:
-                for message in self._unpacker:
-                    _, rid, error, result = message
-                    if rid != msgid:
-                        continue  # a stale reply to an abandoned request
-                    if error is not None:
-                        _raise_remote(error)
-                    return decode(result)
-                data = self._sock.recv(65536)
-                if not data:
-                    raise ConnectionError("terminal closed the connection")
-                self._unpacker.feed(data)
-        except OSError:
-            self._drop()
-            raise
-
-    def _api_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        with self._lock:
-            if method == "last_error" and self._link_error is not None:
-                return self._link_error
-            try:
-                result = self._request(method, args, kwargs)
-            except OSError:
-                self._link_error = NO_IPC
-                return API_METHODS[method]
-            self._link_error = None
-            return result
+    def _raise_remote(self, error: dict[str, Any]) -> None:
+        if error.get("type") == "SimTradeRejected":
+            raise SimTradeRejected(int(error.get("retcode") or 0),
+                                   str(error.get("comment") or ""))
+        super()._raise_remote(error)
 
     def _control_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        with self._lock:
+        with self._main.lock:
             try:
-                return self._request(method, args, kwargs)
+                return self._request(self._main, method, args, kwargs, self.timeout)
             except OSError as exc:
                 raise ConnectionError(f"simulated terminal at {self.host}:{self.port}"
                                       f" unreachable: {exc}") from exc
@@ -273,25 +158,21 @@ class RemoteTerminal:
         return float(self._control_call("sim_time", (), {}))
 
 
-def _make_method(name: str, control: bool) -> Callable[..., Any]:
+def _control_method(name: str) -> Any:
     def method(self: RemoteTerminal, *args: Any, **kwargs: Any) -> Any:
-        if control:
-            return self._control_call(name, args, kwargs)
-        return self._api_call(name, args, kwargs)
+        return self._control_call(name, args, kwargs)
 
     method.__name__ = method.__qualname__ = name
-    original = getattr(SimTerminal, name)
-    method.__doc__ = getattr(original, "__doc__", None)
+    method.__doc__ = getattr(getattr(SimTerminal, name), "__doc__", None)
     return method
 
 
-for _name in API_METHODS:
-    setattr(RemoteTerminal, _name, _make_method(_name, control=False))
+install_api(RemoteTerminal, {})
 for _name in CONTROL_METHODS - {"sim_time"}:
-    setattr(RemoteTerminal, _name, _make_method(_name, control=True))
-for _name, _value in c.export_names().items():
-    setattr(RemoteTerminal, _name, _value)
-del _name, _value
+    setattr(RemoteTerminal, _name, _control_method(_name))
+for _name in API_METHODS:
+    getattr(RemoteTerminal, _name).__doc__ = getattr(SimTerminal, _name).__doc__
+del _name
 
 
 # --- process entry point -------------------------------------------------------------------
