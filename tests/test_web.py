@@ -237,9 +237,15 @@ async def test_not_ready_the_api_says_why_and_the_pages_still_load(settings, sim
     sim.fail_next(10**9, function="initialize", error=(-10003, "IPC initialize failed"))
     async with running(settings, sim, wait_ready=False) as svc:
         port = svc.metrics_server.port
+        with anyio.fail_after(10):
+            while svc.broker.error is None:   # its first connect has failed
+                await anyio.sleep(0.01)
         status, body = await get_json(port, "/api/trades")
         assert (status, body["error"]["code"]) == (503, "NOT_READY")
-        assert body["error"]["message"] == "DTMS is not ready: the trading terminal is not connected"
+        # the broker's last error rides along (issue 18: a start that fails says why)
+        assert body["error"]["message"] == ("DTMS is not ready: the trading terminal is not "
+                                            "connected (initialize failed: (-10003) IPC "
+                                            "initialize failed)")
         status, h = await get_json(port, "/api/status")
         assert (status, h["ready"], h["broker"]["connected"]) == (200, False, False)
         assert h["not_ready"] == body["error"]["message"]
