@@ -60,7 +60,7 @@ from dtms.actors.store import (
     PutTrade,
     PutTrades,
 )
-from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
+from dtms.actors.trade import SetPaused, SetPolicy, TradeActor, TradeClosed
 from dtms.config import Settings
 from dtms.errors import (
     BrokerError,
@@ -84,6 +84,7 @@ from dtms.model import (
     TradeState,
     Transition,
 )
+from dtms.policy.overrides import resolve_policy
 from dtms.policy.ownership import (
     OwnershipRules,
     position_refusal,
@@ -121,6 +122,14 @@ class PauseAll:
 class Unregister:
     """Stop managing a trade; its record stays (RELEASED) and ``register`` adopts it again."""
     ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePolicy:
+    """``set_policy``: merge ``changes`` into one trade's policy overrides, or (ticket None)
+    every managed trade's; a SUSPENDED trade's stored overrides change in the store."""
+    ticket: int | None
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +266,44 @@ class RegistryActor(Actor):
             return {"paused": message.paused, "tickets": changed, "count": len(changed)}
         if isinstance(message, Unregister):
             return await self._unregister(message.ticket)
+        if isinstance(message, ChangePolicy):
+            return await self._change_policy(message)
         raise TypeError(f"registry cannot handle {message!r}")
+
+    async def _change_policy(self, message: ChangePolicy) -> dict[str, Any]:
+        timeout = self.settings.registry.ask_timeout_s
+        if message.ticket is not None:
+            actor = self.trades.get(message.ticket)
+            if actor is not None:
+                return await actor.ask(SetPolicy(message.changes), timeout=timeout)
+            trade = await self._stored(message.ticket)
+            if trade.state is not TradeState.SUSPENDED:   # RELEASED: `register` sets it anew
+                raise Conflict(f"trade {trade.ticket} is {trade.state.value}: not managed",
+                               field="ticket", state=trade.state.value)
+            return await self._change_stored_policy(trade, message.changes)
+        changed, errors = [], {}
+        for ticket, actor in list(self.trades.items()):
+            try:
+                view = await actor.ask(SetPolicy(message.changes), timeout=timeout)
+            except DtmsError as exc:   # e.g. a bound across keys with its own overrides
+                errors[str(ticket)] = exc.to_wire()
+                continue
+            if view.get("state") != TradeState.CLOSED.value:
+                changed.append(ticket)
+        return {"tickets": changed, "count": len(changed), "errors": errors}
+
+    async def _change_stored_policy(self, trade: Trade, changes: dict[str, Any]
+                                    ) -> dict[str, Any]:
+        merged = {k: v for k, v in {**trade.policy, **changes}.items() if v is not None}
+        resolve_policy(self.settings.policy, merged)   # InvalidArgument: nothing stored
+        if merged == trade.policy:
+            return trade.view()
+        now = self.clock()
+        changed = trade.copy(policy=merged, updated_at=now)
+        await self.store.ask(PutTrade(changed, Transition(
+            trade.ticket, now, trade.state.value, trade.state.value,
+            f"policy changed while {trade.state.value}: {trade.policy} -> {merged}")))
+        return changed.view()
 
     def _forget(self, ticket: int) -> None:
         actor = self.trades.pop(ticket, None)

@@ -31,6 +31,7 @@ from dtms.metrics import ACTOR_KINDS
 from dtms.model import TradeState, parse_registration
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.args import int_arg, only, since_arg, str_arg
+from dtms.rpc.policy import PolicyMethods
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection
 
@@ -50,7 +51,7 @@ class Methods:
         self.service = service
 
     def table(self) -> dict[str, Handler]:
-        return {
+        return {**PolicyMethods(self.service).table(),
             "health": self.health, "status": self.status, "register": self.register,
             "register_batch": self.register_batch, "trade": self.trade, "trades": self.trades,
             "transitions": self.transitions, "restarts": self.restarts,
