@@ -245,8 +245,8 @@ class TradeActor(Cell):
 
     async def handle(self, message: Any) -> Any:
         if self.trade.state is TradeState.CLOSED:
-            if isinstance(message, GetView | SetPaused):
-                return self.trade.view()
+            if isinstance(message, GetView | SetPaused | SetPolicy):
+                return self.trade.view()   # a closed trade changes no more
             return None  # late messages after close change nothing
         if isinstance(message, BarClose | PriceEvent):
             self.view = message.view

@@ -87,6 +87,7 @@ class Methods:
         account = self.service.broker.account
         return {**self.service.health(), "trades_by_state": by_state,
                 "unknown_positions": list(self.service.watcher.unknown),
+                "mode": self.service.settings.policy.mode,   # a trade's policy may override it
                 "broker": {"backend": self.service.settings.broker.backend,
                            "login": account.login if account else 0,
                            "server": account.server if account else "",
