@@ -141,6 +141,7 @@ class ListTrades:
 class ListTransitions:
     ticket: int
     limit: int = 100
+    since: float = 0.0   # transition time (``at``) from which to list
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,8 +571,9 @@ class StoreActor(Actor):
             rows = await self._all(sql, (*params, message.limit, message.offset))
             return [trade_from_row(r) for r in rows]
         if isinstance(message, ListTransitions):
-            rows = await self._all("SELECT * FROM transitions WHERE ticket = ? ORDER BY id LIMIT ?",
-                                   (message.ticket, message.limit))
+            rows = await self._all("SELECT * FROM transitions WHERE ticket = ? AND at >= ? "
+                                   "ORDER BY id LIMIT ?",
+                                   (message.ticket, message.since, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, ListRestarts):
             sql, params = "SELECT * FROM restarts WHERE at >= ?", [message.since]

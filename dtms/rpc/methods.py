@@ -11,6 +11,7 @@ guard) lives in its own module and joins the table in :meth:`Methods.table`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,11 @@ from dtms.actors.store import (
     ListTrades,
     ListTransitions,
 )
-from dtms.errors import DtmsError, InvalidArgument, NotFound, Overloaded
+from dtms.errors import BrokerError, DtmsError, InvalidArgument, NotFound, Overloaded
 from dtms.events import EVENTS
 from dtms.metrics import ACTOR_KINDS
 from dtms.model import TradeState, parse_registration
+from dtms.policy.figures import open_figures
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.args import int_arg, only, since_arg, str_arg
 from dtms.rpc.policy import PolicyMethods
@@ -37,6 +39,8 @@ from dtms.rpc.server import Connection
 
 if TYPE_CHECKING:
     from dtms.service import Service
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 
@@ -138,10 +142,25 @@ class Methods:
         trade = await self.service.store.ask(GetTrade(ticket))
         if trade is None:
             raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
-        return trade.view()
+        return (await self.with_figures([trade]))[0]
+
+    async def with_figures(self, trades: list[Any]) -> list[dict[str, Any]]:
+        """The views of ``trades``, each open one with its price, open P/L and R read from the
+        broker's positions in one call (None where the broker cannot say)."""
+        views = [t.view() for t in trades]
+        open_ = [t.ticket for t in trades if t.state is not TradeState.CLOSED]
+        positions: dict[int, Any] = {}
+        if open_:
+            try:
+                positions = await self.service.broker.call("positions_of", tickets=open_)
+            except (BrokerError, DtmsError, TimeoutError) as exc:   # figures only: say so
+                log.warning("open figures unavailable: %s", exc)
+        for t, view in zip(trades, views, strict=True):
+            view.update(open_figures(t, positions.get(t.ticket)))
+        return views
 
     async def trades(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"state", "symbol", "limit", "offset", "open_only"})
+        only(args, {"state", "symbol", "limit", "offset", "open_only", "market"})
         state = str_arg(args, "state")
         if state is not None:
             state = state.upper()
@@ -154,9 +173,12 @@ class Methods:
         open_only = args.get("open_only", False)
         if not isinstance(open_only, bool):
             raise InvalidArgument("must be true or false", field="open_only")
+        market = args.get("market", False)
+        if not isinstance(market, bool):
+            raise InvalidArgument("must be true or false", field="market")
         trades = await self.service.store.ask(ListTrades(state, symbol, open_only, limit, offset))
-        return {"trades": [t.view() for t in trades], "count": len(trades), "offset": offset,
-                "limit": limit}
+        views = await self.with_figures(trades) if market else [t.view() for t in trades]
+        return {"trades": views, "count": len(trades), "offset": offset, "limit": limit}
 
     async def pause(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.set_paused(args, True)
@@ -192,11 +214,12 @@ class Methods:
         return {"actions": [dataclasses.asdict(a) for a in rows]}
 
     async def transitions(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"ticket", "limit"})
+        only(args, {"ticket", "limit", "since"})
         ticket = int_arg(args, "ticket", low=1)
         limit = int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        return {"ticket": ticket,
-                "transitions": await self.service.store.ask(ListTransitions(ticket, limit))}
+        since = since_arg(args)
+        return {"ticket": ticket, "transitions": await self.service.store.ask(
+            ListTransitions(ticket, limit, since))}
 
     async def restarts(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"limit", "since", "kind"})
