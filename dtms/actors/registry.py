@@ -471,9 +471,9 @@ class RegistryActor(Actor):
             return outcome
         positions = read.get("positions")
         if positions is None:
-            exc = read["broker_error"]
+            cause = read["broker_error"]
             self.metrics.registrations.labels("not_ready").inc(len(checks))
-            error = NotReady(f"cannot check the position with the broker: {exc}",
+            error = NotReady(f"cannot check the position with the broker: {cause}",
                              retry_after=2.0)
             outcome.update((r.ticket, error) for r in checks)
             return outcome

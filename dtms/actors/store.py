@@ -369,11 +369,14 @@ class StoreActor(Actor):
             await db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
             await quick_check(db, path)   # before anything writes (WAL mode, migrations)
             mode = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
+            assert mode is not None   # the pragma always answers one row
             if mode[0].lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode[0]})")
             await db.execute(f"PRAGMA synchronous={self.settings.synchronous.upper()}")
             if self.settings.max_size_mb > 0:
-                page = (await (await db.execute("PRAGMA page_size")).fetchone())[0]
+                page_row = await (await db.execute("PRAGMA page_size")).fetchone()
+                assert page_row is not None
+                page = page_row[0]
                 pages = max(1, int(self.settings.max_size_mb * 1024 * 1024 // page))
                 await db.execute(f"PRAGMA max_page_count={pages}")
             await db.execute("PRAGMA foreign_keys=ON")
@@ -555,7 +558,8 @@ class StoreActor(Actor):
                 found.update((r["ticket"], trade_from_row(r)) for r in rows)
             return found
         if isinstance(message, ListTrades):
-            where, params = [], []
+            where: list[str] = []
+            params: list[Any] = []
             if message.state:
                 where.append("state = ?")
                 params.append(message.state)
