@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from dtms.actors.base import ActorStopped
 from dtms.actors.registry import Pause, PauseAll, Register, Resume, Unregister
 from dtms.actors.store import (
     CountByState,
@@ -153,7 +154,7 @@ class Methods:
         if open_:
             try:
                 positions = await self.service.broker.call("positions_of", tickets=open_)
-            except (BrokerError, DtmsError, TimeoutError) as exc:   # figures only: say so
+            except (BrokerError, DtmsError, TimeoutError, ActorStopped) as exc:   # figures only
                 log.warning("open figures unavailable: %s", exc)
         for t, view in zip(trades, views, strict=True):
             view.update(open_figures(t, positions.get(t.ticket)))

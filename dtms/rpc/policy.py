@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from dtms.actors.base import ActorStopped
 from dtms.actors.registry import ChangePolicy
 from dtms.actors.store import GetTrade, ListActions
 from dtms.errors import BrokerError, InvalidArgument, NotReady
@@ -87,7 +88,7 @@ class PolicyMethods:
             try:
                 tick = await broker.call("tick", name=symbol)
                 spec = await broker.call("symbol", name=symbol)
-            except (BrokerError, NotReady, TimeoutError):
+            except (BrokerError, NotReady, TimeoutError, ActorStopped):
                 continue   # counted, not priced: listed in ``unpriced``
             quotes[symbol] = Quote(tick.bid, tick.ask, spec.contract_size)
         return {"since": float(since), **report(rows, trades, quotes)}
