@@ -257,3 +257,21 @@ async def test_global_shadow_mode_sends_nothing_for_any_trade(engine_settings):
         view = await cl.call("set_policy", {"ticket": ticket, "policy": {"mode": "live"}})
         assert view["policy"] == {"mode": "live"}
         await eventually(lambda: position(sim, ticket).sl == BREAKEVEN)
+
+
+async def test_set_policy_for_all_leaves_a_trade_whose_own_overrides_refuse_it(engine_settings):
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=SL0)
+    b = sim.open_position("EURUSD", "BUY", 0.10, sl=SL0)
+    path = engine_settings.store.path
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": a})
+        await cl.register({"ticket": b, "policy": {"l2_score": -3}})
+        done = await cl.call("set_policy", {"all": True, "policy": {"l1_score": -3.5}})
+        assert (done["tickets"], done["count"]) == ([a], 1)
+        assert list(done["errors"]) == [str(b)]
+        assert done["errors"][str(b)]["code"] == "INVALID_ARGUMENT"
+        assert set(done["errors"][str(b)]["errors"]) == {"policy.l1_score", "policy.l2_score"}
+        assert json.loads(row_of(path, a)["policy"]) == {"l1_score": -3.5}
+        assert json.loads(row_of(path, b)["policy"]) == {"l2_score": -3}
+        assert svc.registry.trades[b].policy.l1_score == -2.0
