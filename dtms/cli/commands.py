@@ -82,7 +82,7 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                     fields["policy"] = dict(args.policy)
                 print_json(client.register({"ticket": args.ticket, **fields}))
             elif cmd == "trade":
-                print_json(client.trade(args.ticket))
+                print_json(client.call("trade", {"ticket": args.ticket, "market": True}))
             elif cmd in ("trades", "actions", "transitions", "restarts", "shadow"):
                 result, shown = _listing(client, args)
                 if args.json:

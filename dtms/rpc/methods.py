@@ -33,7 +33,7 @@ from dtms.metrics import ACTOR_KINDS
 from dtms.model import TradeState, parse_registration
 from dtms.policy.figures import open_figures
 from dtms.policy.overrides import resolve_policy
-from dtms.rpc.args import int_arg, only, since_arg, str_arg
+from dtms.rpc.args import bool_arg, int_arg, only, since_arg, str_arg
 from dtms.rpc.policy import PolicyMethods
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection
@@ -138,12 +138,15 @@ class Methods:
                 "failed": sum(1 for r in results if not r["ok"])}
 
     async def trade(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"ticket"})
+        only(args, {"ticket", "market"})
         ticket = int_arg(args, "ticket", low=1)
+        market = bool_arg(args, "market")
         trade = await self.service.store.ask(GetTrade(ticket))
         if trade is None:
             raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
-        return (await self.with_figures([trade]))[0]
+        # the figures cost a terminal call: asked for (the CLI, the web view), not by default
+        # (a client's verify-after-register reads every trade it registers)
+        return (await self.with_figures([trade]))[0] if market else trade.view()
 
     async def with_figures(self, trades: list[Any]) -> list[dict[str, Any]]:
         """The views of ``trades``, each open one with its price, open P/L and R read from the
@@ -174,9 +177,7 @@ class Methods:
         open_only = args.get("open_only", False)
         if not isinstance(open_only, bool):
             raise InvalidArgument("must be true or false", field="open_only")
-        market = args.get("market", False)
-        if not isinstance(market, bool):
-            raise InvalidArgument("must be true or false", field="market")
+        market = bool_arg(args, "market")
         trades = await self.service.store.ask(ListTrades(state, symbol, open_only, limit, offset))
         views = await self.with_figures(trades) if market else [t.view() for t in trades]
         return {"trades": views, "count": len(trades), "offset": offset, "limit": limit}
