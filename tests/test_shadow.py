@@ -275,3 +275,27 @@ async def test_set_policy_for_all_leaves_a_trade_whose_own_overrides_refuse_it(e
         assert json.loads(row_of(path, a)["policy"]) == {"l1_score": -3.5}
         assert json.loads(row_of(path, b)["policy"]) == {"l2_score": -3}
         assert svc.registry.trades[b].policy.l1_score == -2.0
+
+
+async def test_a_restart_with_the_mode_now_live_acts_on_the_brokers_position_once(
+        engine_settings):
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=SL0)
+    path = engine_settings.store.path
+    async with running(engine_settings.replace(policy={"mode": "shadow"}), sim) as svc, \
+            client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await settle(svc, sim)
+        await play(svc, sim, [1.08712])
+        await eventually(lambda: len(journal(path, ticket)) == 1)
+        assert position(sim, ticket).sl == SL0
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:   # mode live
+        await settle(svc, sim)
+        await play(svc, sim, [1.08720, 1.08730])
+        await eventually(lambda: position(sim, ticket).sl == BREAKEVEN)
+        await play(svc, sim, [1.08740])
+        assert [(r["obligation"], r["status"]) for r in journal(path, ticket)] == [
+            ("sl:breakeven", "shadow"), ("sl:breakeven", "done")]
+        assert (await cl.trade(ticket))["obligations"] == {"sl:breakeven": "done"}
+        reasons = [t["reason"] for t in (await cl.transitions(ticket))["transitions"]]
+        assert reasons[-1].startswith("live after shadow mode")

@@ -217,6 +217,16 @@ class TradeActor(Cell):
         if self.policy.mode == SHADOW:   # what it would have done so far: from its journal
             rows = await self.store.ask(ListActions(self.ticket, limit=1000))
             self.shadow_book = book_of(rows, stored.direction)
+        elif SHADOW in stored.obligations.values():
+            # shadow before this start (e.g. the configured mode changed): live from the
+            # broker's position, which the position watcher reports; nothing is replayed
+            now = self.clock()
+            await self._persist(stored.copy(**to_live(stored, None), updated_at=now),
+                                Transition(self.ticket, now, stored.state.value,
+                                           stored.state.value, "live after shadow mode: the "
+                                           "shadow actions are owed afresh, from the broker's "
+                                           "position"))
+            stored = self.trade
         self.unresolved = sorted(journal, key=lambda a: a.seq)
         self.market, self._market_hint = self._market_hint, None
         if self.market is None:  # the registry passes it when it starts many trades at once

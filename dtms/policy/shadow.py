@@ -16,12 +16,16 @@ keeps true:
   the real one), the volume it would have closed taken off. So a shadow trail ratchets from its
   own last stop and never shows a looser one, and the WARNING_L2 cut halves what would be left.
   A trade DTMS would have closed in full is then only watched and scored (as a paused one).
+  A shadow hedge has no ticket: its volume is booked, but closing it (at recovery, with the
+  trade) is not journaled.
 * **Each shadow action counts once**: its obligation is settled as ``shadow`` (never offered
   again while the trade stays in shadow).
 * **Switching to live starts from the broker's current position** (:func:`to_live`): the
   position is re-read, the shadow book forgotten and the shadow obligations dropped, so the
   live policy decides once, afresh, on the real position (a stop it would have moved is moved
-  once if it still should be; nothing from the shadow period is replayed).
+  once if it still should be; nothing from the shadow period is replayed). A trade that starts
+  live with shadow obligations left (the configured mode changed across a restart) goes live
+  the same way.
 
 :func:`report` sums a journal's shadow rows: how many stops would have moved, how much volume
 would have been closed (and hedged), and the P/L difference of those closes against the current
