@@ -76,8 +76,8 @@ async def test_a_shadow_trade_journals_breakeven_partial_and_close_and_sends_not
         p = position(sim, ticket)
         assert (p.sl, p.volume) == (SL0, 0.10)
         view = await cl.trade(ticket)
-        assert (view["state"], view["sl"], view["volume"], view["policy"]["mode"]) == (
-            "HEALTHY", SL0, 0.10, "shadow")
+        assert (view["state"], view["sl"], view["volume"], view["policy"]["mode"],
+                view["mode"]) == ("HEALTHY", SL0, 0.10, "shadow", "shadow")
         assert view["obligations"] == {"sl:breakeven": "shadow", "partial:0": "shadow",
                                        "close": "shadow"}
         listed = (await cl.call("actions", {"ticket": ticket}))["actions"]
@@ -253,6 +253,8 @@ async def test_global_shadow_mode_sends_nothing_for_any_trade(engine_settings):
         await eventually(lambda: len(journal(path, ticket)) == 1)
         assert journal(path, ticket)[0]["status"] == "shadow"
         assert position(sim, ticket).sl == SL0
+        assert ((await cl.trade(ticket))["mode"], (await cl.status())["mode"]) == (
+            "shadow", "shadow")
         # a trade's own override wins over the global mode
         view = await cl.call("set_policy", {"ticket": ticket, "policy": {"mode": "live"}})
         assert view["policy"] == {"mode": "live"}

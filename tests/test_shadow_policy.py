@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from dtms.model import ActionKind, ActionRecord, Position, Tick
 from dtms.policy.execution import Request, Target, build_request
 from dtms.policy.lifecycle import decide
 from dtms.policy.overrides import resolve_policy
-from dtms.policy.shadow import Quote, ShadowBook, book_of, report, to_live
+from dtms.policy.shadow import Quote, ShadowBook, book_of, quote_of, report, to_live
 from tests.test_lifecycle import BUY, EURUSD, HEALTHY, L1, L2, POLICY, SELL, make_trade, score, snap
 from tests.test_policy_overrides import _PLAUSIBLE_MAPS
 
@@ -73,7 +74,8 @@ def test_the_report_counts_what_it_would_have_done_and_prices_the_closes() -> No
                 ticket=8),
             rec(4, ActionKind.HEDGE, request={"price": 1.0}, volume=0.25, ticket=8),
             rec(5, ActionKind.CLOSE, "done", request={"price": 1.2}, volume=9.0)]   # not shadow
-    out = report(rows, {7: buy, 8: sell}, {"EURUSD": Quote(1.1000, 1.1002, 100_000.0)})
+    out = report(rows, {7: buy, 8: sell}, {7: Quote(1.1000, 100_000.0),
+                                           8: Quote(1.1002, 100_000.0)})
     # BUY: closed 0.5 at 1.1050, now 1.1000: +250; SELL: closed 1.0 at 1.0990, ask 1.1002: +120
     assert out == {"actions": 4, "by_kind": {"CLOSE": 1, "HEDGE": 1, "MODIFY_SL": 1,
                                              "PARTIAL_CLOSE": 1},
@@ -85,6 +87,20 @@ def test_the_report_counts_what_it_would_have_done_and_prices_the_closes() -> No
                                "pnl_difference": 120.0}]}
     unpriced = report(rows, {7: buy, 8: sell}, {})
     assert (unpriced["pnl_difference"], unpriced["unpriced"]) == (0.0, [7, 8])
+
+
+def test_a_quote_values_a_price_move_as_the_terminal_values_the_position() -> None:
+    def pos(direction, open_, now, volume, profit):
+        return Position(ticket=9, symbol="USDJPY", direction=direction, volume=volume,
+                        price_open=open_, sl=0.0, tp=0.0, price_current=now, profit=profit,
+                        magic=0, comment="", time=0)
+    # USDJPY on a USD account: 1.00 JPY on 0.1 lot is worth 66.23 USD today, not 10,000
+    buy = quote_of(pos(BUY, 150.0, 151.0, 0.1, 66.23), 100_000.0)
+    assert (buy.price, buy.value_per_lot) == (151.0, pytest.approx(662.3))
+    sell = quote_of(pos(SELL, 150.0, 149.0, 0.1, 67.11), 100_000.0)
+    assert (sell.price, sell.value_per_lot) == (149.0, pytest.approx(671.1))
+    # at its open price the position says nothing: the contract size stands in
+    assert quote_of(pos(BUY, 150.0, 150.0, 0.1, 0.0), 100_000.0) == Quote(150.0, 100_000.0)
 
 
 # == property: a policy change never loosens a stop already set ================================

@@ -58,7 +58,7 @@ def trades_table(trades: Iterable[Mapping[str, Any]]) -> Table:
             _cell(t.get("sl") or None), _cell(t.get("tp") or None),
             _cell(t.get("open_pl"), "{:.2f}"), _cell(t.get("open_r"), "{:+.2f}"),
             _cell(t.get("state")), _cell(t.get("score")),
-            "yes" if t.get("paused") else "no", _cell(policy.get("mode")),
+            "yes" if t.get("paused") else "no", _cell(t.get("mode") or policy.get("mode")),
             _cell(t.get("close_reason")), _cell(t.get("owner")))
     return table
 

@@ -115,24 +115,35 @@ def to_live(trade: Trade, position: Position | None) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Quote:
-    """What :func:`report` needs of a symbol now: its prices and lot size."""
-    bid: float
-    ask: float
-    contract_size: float
+    """What :func:`report` needs of an open trade now: its closing price (the position's
+    ``price_current``: bid for a BUY, ask for a SELL) and the money one unit of price is worth
+    per lot in the account currency."""
+    price: float
+    value_per_lot: float
+
+
+def quote_of(position: Position, contract_size: float) -> Quote:
+    """The position's own valuation: its profit over its price move and volume (the terminal's
+    conversion to the account currency at today's rates); a position exactly at its open
+    price has none, and falls back to the contract size (the symbol's profit currency)."""
+    sign = 1.0 if position.direction is Direction.BUY else -1.0
+    move = sign * (position.price_current - position.price_open) * position.volume
+    if abs(move) > 1e-12 and position.profit:
+        return Quote(position.price_current, position.profit / move)
+    return Quote(position.price_current, contract_size)
 
 
 def report(rows: Iterable[ActionRecord], trades: Mapping[int, Trade],
-           quotes: Mapping[str, Quote]) -> dict[str, Any]:
+           quotes: Mapping[int, Quote]) -> dict[str, Any]:
     """Totals of shadow journal rows: what DTMS would have done, and the P/L difference.
 
     ``pnl_difference``: for each volume it would have closed (partial closes, closes, netting
     reductions), the profit of closing it at the request's price minus the profit of holding
-    it to the current closing price (bid for a BUY, ask for a SELL), in the symbol's profit
-    currency times its contract size (``price difference x volume x contract_size``: exact
-    for symbols quoted in the account currency, e.g. EURUSD on a USD account). Positive: DTMS
-    would have done better than holding. Stop moves are counted, not priced: whether a stop
-    would have been hit depends on the path in between (``dtms replay`` answers that). A
-    trade whose symbol has no quote is counted but left out of the P/L (``unpriced``).
+    it to the trade's current closing price, in the account currency as the terminal values
+    the position (:func:`quote_of`). Positive: DTMS would have done better than holding. Stop
+    moves are counted, not priced: whether a stop would have been hit depends on the path in
+    between (``dtms replay`` answers that). A trade with no quote (its position is closed, or
+    the terminal could not say) is counted but left out of the P/L (``unpriced``).
     """
     kinds: dict[str, int] = {}
     per_trade: dict[int, dict[str, Any]] = {}
@@ -155,14 +166,13 @@ def report(rows: Iterable[ActionRecord], trades: Mapping[int, Trade],
             continue
         closed_volume += volume
         entry["closed_volume"] = round(entry["closed_volume"] + volume, 8)
-        quote = quotes.get(trade.symbol)
+        quote = quotes.get(a.ticket)
         if quote is None:
             unpriced.add(a.ticket)
             continue
-        buy = trade.direction is Direction.BUY
-        now = quote.bid if buy else quote.ask
-        diff = (1 if buy else -1) * (float(a.request.get("price", now)) - now)
-        money = round(diff * volume * quote.contract_size, 2)
+        sign = 1 if trade.direction is Direction.BUY else -1
+        diff = sign * (float(a.request.get("price", quote.price)) - quote.price)
+        money = round(diff * volume * quote.value_per_lot, 2)
         entry["pnl_difference"] = round(entry["pnl_difference"] + money, 2)
         pnl += money
     return {"actions": sum(kinds.values()), "by_kind": dict(sorted(kinds.items())),
@@ -174,4 +184,4 @@ def report(rows: Iterable[ActionRecord], trades: Mapping[int, Trade],
             "trades": [per_trade[t] for t in sorted(per_trade)]}
 
 
-__all__ = ["MODES", "SHADOW", "Quote", "ShadowBook", "book_of", "report", "to_live"]
+__all__ = ["MODES", "SHADOW", "Quote", "ShadowBook", "book_of", "quote_of", "report", "to_live"]

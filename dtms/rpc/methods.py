@@ -146,12 +146,19 @@ class Methods:
             raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
         # the figures cost a terminal call: asked for (the CLI, the web view), not by default
         # (a client's verify-after-register reads every trade it registers)
-        return (await self.with_figures([trade]))[0] if market else trade.view()
+        return (await self.with_figures([trade]))[0] if market else self.view(trade)
+
+    def view(self, trade: Any) -> dict[str, Any]:
+        """A trade's wire view, with the ``mode`` it is managed in (its override or the
+        configured ``policy.mode``)."""
+        view = trade.view()
+        view["mode"] = trade.policy.get("mode", self.service.settings.policy.mode)
+        return view
 
     async def with_figures(self, trades: list[Any]) -> list[dict[str, Any]]:
         """The views of ``trades``, each open one with its price, open P/L and R read from the
         broker's positions in one call (None where the broker cannot say)."""
-        views = [t.view() for t in trades]
+        views = [self.view(t) for t in trades]
         open_ = [t.ticket for t in trades if t.state is not TradeState.CLOSED]
         positions: dict[int, Any] = {}
         if open_:
@@ -179,7 +186,7 @@ class Methods:
             raise InvalidArgument("must be true or false", field="open_only")
         market = bool_arg(args, "market")
         trades = await self.service.store.ask(ListTrades(state, symbol, open_only, limit, offset))
-        views = await self.with_figures(trades) if market else [t.view() for t in trades]
+        views = await self.with_figures(trades) if market else [self.view(t) for t in trades]
         return {"trades": views, "count": len(trades), "offset": offset, "limit": limit}
 
     async def pause(self, args: dict[str, Any]) -> dict[str, Any]:

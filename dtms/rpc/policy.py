@@ -11,11 +11,13 @@ from the broker's current position (``dtms.policy.shadow``).
 
 ``shadow_report {ticket?, since?}``: totals of the journal's ``shadow`` rows since ``since``
 (default: 00:00 UTC today) -- what DTMS would have done and the P/L difference of the closes it
-would have made against the current price (:func:`dtms.policy.shadow.report`).
+would have made against the current price, valued as the terminal values each open position
+(:func:`dtms.policy.shadow.report`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +25,15 @@ from dtms.actors.base import ActorStopped
 from dtms.actors.registry import ChangePolicy
 from dtms.actors.store import GetTrade, ListActions
 from dtms.errors import BrokerError, InvalidArgument, NotReady
+from dtms.model import TradeState
 from dtms.policy.overrides import TYPES, resolve_policy
-from dtms.policy.shadow import SHADOW, Quote, report
+from dtms.policy.shadow import SHADOW, Quote, quote_of, report
 from dtms.rpc.args import int_arg, only
 
 if TYPE_CHECKING:
     from dtms.service import Service
+
+log = logging.getLogger(__name__)
 
 #: shadow rows read at most for one report
 MAX_REPORT_ROWS = 100_000
@@ -83,12 +88,16 @@ class PolicyMethods:
             trade = await store.ask(GetTrade(t))
             if trade is not None:
                 trades[t] = trade
-        quotes = {}
-        for symbol in sorted({t.symbol for t in trades.values()}):
-            try:
-                tick = await broker.call("tick", name=symbol)
-                spec = await broker.call("symbol", name=symbol)
-            except (BrokerError, NotReady, TimeoutError, ActorStopped):
-                continue   # counted, not priced: listed in ``unpriced``
-            quotes[symbol] = Quote(tick.bid, tick.ask, spec.contract_size)
+        quotes: dict[int, Quote] = {}
+        open_ = [t for t, trade in trades.items() if trade.state is not TradeState.CLOSED]
+        try:   # the positions' own valuation, in one call; the contract size as a fallback
+            positions = await broker.call("positions_of", tickets=open_) if open_ else {}
+            sizes = {}
+            for symbol in sorted({p.symbol for p in positions.values()}):
+                sizes[symbol] = (await broker.call("symbol", name=symbol)).contract_size
+        except (BrokerError, NotReady, TimeoutError, ActorStopped) as exc:
+            log.warning("shadow report unpriced: %s", exc)   # counted, listed in ``unpriced``
+            positions = {}
+        for ticket, position in positions.items():
+            quotes[ticket] = quote_of(position, sizes[position.symbol])
         return {"since": float(since), **report(rows, trades, quotes)}
