@@ -45,8 +45,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import Any, cast
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -505,7 +505,7 @@ class Client:
             return result
         ticket = trade.get("ticket")
         try:
-            view = await self.trade(ticket)
+            view = await self.trade(cast(int, ticket))   # the service accepted it: an int
         except (DtmsError, ClientError) as exc:
             raise VerificationFailed(f"ticket {ticket} registered but reading it back failed: "
                                      f"{exc}", ticket=ticket, registration=result) from exc
@@ -539,7 +539,7 @@ class Client:
     async def status(self) -> dict[str, Any]:
         return await self.call("status")
 
-    async def subscribe(self, **args: Any) -> AsyncIterator[tuple[str, Any]]:
+    async def subscribe(self, **args: Any) -> AsyncGenerator[tuple[str, Any], None]:
         """Send ``subscribe`` and yield ``(method, params)`` notifications from this connection.
 
         Raises SubscriptionLost when the connection closes or the consumer falls

@@ -167,6 +167,7 @@ class PolicySettings:
     requote_retries: int = 3
     retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
     l2_close_repeat: bool = False     # WARNING_L2: close again at every re-entry
+    mode: str = "live"                # "shadow": decide and journal, never send (README)
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,14 +321,16 @@ class Trade:
         d["obligations"] = dict(self.obligations)
         return d
 
-    def view(self) -> dict[str, Any]:
-        """The map clients see (``trade``, ``trades``, ``register``)."""
+    def view(self, mode: str = "live") -> dict[str, Any]:
+        """The map clients see (``trade``, ``trades``, ``register``, notifications). ``mode``:
+        the configured ``policy.mode``, shown as the trade's ``mode`` unless it overrides it."""
         d = self.fields()
         d["direction"] = self.direction.value
         d["state"] = self.state.value
         d["defensive"] = self.defensive
         d["managed"] = self.state not in UNMANAGED_STATES
         d["pending"] = sorted(k for k, v in self.obligations.items() if v == "pending")
+        d["mode"] = self.policy.get("mode", mode)
         return d
 
     def copy(self, **changes: Any) -> Trade:

@@ -279,7 +279,7 @@ class Outbox:
         """One registration through the client; classify its failure."""
         try:
             return await self.client.register(trade)
-        except (*TRANSIENT_ERRORS, Unauthenticated) as exc:
+        except TRANSIENT_ERRORS + (Unauthenticated,) as exc:
             raise _Transient(exc) from exc
         except VerificationFailed as exc:
             cause = exc.__cause__

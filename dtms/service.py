@@ -104,7 +104,8 @@ class Service:
 
         bs = settings.broker
         self.events = EventBus()
-        self.store = StoreActor(settings.store, self.metrics, events=self.events)
+        self.store = StoreActor(settings.store, self.metrics, events=self.events,
+                                 policy_mode=settings.policy.mode)
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s,
@@ -254,9 +255,10 @@ class Service:
         so that the tree (and the endpoints' NOT_READY) does not wait for the terminal."""
         task_status.started()
         if not self.account_checked.is_set():
-            with anyio.CancelScope() as self._registry_gate:
+            with anyio.CancelScope() as gate:
+                self._registry_gate = gate
                 await self.account_checked.wait()
-            self._registry_gate, stopped = None, self._registry_gate.cancel_called
+            self._registry_gate, stopped = None, gate.cancel_called
             if stopped:
                 return
         await self.registry.run()

@@ -599,6 +599,7 @@ class _Supervision:
             with anyio.move_on_after(spec.shutdown_timeout):
                 if not run.stop_requested:  # once per run: a second stop() could outlive it
                     run.stop_requested = True
+                    assert spec.stop is not None   # graceful: it has one
                     try:
                         await spec.stop()
                     except Exception:

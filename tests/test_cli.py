@@ -74,6 +74,40 @@ def test_serve_demo_then_client_commands(env, tmp_path):
         assert paused.returncode == 0 and json.loads(paused.stdout)["paused"] is True
         resumed = dtms("resume", str(ticket), env=env)
         assert resumed.returncode == 0 and json.loads(resumed.stdout)["paused"] is False
+        # listings are tables; --json keeps the service's map; --since takes human times
+        trans = dtms("transitions", str(ticket), "--since", "1h", env=env)
+        assert trans.returncode == 0, trans.stderr
+        lines = trans.stdout.splitlines()
+        assert lines[0].split() == ["TIME", "FROM", "TO", "REASON"]
+        assert lines[2].split()[2:5] == ["(new)", "HEALTHY", "registered"]
+        assert lines[-1] == "(1 transition)"
+        later = dtms("transitions", str(ticket), "--since", "2999-01-01T00:00", "--json",
+                     env=env)
+        assert json.loads(later.stdout)["transitions"] == []
+        assert dtms("actions", "--since", "10m", env=env).stdout.split()[:3] == [
+            "TIME", "TICKET", "SEQ"]
+        assert dtms("restarts", "--since", "2h", env=env).stdout.splitlines()[-1] == \
+            "(0 restarts)"
+        # a live policy change, then shadow mode's report
+        changed = dtms("policy", str(ticket), "mode=shadow", "breakeven_r=0.5", env=env)
+        assert changed.returncode == 0, changed.stderr
+        assert json.loads(changed.stdout)["policy"] == {"mode": "shadow", "breakeven_r": 0.5}
+        refused = dtms("policy", str(ticket), "breakeven_r=-1", "mode=paper", env=env)
+        assert refused.returncode == 1
+        assert set(json.loads(refused.stderr)["errors"]) == {"policy.breakeven_r",
+                                                              "policy.mode"}
+        assert dtms("policy", "mode=live", env=env).returncode == 2   # a ticket or --all
+        every = dtms("policy", "--all", "mode=live", env=env)
+        assert json.loads(every.stdout)["count"] == 5
+        shadow = dtms("shadow", env=env)
+        assert shadow.returncode == 0, shadow.stderr
+        assert shadow.stdout.split()[:7] == ["TICKET", "ACTIONS", "CLOSED", "VOLUME", "P/L",
+                                             "DIFFERENCE", "─" * len(shadow.stdout.split()[6])]
+        table = dtms("trades", env=env)
+        header = table.stdout.splitlines()[0].split()
+        assert header[5:10] == ["PRICE", "SL", "TP", "P/L", "R"] and "PAUSED" in header
+        row = next(r.split() for r in table.stdout.splitlines() if r.startswith(str(ticket)))
+        assert float(row[5]) > 0 and row[header.index("PAUSED")] == "no"
         usage = dtms("trade", "not-a-number", env=env)
         assert usage.returncode == 2
         bad = dtms("register", "77", "--direction", "buy", "--volume", "-1", env=env)
@@ -152,7 +186,7 @@ def test_watch_renders_a_live_view_in_a_terminal(env, tmp_path):
         assert b"DTMS watch" in screen and b"HEALTHY=2" in screen
         ticket = json.loads(dtms("trades", "--json", env=env).stdout)["trades"][0]["ticket"]
         assert dtms("pause", str(ticket), env=env).returncode == 0
-        read_until(f"{ticket}: updated".encode())
+        read_until(f"{ticket}: paused no -> yes".encode())
         assert dtms("unregister", str(ticket), env=env).returncode == 0
         text = read_until(f"{ticket}: HEALTHY -> RELEASED".encode()).decode(errors="replace")
         last = text.rsplit("DTMS watch", 1)[1]
@@ -251,7 +285,7 @@ def test_dtms_killed_while_the_terminal_process_lives_on_resumes_its_trades(env,
     (["trades", "--offset", "-1"], ["argument --offset", ">= 0"]),
     (["actions", "--limit", "1001"], ["argument --limit", "1..1000"]),
     (["actions", "--ticket", "0"], ["argument --ticket", ">= 1"]),
-    (["actions", "--since", "-5"], ["argument --since", "a number >= 0"]),
+    (["actions", "--since", "-5"], ["argument --since", "a duration back from now", "got '-5'"]),
     (["restarts", "--kind", "bogus"], ["argument --kind", "'bogus'", "trade", "market"]),
     (["restarts", "--limit", "5000"], ["argument --limit", "1..1000"]),
     (["--port", "70000", "health"], ["argument --port", "0..65535"]),

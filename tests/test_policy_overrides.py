@@ -199,6 +199,8 @@ def _plausible(key: str) -> st.SearchStrategy[Any]:
     kind = type(getattr(POLICY, key))
     if kind is bool:
         return st.booleans()
+    if kind is str:
+        return st.sampled_from([*overrides.CHOICES[key], "LIVE", "dry-run"])
     if kind is int:
         return st.integers(min_value=-1, max_value=11)
     if kind is tuple:
@@ -217,6 +219,9 @@ def _within_bounds(p: PolicySettings) -> None:
     for f in dataclasses.fields(p):
         v = getattr(p, f.name)
         assert type(v) is type(getattr(POLICY, f.name)), f.name
+        if isinstance(v, str):
+            assert v in overrides.CHOICES[f.name], (f.name, v)
+            continue
         for x in v if isinstance(v, tuple) else () if isinstance(v, bool) else (v,):
             assert math.isfinite(x) and BOUNDS[f.name].holds(x), (f.name, v)
     for low, high, strict in ORDER:

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -120,7 +120,8 @@ class ActorCore:
     the hooks. :class:`Actor` runs on a task of its own; :class:`dtms.actors.runtime.Cell`
     runs on a task only while its mailbox has messages."""
 
-    __slots__ = ()   # a subclass decides: a Cell has slots (100,000 of them), an Actor a dict
+    if not TYPE_CHECKING:   # (hidden from mypy, which takes () as "no attributes at all")
+        __slots__ = ()   # a subclass decides: a Cell has slots (100,000 of them), an Actor a dict
     name: str
     handling: int    # messages being handled right now (for ``idle``)
     #: exceptions from ``handle`` that are answers to the asker, not crashes of the actor
@@ -295,7 +296,7 @@ class Actor(ActorCore):
             with anyio.CancelScope(shield=True):
                 await self.on_stop()
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run a background task for this incarnation; if it raises, the actor crashes."""
         if self._tg is None:
             raise RuntimeError(f"{self.name}: spawn outside run()")

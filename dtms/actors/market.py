@@ -54,7 +54,7 @@ from typing import Any
 
 import anyio
 
-from dtms.actors.base import Actor, ActorStopped
+from dtms.actors.base import Actor, ActorCore, ActorStopped
 from dtms.actors.broker import Connected, Listen
 from dtms.actors.store import PutScores
 from dtms.config import Settings
@@ -93,7 +93,7 @@ class Subscribe:
     100,000 trades must not wait on 100,000 round trips). It is told a PriceEvent with the
     current view at once, or, while the symbol's data is not loaded yet, once it is."""
     ticket: int
-    actor: Actor
+    actor: ActorCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class SymbolMarket(Actor):
         self.settings = settings
         self.metrics = metrics
         self.broadcast_ticks = broadcast_ticks
-        self.subscribers: dict[int, Actor] = {}
+        self.subscribers: dict[int, ActorCore] = {}
         self.index = TriggerIndex()
         self.spec: SymbolSpec | None = None
         self.hedging = True

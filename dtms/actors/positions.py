@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from dtms.actors.base import Actor, ActorStopped
+from dtms.actors.base import Actor, ActorCore, ActorStopped
 from dtms.actors.trade import PositionGone, PositionUpdate
 from dtms.errors import BrokerError, NotReady
 from dtms.metrics import Metrics
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Watch:
     ticket: int
-    actor: Actor
+    actor: ActorCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class PositionWatcher(Actor):
         self.dtms_magic = dtms_magic
         self.comment_tag = comment_tag
         self.on_unknown: Callable[[list[int]], None] | None = None
-        self.watched: dict[int, Actor] = {}
+        self.watched: dict[int, ActorCore] = {}
         self.last_seen: dict[int, bytes] = {}   # ticket -> mark (packed volume, SL, TP)
         self.ours: dict[int, int] = {}   # open DTMS-magic position -> the trade it hedges, or 0
         # watched ticket -> polls in a row without it (kept across a restart of the watcher:

@@ -60,7 +60,7 @@ from dtms.actors.store import (
     PutTrade,
     PutTrades,
 )
-from dtms.actors.trade import SetPaused, TradeActor, TradeClosed
+from dtms.actors.trade import SetPaused, SetPolicy, TradeActor, TradeClosed
 from dtms.config import Settings
 from dtms.errors import (
     BrokerError,
@@ -84,6 +84,7 @@ from dtms.model import (
     TradeState,
     Transition,
 )
+from dtms.policy.overrides import resolve_policy
 from dtms.policy.ownership import (
     OwnershipRules,
     position_refusal,
@@ -121,6 +122,14 @@ class PauseAll:
 class Unregister:
     """Stop managing a trade; its record stays (RELEASED) and ``register`` adopts it again."""
     ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePolicy:
+    """``set_policy``: merge ``changes`` into one trade's policy overrides, or (ticket None)
+    every managed trade's; a SUSPENDED trade's stored overrides change in the store."""
+    ticket: int | None
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +266,44 @@ class RegistryActor(Actor):
             return {"paused": message.paused, "tickets": changed, "count": len(changed)}
         if isinstance(message, Unregister):
             return await self._unregister(message.ticket)
+        if isinstance(message, ChangePolicy):
+            return await self._change_policy(message)
         raise TypeError(f"registry cannot handle {message!r}")
+
+    async def _change_policy(self, message: ChangePolicy) -> dict[str, Any]:
+        timeout = self.settings.registry.ask_timeout_s
+        if message.ticket is not None:
+            actor = self.trades.get(message.ticket)
+            if actor is not None:
+                return await actor.ask(SetPolicy(message.changes), timeout=timeout)
+            trade = await self._stored(message.ticket)
+            if trade.state is not TradeState.SUSPENDED:   # RELEASED: `register` sets it anew
+                raise Conflict(f"trade {trade.ticket} is {trade.state.value}: not managed",
+                               field="ticket", state=trade.state.value)
+            return await self._change_stored_policy(trade, message.changes)
+        changed, errors = [], {}
+        for ticket, actor in list(self.trades.items()):
+            try:
+                view = await actor.ask(SetPolicy(message.changes), timeout=timeout)
+            except DtmsError as exc:   # e.g. a bound across keys with its own overrides
+                errors[str(ticket)] = exc.to_wire()
+                continue
+            if view.get("state") != TradeState.CLOSED.value:
+                changed.append(ticket)
+        return {"tickets": changed, "count": len(changed), "errors": errors}
+
+    async def _change_stored_policy(self, trade: Trade, changes: dict[str, Any]
+                                    ) -> dict[str, Any]:
+        merged = {k: v for k, v in {**trade.policy, **changes}.items() if v is not None}
+        resolve_policy(self.settings.policy, merged)   # InvalidArgument: nothing stored
+        if merged == trade.policy:
+            return trade.view(self.settings.policy.mode)
+        now = self.clock()
+        changed = trade.copy(policy=merged, updated_at=now)
+        await self.store.ask(PutTrade(changed, Transition(
+            trade.ticket, now, trade.state.value, trade.state.value,
+            f"policy changed while {trade.state.value}: {trade.policy} -> {merged}")))
+        return changed.view(self.settings.policy.mode)
 
     def _forget(self, ticket: int) -> None:
         actor = self.trades.pop(ticket, None)
@@ -299,12 +345,12 @@ class RegistryActor(Actor):
         await self._spawn(resumed)
         log.info("trade %s resumed from SUSPENDED to %s", ticket, previous.value,
                  extra={"ticket": ticket, "to_state": previous.value})
-        return resumed.view()
+        return resumed.view(self.settings.policy.mode)
 
     async def _unregister(self, ticket: int) -> dict[str, Any]:
         trade = await self._stored(ticket)
         if trade.state is TradeState.RELEASED:
-            return trade.view()
+            return trade.view(self.settings.policy.mode)
         if ticket in self.trades:
             assert self.supervisor is not None
             await self.supervisor.terminate(str(ticket))
@@ -316,7 +362,7 @@ class RegistryActor(Actor):
             ticket, now, trade.state.value, TradeState.RELEASED.value, "unregistered by request")))
         log.info("trade %s unregistered (was %s)", ticket, trade.state.value,
                  extra={"ticket": ticket, "from_state": trade.state.value})
-        return released.view()
+        return released.view(self.settings.policy.mode)
 
     async def _suspend(self, ticket: int, error: str) -> None:
         self._forget(ticket)
@@ -425,9 +471,9 @@ class RegistryActor(Actor):
             return outcome
         positions = read.get("positions")
         if positions is None:
-            exc = read["broker_error"]
+            cause = read["broker_error"]
             self.metrics.registrations.labels("not_ready").inc(len(checks))
-            error = NotReady(f"cannot check the position with the broker: {exc}",
+            error = NotReady(f"cannot check the position with the broker: {cause}",
                              retry_after=2.0)
             outcome.update((r.ticket, error) for r in checks)
             return outcome
@@ -454,7 +500,7 @@ class RegistryActor(Actor):
         # a trade seen for the first time has no journal; one adopted again reads its own
         await self._spawn_all((t, () if t.ticket not in stored else None) for t, _, _ in made)
         for trade, _, adjusted in made:
-            outcome[trade.ticket] = {"created": True, "trade": trade.view(), "adjusted": adjusted}
+            outcome[trade.ticket] = {"created": True, "trade": trade.view(self.settings.policy.mode), "adjusted": adjusted}
         self.metrics.registrations.labels("created").inc(len(made))
         return outcome
 
@@ -479,7 +525,7 @@ class RegistryActor(Actor):
         self.metrics.registrations.labels("existing").inc()
         log.info("duplicate registration of %s (%s)", reg.ticket, existing.state.value,
                  extra={"ticket": reg.ticket, "state": existing.state.value})
-        return {"created": False, "trade": existing.view(), "adjusted": adjusted}
+        return {"created": False, "trade": existing.view(self.settings.policy.mode), "adjusted": adjusted}
 
     def _refused(self, error: DtmsError) -> DtmsError:
         label = {OwnedElsewhere: "owned_elsewhere", Conflict: "conflict",

@@ -137,6 +137,7 @@ async def migrate(db: aiosqlite.Connection) -> int:
     """Bring the schema to the newest version; returns it."""
     await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = await (await db.execute("SELECT MAX(version) FROM schema_version")).fetchone()
+    assert row is not None   # an aggregate always answers one row
     version = row[0] or 0
     if version > len(MIGRATIONS):
         raise sqlite3.DatabaseError(f"database schema v{version} is newer than this DTMS "

@@ -141,6 +141,7 @@ class ListTrades:
 class ListTransitions:
     ticket: int
     limit: int = 100
+    since: float = 0.0   # transition time (``at``) from which to list
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +347,9 @@ def file_identity(path: str | Path) -> tuple[int, int] | None:
 
 class StoreActor(Actor):
     def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192,
-                 events: EventBus | None = None):
+                 events: EventBus | None = None, policy_mode: str = "live"):
         super().__init__("store", mailbox_size)
+        self.policy_mode = policy_mode   # the configured policy.mode, for the notified views
         self.settings = settings
         self.metrics = metrics
         self.events = events
@@ -368,11 +370,14 @@ class StoreActor(Actor):
             await db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
             await quick_check(db, path)   # before anything writes (WAL mode, migrations)
             mode = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
+            assert mode is not None   # the pragma always answers one row
             if mode[0].lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode={mode[0]})")
             await db.execute(f"PRAGMA synchronous={self.settings.synchronous.upper()}")
             if self.settings.max_size_mb > 0:
-                page = (await (await db.execute("PRAGMA page_size")).fetchone())[0]
+                page_row = await (await db.execute("PRAGMA page_size")).fetchone()
+                assert page_row is not None
+                page = page_row[0]
                 pages = max(1, int(self.settings.max_size_mb * 1024 * 1024 // page))
                 await db.execute(f"PRAGMA max_page_count={pages}")
             await db.execute("PRAGMA foreign_keys=ON")
@@ -503,7 +508,7 @@ class StoreActor(Actor):
 
     def _publish(self, put: PutTrade) -> None:
         assert self.events is not None
-        view = put.trade.view()
+        view = put.trade.view(self.policy_mode)
         t = put.transition
         if t is not None:
             self.events.publish("trade.state", {"ticket": t.ticket, "from_state": t.from_state,
@@ -554,7 +559,8 @@ class StoreActor(Actor):
                 found.update((r["ticket"], trade_from_row(r)) for r in rows)
             return found
         if isinstance(message, ListTrades):
-            where, params = [], []
+            where: list[str] = []
+            params: list[Any] = []
             if message.state:
                 where.append("state = ?")
                 params.append(message.state)
@@ -570,8 +576,9 @@ class StoreActor(Actor):
             rows = await self._all(sql, (*params, message.limit, message.offset))
             return [trade_from_row(r) for r in rows]
         if isinstance(message, ListTransitions):
-            rows = await self._all("SELECT * FROM transitions WHERE ticket = ? ORDER BY id LIMIT ?",
-                                   (message.ticket, message.limit))
+            rows = await self._all("SELECT * FROM transitions WHERE ticket = ? AND at >= ? "
+                                   "ORDER BY id LIMIT ?",
+                                   (message.ticket, message.since, message.limit))
             return [dict(r) for r in rows]
         if isinstance(message, ListRestarts):
             sql, params = "SELECT * FROM restarts WHERE at >= ?", [message.since]

@@ -32,6 +32,12 @@ It owns its :class:`~dtms.model.Trade` while the trade is managed:
   either, then closes it as UNKNOWN (a position that reappears is never closed). It closes
   the hedge if one is open, persists CLOSED with the reason -- the deal's, or for DTMS's own
   close the rule its journal names (TIME_STOP, FLAT_TIMER, ...) -- and exits.
+* **Shadow mode** (``policy.mode = "shadow"``, :mod:`dtms.policy.shadow`): every request is
+  built as for a live trade and journaled ``shadow`` instead of being sent; the policy decides
+  on the trade as its shadow actions would have left it (``shadow_book``), the trade keeps the
+  broker's real SL/TP/volume. ``SetPolicy`` changes the trade's overrides (validated like a
+  registration's, journaled as a transition with the old and new values, effective at once);
+  switching shadow -> live re-reads the position first and decides afresh from it.
 """
 
 from __future__ import annotations
@@ -67,13 +73,22 @@ from dtms.model import (
     Deal,
     Direction,
     Position,
+    Tick,
     Trade,
     TradeState,
     Transition,
     close_reason_from_deals,
     dtms_close_rule,
 )
-from dtms.policy.execution import Deferred, RetcodeClass, Skipped, Target, build_request, classify
+from dtms.policy.execution import (
+    Deferred,
+    Request,
+    RetcodeClass,
+    Skipped,
+    Target,
+    build_request,
+    classify,
+)
 from dtms.policy.lifecycle import (
     RETRY,
     Snapshot,
@@ -82,12 +97,13 @@ from dtms.policy.lifecycle import (
     decide,
     failed,
 )
-from dtms.policy.overrides import salvage_policy
+from dtms.policy.overrides import resolve_policy, salvage_policy
+from dtms.policy.shadow import BOOK_FIELDS, SHADOW, ShadowBook, book_of, to_live
 
 log = logging.getLogger(__name__)
 
 #: journal status -> the obligation's status in the trade (failed carries its market time)
-_OBLIGATION = {"done": "done", "deferred": "deferred", "skipped": "skipped",
+_OBLIGATION = {"done": "done", "deferred": "deferred", "skipped": "skipped", SHADOW: SHADOW,
                "uncertain": "pending", "sent": "pending", "pending": "pending"}
 UNRESOLVED = frozenset({"pending", "sent", "uncertain"})
 POSITION_CLOSED = 10036
@@ -119,6 +135,14 @@ class GetView:
 
 
 @dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """Merge ``changes`` into the trade's policy overrides (a key set to None goes back to the
+    configured value); answered with the trade's view, or InvalidArgument naming every bad
+    ``policy.<key>`` (nothing changed)."""
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class TradeClosed:
     """Told to the registry when a trade has closed and its actor is about to exit."""
     ticket: int
@@ -137,7 +161,7 @@ class TradeActor(Cell):
 
     __slots__ = ("_loaded", "ticket", "trade", "store", "broker", "registry", "hub", "metrics",
                  "settings", "clock", "market", "_market_hint", "view", "deferred", "unresolved",
-                 "acted_at", "policy")
+                 "acted_at", "policy", "shadow_book")
     snapshots = (BarClose, PriceEvent, PositionUpdate, PositionGone)
 
     def supersedes(self, new: Any, old: Any) -> bool:
@@ -172,6 +196,7 @@ class TradeActor(Cell):
         self.deferred: dict[str, Deferred] = {}
         self.unresolved: list[ActionRecord] = []
         self.acted_at = 0.0   # perf_counter when DTMS last changed the position
+        self.shadow_book: ShadowBook | None = None   # None: live
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -188,6 +213,20 @@ class TradeActor(Cell):
                       self.ticket, "; ".join(f"{k}: {v}" for k, v in dropped.items()),
                       extra={"ticket": self.ticket, "dropped": sorted(dropped)})
         self.deferred.clear()
+        self.shadow_book = None
+        if self.policy.mode == SHADOW:   # what it would have done so far: from its journal
+            rows = await self.store.ask(ListActions(self.ticket, limit=1000))
+            self.shadow_book = book_of(rows, stored.direction)
+        elif SHADOW in stored.obligations.values():
+            # shadow before this start (e.g. the configured mode changed): live from the
+            # broker's position, which the position watcher reports; nothing is replayed
+            now = self.clock()
+            await self._persist(stored.copy(**to_live(stored, None), updated_at=now),
+                                Transition(self.ticket, now, stored.state.value,
+                                           stored.state.value, "live after shadow mode: the "
+                                           "shadow actions are owed afresh, from the broker's "
+                                           "position"))
+            stored = self.trade
         self.unresolved = sorted(journal, key=lambda a: a.seq)
         self.market, self._market_hint = self._market_hint, None
         if self.market is None:  # the registry passes it when it starts many trades at once
@@ -216,8 +255,8 @@ class TradeActor(Cell):
 
     async def handle(self, message: Any) -> Any:
         if self.trade.state is TradeState.CLOSED:
-            if isinstance(message, GetView | SetPaused):
-                return self.trade.view()
+            if isinstance(message, GetView | SetPaused | SetPolicy):
+                return self.trade.view(self.settings.policy.mode)   # a closed trade changes no more
             return None  # late messages after close change nothing
         if isinstance(message, BarClose | PriceEvent):
             self.view = message.view
@@ -226,6 +265,8 @@ class TradeActor(Cell):
             return await self._follow(message)
         if isinstance(message, PositionGone):
             return await self._close_if_gone(message)
+        if isinstance(message, SetPolicy):
+            return await self._set_policy(message.changes)
         if isinstance(message, SetPaused):
             if message.paused != self.trade.paused:
                 await self._persist(self.trade.copy(paused=message.paused,
@@ -234,9 +275,9 @@ class TradeActor(Cell):
                          extra={"ticket": self.ticket, "paused": message.paused})
                 if not message.paused and self.view is not None:  # catch up at once
                     self._watch(self.view, Watch(), again=True)
-            return self.trade.view()
+            return self.trade.view(self.settings.policy.mode)
         if isinstance(message, GetView):
-            return self.trade.view()
+            return self.trade.view(self.settings.policy.mode)
         raise TypeError(f"trade actor cannot handle {message!r}")
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -254,10 +295,12 @@ class TradeActor(Cell):
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
                         spec=view.spec, hedging=view.hedging,
                         atr=signals.atr if signals else 0.0, score=score)
-        d = decide(self.trade, snap, self.policy)
+        d = decide(self._decided(), snap, self.policy)
         self.metrics.tick_to_decision.observe(time.perf_counter() - seen)
         now = self.clock()
         trade, records = d.trade, []
+        if self.shadow_book is not None:   # decided on the shadow book: keep the real position
+            trade = trade.copy(**{f: getattr(self.trade, f) for f in BOOK_FIELDS})
         for intent in d.intents:
             trade = trade.copy(action_seq=trade.action_seq + 1)
             records.append(ActionRecord(self.ticket, trade.action_seq, intent.kind.value,
@@ -320,8 +363,15 @@ class TradeActor(Cell):
     def _comment(self, seq: int) -> str:
         return f"{self.settings.broker.comment_tag}:{self.ticket}:{seq}"
 
+    def _decided(self) -> Trade:
+        """The trade the policy decides on: itself, or in shadow as its shadow actions would
+        have left it."""
+        if self.shadow_book is None:
+            return self.trade
+        return self.shadow_book.as_decided(self.trade)
+
     def _target(self, view: MarketView) -> Target:
-        t = self.trade
+        t = self._decided()
         return Target(ticket=t.ticket, symbol=t.symbol, direction=t.direction, volume=t.volume,
                       sl=t.sl, tp=t.tp, hedge_ticket=t.hedge_ticket, hedge_volume=t.hedge_volume,
                       hedging_account=view.hedging)
@@ -345,6 +395,9 @@ class TradeActor(Cell):
                 return
             if isinstance(built, Skipped):
                 await self._settle(record, "skipped", result={"reason": built.reason})
+                return
+            if self.shadow_book is not None:   # shadow: what would have been sent, never sent
+                await self._shadow(record, built, tick)
                 return
             record = record.copy(status="sent", request=dict(built.fields, note=built.note,
                                                              market_time=tick.time))
@@ -397,6 +450,57 @@ class TradeActor(Cell):
             await self._settle(record, "failed", retcode=result.retcode if result else 0,
                                result={**outcome, "class": cls.value})
             return
+
+    async def _shadow(self, record: ActionRecord, built: Request, tick: Tick) -> None:
+        assert self.shadow_book is not None
+        request = dict(built.fields, note=built.note, market_time=tick.time)
+        self.shadow_book = self.shadow_book.after(record.kind, request, built.volume,
+                                                  built.full_close, self.trade.direction)
+        await self._settle(record.copy(request=request), SHADOW,
+                           result={"shadow": True, "volume": built.volume,
+                                   "full_close": built.full_close, "note": built.note,
+                                   "bid": tick.bid, "ask": tick.ask})
+
+    async def _set_policy(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate and apply a policy change (``set_policy``); shadow -> live re-reads the
+        position first. Never loosens a stop: no field of the position changes here but from
+        the broker's own position, and the policy only ever tightens from it."""
+        merged = {k: v for k, v in {**self.trade.policy, **changes}.items() if v is not None}
+        policy = resolve_policy(self.settings.policy, merged)   # InvalidArgument: nothing changes
+        if merged == self.trade.policy:
+            return self.trade.view(self.settings.policy.mode)
+        diff = {k: (getattr(self.policy, k), getattr(policy, k)) for k in sorted(changes)
+                if k in self.trade.policy or k in merged}
+        fields: dict[str, Any] = {"policy": merged}
+        why = "policy changed: " + ", ".join(f"{k} {_show(o)} -> {_show(n)}"
+                                             for k, (o, n) in diff.items())
+        going_live = self.shadow_book is not None and policy.mode != SHADOW
+        if going_live:   # from the broker's position as it is now: nothing is replayed
+            try:
+                found = await self.broker.call("positions", ticket=self.ticket)
+            except (BrokerError, TimeoutError) as exc:
+                raise NotReady(f"cannot re-read position {self.ticket} to go live: {exc}",
+                               retry_after=2.0) from exc
+            position = found[0] if found else None
+            fields.update(to_live(self.trade, position))
+            if position is not None:
+                why += (f"; live from the broker's position: sl {position.sl:g}, "
+                        f"volume {position.volume:g}")
+            self.acted_at = time.perf_counter()   # a poll from before this is stale
+        now = self.clock()
+        await self._persist(self.trade.copy(**fields, updated_at=now),
+                            Transition(self.ticket, now, self.trade.state.value,
+                                       self.trade.state.value, why))
+        self.policy = policy
+        if policy.mode == SHADOW and self.shadow_book is None:
+            self.shadow_book = ShadowBook()
+        elif policy.mode != SHADOW:
+            self.shadow_book = None
+        log.info("trade %s %s", self.ticket, why,
+                 extra={"ticket": self.ticket, "policy": merged, "live": going_live})
+        if self.view is not None:   # takes effect at the next evaluation: now
+            self._watch(self.view, Watch(), again=True)
+        return self.trade.view(self.settings.policy.mode)
 
     async def _settle(self, record: ActionRecord, status: str, changes: dict | None = None,
                       retcode: int = 0, result: dict | None = None) -> None:
@@ -562,5 +666,13 @@ class TradeActor(Cell):
         await self._persist(self.trade.copy(action_seq=seq, obligations=obligations),
                             actions=(record,))
         await self._execute(intent, record, view)
-        if self.trade.hedge_ticket:
+        if self.trade.hedge_ticket and self.shadow_book is None:
             raise NotReady("the hedge is still open")
+        if self.trade.hedge_ticket:   # shadow never sends: the real hedge stays open
+            log.warning("trade %s closed in shadow mode: its hedge %s stays open at the broker",
+                        self.ticket, self.trade.hedge_ticket,
+                        extra={"ticket": self.ticket, "hedge_ticket": self.trade.hedge_ticket})
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)

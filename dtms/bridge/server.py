@@ -104,8 +104,13 @@ def encode(value: Any) -> Any:
     return value
 
 
-_TUPLE_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
+_TUPLE_TYPES: dict[tuple[str, tuple[str, ...]], Any] = {}
 MAX_TUPLE_TYPES = 256   # the package has about a dozen result types
+
+
+def _named_tuple(name: str, names: tuple[str, ...]) -> Any:
+    """A named tuple class made at run time from the peer's type name and field names."""
+    return namedtuple(name, names)  # the names are the peer's, not literals
 
 
 def decode(value: Any, known: Mapping[str, type] | None = None) -> Any:
@@ -118,17 +123,17 @@ def decode(value: Any, known: Mapping[str, type] | None = None) -> Any:
         if "__nt__" in value:
             name, fields = value["__nt__"], [decode(v, known) for v in value["fields"]]
             names = tuple(value.get("names") or ())
-            cls = (known or {}).get(name)
-            if cls is not None and (not names or tuple(cls._fields) == names):
-                return cls(*fields)
+            given: Any = (known or {}).get(name)
+            if given is not None and (not names or tuple(given._fields) == names):
+                return given(*fields)
             if not names:
                 raise ValueError(f"unknown named tuple {name!r}")
-            cls = _TUPLE_TYPES.get((name, names))
-            if cls is None:
-                cls = namedtuple(name, names)
+            made: Any = _TUPLE_TYPES.get((name, names))
+            if made is None:
+                made = _named_tuple(name, names)
                 if len(_TUPLE_TYPES) < MAX_TUPLE_TYPES:   # a bound, whatever a peer sends
-                    _TUPLE_TYPES[(name, names)] = cls
-            return cls(*fields)
+                    _TUPLE_TYPES[(name, names)] = made
+            return made(*fields)
         if "__dt__" in value:
             return datetime.fromtimestamp(value["__dt__"], UTC).replace(tzinfo=None)
         return {k: decode(v, known) for k, v in value.items()}

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib
 import struct
 import threading
@@ -283,7 +284,8 @@ class MT5Adapter:
         to the terminal's thread however many tickets are asked about."""
         found: dict[int, Position] = {}
         for ticket in tickets:
-            rows = self._call("positions_get", lambda t=ticket: self.mt5.positions_get(ticket=t))
+            rows = self._call("positions_get",
+                              functools.partial(self.mt5.positions_get, ticket=ticket))
             if rows:
                 found[ticket] = self._position(rows[0])
         return found

@@ -1,6 +1,8 @@
 """The client commands (``health``, ``status``, ``register``, ``trade``, ``trades``,
-``transitions``, ``restarts``, ``actions``, ``pause``, ``resume``, ``unregister``): one call to the
-service each, its answer printed, its error mapped to an exit code."""
+``transitions``, ``restarts``, ``actions``, ``pause``, ``resume``, ``unregister``, ``policy``,
+``shadow``): one call to the service each, its answer printed -- a table for the listings
+(:mod:`dtms.cli.tables`; ``--json`` for the service's map), JSON for the rest -- and its error
+mapped to an exit code."""
 
 from __future__ import annotations
 
@@ -10,17 +12,50 @@ import sys
 from typing import Any
 
 from dtms import config
+from dtms.cli import tables
 from dtms.cli.common import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,
     EXIT_NOT_READY,
     EXIT_OK,
     EXIT_USAGE,
-    format_trades,
     print_json,
 )
 from dtms.cli.watch import watch
 from dtms.errors import DtmsError
+
+
+def _query(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The wire arguments of ``names`` that were given (None: the service's default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _listing(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
+    """The service's answer to a listing command, and what to print for people."""
+    cmd = args.command
+    if cmd == "trades":
+        query = {"limit": args.limit, "offset": args.offset, "market": True,
+                 **_query(args, "state", "symbol")}
+        if args.open:
+            query["open_only"] = True
+        result = client.trades(**query)
+        rows = result["trades"]
+        return result, [tables.trades_table(rows), tables.count_line(len(rows), "trade")]
+    if cmd == "actions":
+        result = client.call("actions", _query(args, "ticket", "limit", "since"))
+        rows = result["actions"]
+        return result, [tables.actions_table(rows), tables.count_line(len(rows), "action")]
+    if cmd == "transitions":
+        result = client.call("transitions", _query(args, "ticket", "limit", "since"))
+        rows = result["transitions"]
+        return result, [tables.transitions_table(rows),
+                        tables.count_line(len(rows), "transition")]
+    if cmd == "restarts":
+        result = client.call("restarts", _query(args, "limit", "kind", "since"))
+        rows = result["restarts"]
+        return result, [tables.restarts_table(rows), tables.count_line(len(rows), "restart")]
+    result = client.call("shadow_report", _query(args, "ticket", "since"))
+    return result, [tables.shadow_table(result)]
 
 
 def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -28,7 +63,10 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
 
     cmd = args.command
     if cmd == "watch":
-        return watch(settings, limit=args.limit)
+        return watch(settings, limit=args.limit, refresh_s=args.refresh)
+    if cmd in ("pause", "resume", "policy") and args.all == (args.ticket is not None):
+        print(f"dtms {cmd}: give a ticket or --all", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with SyncClient.from_settings(settings, retries=1) as client:
             if cmd == "health":
@@ -38,48 +76,25 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
             if cmd == "status":
                 print_json(client.status())
             elif cmd == "register":
-                fields = {k: getattr(args, k) for k in ("symbol", "direction", "entry_price",
-                                                        "volume", "sl", "tp", "strategy_type",
-                                                        "owner", "magic", "comment")}
-                trade = {"ticket": args.ticket, **{k: v for k, v in fields.items() if v is not None}}
-                print_json(client.register(trade))
+                fields = _query(args, "symbol", "direction", "entry_price", "volume", "sl", "tp",
+                                "strategy_type", "owner", "magic", "comment")
+                if args.policy:
+                    fields["policy"] = dict(args.policy)
+                print_json(client.register({"ticket": args.ticket, **fields}))
             elif cmd == "trade":
-                print_json(client.trade(args.ticket))
-            elif cmd == "trades":
-                filters: dict[str, Any] = {"limit": args.limit, "offset": args.offset}
-                if args.state:
-                    filters["state"] = args.state
-                if args.symbol:
-                    filters["symbol"] = args.symbol
-                if args.open:
-                    filters["open_only"] = True
-                result = client.trades(**filters)
+                print_json(client.call("trade", {"ticket": args.ticket, "market": True}))
+            elif cmd in ("trades", "actions", "transitions", "restarts", "shadow"):
+                result, shown = _listing(client, args)
                 if args.json:
                     print_json(result)
                 else:
-                    print(format_trades(result["trades"]))
-            elif cmd == "transitions":
-                print_json(client.call("transitions", {"ticket": args.ticket}))
-            elif cmd == "restarts":
-                query: dict[str, Any] = {"limit": args.limit}
-                if args.kind:
-                    query["kind"] = args.kind
-                if args.since is not None:
-                    query["since"] = args.since
-                print_json(client.call("restarts", query))
-            elif cmd == "actions":
-                query = {"limit": args.limit}
-                if args.ticket is not None:
-                    query["ticket"] = args.ticket
-                if args.since is not None:
-                    query["since"] = args.since
-                print_json(client.call("actions", query))
-            elif cmd in ("pause", "resume") and args.all == (args.ticket is not None):
-                print(f"dtms {cmd}: give a ticket or --all", file=sys.stderr)
-                return EXIT_USAGE
+                    tables.show(*shown)
             elif cmd in ("pause", "resume"):
                 print_json(client.call(cmd, {"all": True} if args.all
                                         else {"ticket": args.ticket}))
+            elif cmd == "policy":
+                target = {"all": True} if args.all else {"ticket": args.ticket}
+                print_json(client.call("set_policy", {**target, "policy": dict(args.changes)}))
             elif cmd == "unregister":
                 print_json(client.call(cmd, {"ticket": args.ticket}))
     except DtmsError as err:

@@ -1,10 +1,14 @@
-"""What every ``dtms`` command shares: exit codes, the demo constants, and output helpers
-(JSON for scripts, a fixed-width table of trades for people)."""
+"""What every ``dtms`` command shares: exit codes, JSON output for scripts, and ``--since``
+parsing (tables for people are in :mod:`dtms.cli.tables`)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from dtms.metrics import ACTOR_KINDS
@@ -20,17 +24,31 @@ def print_json(value: Any, stream: Any = None) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
 
 
-def format_trades(trades: list[dict[str, Any]]) -> str:
-    """A fixed-width table of trades for people."""
-    cols = [("TICKET", "ticket", "{}"), ("SYMBOL", "symbol", "{}"), ("DIR", "direction", "{}"),
-            ("VOLUME", "volume", "{:g}"), ("ENTRY", "entry_price", "{:g}"), ("SL", "sl", "{:g}"),
-            ("TP", "tp", "{:g}"), ("STATE", "state", "{}"), ("SCORE", "score", "{:g}"),
-            ("DEFENSIVE", "defensive", "{}"),
-            ("CLOSE", "close_reason", "{}"), ("OWNER", "owner", "{}")]
-    rows = [[h for h, _, _ in cols]]
-    rows += [[fmt.format(t.get(k, "")) if t.get(k, "") != "" else "-" for _, k, fmt in cols]
-             for t in trades]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"({len(trades)} trade{'s' if len(trades) != 1 else ''})")
-    return "\n".join(lines)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_SINCE_HELP = ("a duration back from now (30s, 10m, 2h, 1d, 1w), an ISO time (2026-12-01T10:00, "
+               "UTC unless it names its offset) or a Unix timestamp")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since`` as the wire's epoch seconds: ``10m`` / ``2h`` back from ``now``, an ISO time
+    (naive = UTC), or a Unix timestamp; raises ValueError naming the forms it takes."""
+    t = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", t.lower())
+    if m:
+        now = time.time() if now is None else now
+        return max(0.0, now - float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        value = float(t)
+    except ValueError:
+        pass
+    else:
+        if value >= 0 and math.isfinite(value):
+            return value
+        raise ValueError(f"must be {_SINCE_HELP}, got {text!r}")
+    try:
+        moment = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"must be {_SINCE_HELP}, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp())

@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Literal
+from typing import Literal, cast
 
 NAN = math.nan
 SECONDS_PER_DAY = 86_400
@@ -371,7 +371,8 @@ def structure(high: Sequence[float], low: Sequence[float], close: Sequence[float
         trend, event_index = direction, j
     return StructureState(
         trend=trend, last_event=event, last_event_index=event_index,
-        last_event_direction=None if event is None else trend,
+        # an event is only ever set together with a trend of "up" or "down"
+        last_event_direction=None if event is None else cast(Literal["up", "down"], trend),
         swing_high=None if sh is None else sh.price,
         swing_low=None if sl is None else sl.price,
         last_event_time=None if event is None or times is None else float(times[event_index]))

@@ -49,11 +49,12 @@ from dtms.model import ActionIntent, ActionKind, Direction, SymbolSpec, Trade, T
 if TYPE_CHECKING:
     from dtms.policy.signals import Score
 
-PENDING, DONE, FAILED, DEFERRED, SKIPPED, RETRY = (
-    "pending", "done", "failed", "deferred", "skipped", "retry")
+PENDING, DONE, FAILED, DEFERRED, SKIPPED, RETRY, SHADOW = (
+    "pending", "done", "failed", "deferred", "skipped", "retry", "shadow")
 #: outcomes after which the obligation is not offered again (deferred: until the actor sees
-#: the price leave the band and marks it RETRY; failed: until ``retry_after_s`` has passed)
-SETTLED = frozenset({PENDING, DONE, SKIPPED, DEFERRED})
+#: the price leave the band and marks it RETRY; failed: until ``retry_after_s`` has passed;
+#: shadow: journaled in shadow mode, until the trade goes live, see ``dtms.policy.shadow``)
+SETTLED = frozenset({PENDING, DONE, SKIPPED, DEFERRED, SHADOW})
 
 
 def failed(at: float) -> str:
@@ -397,7 +398,7 @@ def _protect_profit(plan: _Plan, p: PolicySettings) -> None:
     for i, (level, fraction) in enumerate(zip(p.partial_levels_r, p.partial_fractions,
                                               strict=False)):
         key = f"partial:{i}"
-        if plan.obligations.get(key) in (DONE, SKIPPED):
+        if plan.obligations.get(key) in (DONE, SKIPPED, SHADOW):
             continue
         if not plan.owes(key):
             break   # this rung is in flight or waiting to retry: the next one waits for it

@@ -38,6 +38,7 @@ score_cooldown_s           number            >= 0
 requote_retries            integer           0..10
 retry_after_s              number            > 0 (0 would resend a failed action at every tick)
 l2_close_repeat            bool              true / false
+mode                       string            "live" or "shadow" (decide and journal, never send)
 =========================  ================  ================================================
 
 Every number must be finite. The two ladder lists are checked after merging with the
@@ -109,8 +110,10 @@ BOUNDS: dict[str, Bound] = {
     "partial_levels_r": _POSITIVE, "partial_fractions": _FRACTION,
     "time_stop_min": _NON_NEGATIVE, "score_cooldown_s": _NON_NEGATIVE,
     "requote_retries": Bound(low=0, high=10), "retry_after_s": _POSITIVE,
-    "l2_close_repeat": _ANY,
+    "l2_close_repeat": _ANY, "mode": _ANY,
 }
+#: key -> the only strings it may be
+CHOICES: dict[str, tuple[str, ...]] = {"mode": ("live", "shadow")}
 TYPES: dict[str, Any] = typing.get_type_hints(PolicySettings)
 #: (lower key, higher key, strict): the ladder's thresholds must keep this order
 ORDER: tuple[tuple[str, str, bool], ...] = (
@@ -134,6 +137,11 @@ def _show(v: Any) -> str:
 def _typed(key: str, value: Any) -> Any:
     """The value as the field's type, or raise ValueError with the reason (no coercion)."""
     kind = TYPES[key]
+    if kind is str:
+        if not isinstance(value, str) or value not in CHOICES[key]:
+            raise ValueError(f"must be one of {', '.join(map(repr, CHOICES[key]))}, got "
+                             f"{type(value).__name__} {_show(value)}")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true/false, got {type(value).__name__} {_show(value)}")
@@ -175,6 +183,10 @@ def typing_problems(overrides: Mapping[Any, Any]) -> dict[str, str]:
 
 def _value_problem(key: str, value: Any) -> str | None:
     bound = BOUNDS[key]
+    if isinstance(value, str):
+        choices = CHOICES[key]
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}, " \
+                                             f"got {value!r}"
     if isinstance(value, bool):
         return None
     values = value if isinstance(value, tuple) else (value,)
@@ -281,5 +293,5 @@ def salvage_policy(base: PolicySettings, overrides: Mapping[str, Any]
             kept = {k: v for k, v in kept.items() if k not in bad}
 
 
-__all__ = ["BOUNDS", "ORDER", "policy_problems", "resolve_policy", "salvage_policy",
+__all__ = ["BOUNDS", "CHOICES", "ORDER", "policy_problems", "resolve_policy", "salvage_policy",
            "typing_problems"]

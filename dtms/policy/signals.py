@@ -232,11 +232,12 @@ def _lookup(mapping: Mapping[str, float], keys: Iterable[str], what: str) -> flo
             raise ValueError(f"{what} multipliers have conflicting keys for {k!r}")
         folded[k.casefold()] = v
     for key in keys:
-        v = folded.get(key.casefold())
-        if v is not None:
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{what} multiplier for {key!r} must be finite and > 0, got {v}")
-            return float(v)
+        found = folded.get(key.casefold())
+        if found is not None:
+            if not (math.isfinite(found) and found > 0):
+                raise ValueError(f"{what} multiplier for {key!r} must be finite and > 0, "
+                                 f"got {found}")
+            return float(found)
     return 1.0
 
 

@@ -18,6 +18,13 @@ def int_arg(args: dict[str, Any], name: str, *, default: int | None = None, low:
     return value
 
 
+def bool_arg(args: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = args.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidArgument("must be true or false", field=name)
+    return value
+
+
 def str_arg(args: dict[str, Any], name: str) -> str | None:
     value = args.get(name)
     if value is not None and (not isinstance(value, str) or len(value) > 64):

@@ -11,11 +11,13 @@ guard) lives in its own module and joins the table in :meth:`Methods.table`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from dtms.actors.base import ActorStopped
 from dtms.actors.registry import Pause, PauseAll, Register, Resume, Unregister
 from dtms.actors.store import (
     CountByState,
@@ -25,17 +27,21 @@ from dtms.actors.store import (
     ListTrades,
     ListTransitions,
 )
-from dtms.errors import DtmsError, InvalidArgument, NotFound, Overloaded
+from dtms.errors import BrokerError, DtmsError, InvalidArgument, NotFound, Overloaded
 from dtms.events import EVENTS
 from dtms.metrics import ACTOR_KINDS
 from dtms.model import TradeState, parse_registration
+from dtms.policy.figures import open_figures
 from dtms.policy.overrides import resolve_policy
-from dtms.rpc.args import int_arg, only, since_arg, str_arg
+from dtms.rpc.args import bool_arg, int_arg, only, since_arg, str_arg
+from dtms.rpc.policy import PolicyMethods
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection
 
 if TYPE_CHECKING:
     from dtms.service import Service
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 
@@ -50,7 +56,7 @@ class Methods:
         self.service = service
 
     def table(self) -> dict[str, Handler]:
-        return {
+        return {**PolicyMethods(self.service).table(),
             "health": self.health, "status": self.status, "register": self.register,
             "register_batch": self.register_batch, "trade": self.trade, "trades": self.trades,
             "transitions": self.transitions, "restarts": self.restarts,
@@ -86,6 +92,7 @@ class Methods:
         account = self.service.broker.account
         return {**self.service.health(), "trades_by_state": by_state,
                 "unknown_positions": list(self.service.watcher.unknown),
+                "mode": self.service.settings.policy.mode,   # a trade's policy may override it
                 "broker": {"backend": self.service.settings.broker.backend,
                            "login": account.login if account else 0,
                            "server": account.server if account else "",
@@ -131,15 +138,38 @@ class Methods:
                 "failed": sum(1 for r in results if not r["ok"])}
 
     async def trade(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"ticket"})
+        only(args, {"ticket", "market"})
         ticket = int_arg(args, "ticket", low=1)
+        market = bool_arg(args, "market")
         trade = await self.service.store.ask(GetTrade(ticket))
         if trade is None:
             raise NotFound(f"ticket {ticket} is not registered with DTMS", field="ticket")
-        return trade.view()
+        # the figures cost a terminal call: asked for (the CLI, the web view), not by default
+        # (a client's verify-after-register reads every trade it registers)
+        return (await self.with_figures([trade]))[0] if market else self.view(trade)
+
+    def view(self, trade: Any) -> dict[str, Any]:
+        """A trade's wire view, with the ``mode`` it is managed in (its override or the
+        configured ``policy.mode``)."""
+        return trade.view(self.service.settings.policy.mode)
+
+    async def with_figures(self, trades: list[Any]) -> list[dict[str, Any]]:
+        """The views of ``trades``, each open one with its price, open P/L and R read from the
+        broker's positions in one call (None where the broker cannot say)."""
+        views = [self.view(t) for t in trades]
+        open_ = [t.ticket for t in trades if t.state is not TradeState.CLOSED]
+        positions: dict[int, Any] = {}
+        if open_:
+            try:
+                positions = await self.service.broker.call("positions_of", tickets=open_)
+            except (BrokerError, DtmsError, TimeoutError, ActorStopped) as exc:   # figures only
+                log.warning("open figures unavailable: %s", exc)
+        for t, view in zip(trades, views, strict=True):
+            view.update(open_figures(t, positions.get(t.ticket)))
+        return views
 
     async def trades(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"state", "symbol", "limit", "offset", "open_only"})
+        only(args, {"state", "symbol", "limit", "offset", "open_only", "market"})
         state = str_arg(args, "state")
         if state is not None:
             state = state.upper()
@@ -152,9 +182,10 @@ class Methods:
         open_only = args.get("open_only", False)
         if not isinstance(open_only, bool):
             raise InvalidArgument("must be true or false", field="open_only")
+        market = bool_arg(args, "market")
         trades = await self.service.store.ask(ListTrades(state, symbol, open_only, limit, offset))
-        return {"trades": [t.view() for t in trades], "count": len(trades), "offset": offset,
-                "limit": limit}
+        views = await self.with_figures(trades) if market else [self.view(t) for t in trades]
+        return {"trades": views, "count": len(trades), "offset": offset, "limit": limit}
 
     async def pause(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.set_paused(args, True)
@@ -190,11 +221,12 @@ class Methods:
         return {"actions": [dataclasses.asdict(a) for a in rows]}
 
     async def transitions(self, args: dict[str, Any]) -> dict[str, Any]:
-        only(args, {"ticket", "limit"})
+        only(args, {"ticket", "limit", "since"})
         ticket = int_arg(args, "ticket", low=1)
         limit = int_arg(args, "limit", default=100, low=1, high=MAX_PAGE)
-        return {"ticket": ticket,
-                "transitions": await self.service.store.ask(ListTransitions(ticket, limit))}
+        since = since_arg(args)
+        return {"ticket": ticket, "transitions": await self.service.store.ask(
+            ListTransitions(ticket, limit, since))}
 
     async def restarts(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"limit", "since", "kind"})

@@ -60,7 +60,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
@@ -297,7 +297,8 @@ class RpcServer:
                      "required" if self._token else "off")
             async with anyio.create_task_group() as tg:
                 for sub in listener.listeners:
-                    tg.start_soon(self._accept_loop, sub, tg)
+                    # each is a SocketListener (create_tcp_listener's MultiListener holds them)
+                    tg.start_soon(self._accept_loop, cast(SocketListener, sub), tg)
                 task_status.started(self.port)
         finally:
             with anyio.CancelScope(shield=True):
@@ -498,9 +499,9 @@ class RpcServer:
             trace_id = _new_trace_id()
             log.exception("rpc handler for %r (msgid %d, connection %d) failed trace_id=%s",
                           req.method[:60], req.msgid, conn.id, trace_id)
-            err = Internal(f"internal error ({type(exc).__name__}); see server log",
-                           trace_id=trace_id)
-            return self._encode_error(req, err), err.code
+            internal = Internal(f"internal error ({type(exc).__name__}); see server log",
+                                trace_id=trace_id)
+            return self._encode_error(req, internal), internal.code
 
     def _encode_error(self, req: Request, err: DtmsError) -> bytes:
         try:

@@ -7,7 +7,7 @@ activation (limit, stop, stop-limit) and expiration of pending orders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import constants as c
 from .ledger import COMMENT_MAX, PendingOrder
@@ -16,7 +16,48 @@ from .symbols import SymbolSpec
 from .types import OrderSendResult, TradeRequest
 
 if TYPE_CHECKING:
-    from .trading import TradeEngine
+    from .ledger import Ledger, Position
+    from .market import Market, SymbolState
+    from .types import SimConfig
+
+
+class _Engine(Protocol):
+    """The mixin's self type: what it uses of :class:`~.trading.TradeEngine` (a Protocol, as
+    mypy's docs advise for mixins, so that ``self`` is checked without an import cycle)."""
+    config: SimConfig
+    market: Market
+    ledger: Ledger
+
+    @property
+    def hedging(self) -> bool: ...
+    def now_msc(self) -> int: ...
+    def equity(self) -> float: ...
+    def used_margin(self) -> float: ...
+    def symbol_state(self, symbol: str) -> SymbolState: ...
+    def check_session(self, state: SymbolState) -> None: ...
+    def check_volume(self, spec: SymbolSpec, volume: float) -> None: ...
+    def check_filling(self, spec: SymbolSpec, filling: int) -> None: ...
+    def check_direction_allowed(self, spec: SymbolSpec, order_type: int) -> None: ...
+    def normalized(self, spec: SymbolSpec, price: float) -> float: ...
+    def check_stops(self, spec: SymbolSpec, pos_type: int, ref: float, sl: float,
+                    tp: float) -> None: ...
+    def _commit_point(self, margin: float = 0.0) -> None: ...
+    def netting_position(self, symbol: str) -> Position | None: ...
+    def execute(self, spec: SymbolSpec, order_type: int, volume: float, price: float,
+                sl: float, tp: float, magic: int, comment: str, pos: Position | None,
+                reason: int, order_ticket: int | None = None,
+                record_order: bool = True) -> tuple[int, int]: ...
+    def close_part(self, pos: Position, volume: float, price: float, order_ticket: int,
+                   reason: int, magic: int, comment: str, entry: int = ...) -> int: ...
+    # the mixin's own, called on self
+    def _price_on_grid(self, spec: SymbolSpec, price: float) -> float: ...
+    def _pending_levels(self, spec: SymbolSpec, order_type: int, req: TradeRequest,
+                        bid: float, ask: float) -> tuple[float, float, float, float]: ...
+    def _expiration(self, spec: SymbolSpec, req: TradeRequest) -> int: ...
+    def _frozen(self, order: PendingOrder, bid: float, ask: float) -> bool: ...
+    def _active_order(self, ticket: int) -> PendingOrder: ...
+    def _order_price(self, order: PendingOrder) -> float: ...
+    def _fill_pending(self, order: PendingOrder, price: float) -> None: ...
 
 _BUY_SIDE = (c.ORDER_TYPE_BUY_LIMIT, c.ORDER_TYPE_BUY_STOP, c.ORDER_TYPE_BUY_STOP_LIMIT)
 _ORDER_MODE_FLAG = {
@@ -45,12 +86,12 @@ def activation_distance(order_type: int, price: float, bid: float, ask: float,
 class PendingOrders:
     """Mixin: pending-order actions and events of TradeEngine."""
 
-    def _price_on_grid(self: TradeEngine, spec: SymbolSpec, price: float) -> float:
+    def _price_on_grid(self: _Engine, spec: SymbolSpec, price: float) -> float:
         if price <= 0 or abs(price / spec.point - round(price / spec.point)) > 1e-4:
             raise Rejected(c.TRADE_RETCODE_INVALID_PRICE)
         return round(price, spec.digits)
 
-    def _pending_levels(self: TradeEngine, spec: SymbolSpec, order_type: int, req: TradeRequest,
+    def _pending_levels(self: _Engine, spec: SymbolSpec, order_type: int, req: TradeRequest,
                         bid: float, ask: float) -> tuple[float, float, float, float]:
         """Validated (price, stoplimit, sl, tp) of a new or modified pending order."""
         price = self._price_on_grid(spec, req.price)
@@ -71,7 +112,7 @@ class PendingOrders:
         self.check_stops(spec, pos_type, fill_price, sl, tp)
         return price, stoplimit, sl, tp
 
-    def _expiration(self: TradeEngine, spec: SymbolSpec, req: TradeRequest) -> int:
+    def _expiration(self: _Engine, spec: SymbolSpec, req: TradeRequest) -> int:
         if req.type_time not in range(4) or not spec.expiration_mode & (1 << req.type_time):
             raise Rejected(c.TRADE_RETCODE_INVALID_EXPIRATION)
         now = int(self.market.now)
@@ -85,7 +126,7 @@ class PendingOrders:
             return req.expiration - req.expiration % _DAY + _DAY
         return req.expiration
 
-    def _frozen(self: TradeEngine, order: PendingOrder, bid: float, ask: float) -> bool:
+    def _frozen(self: _Engine, order: PendingOrder, bid: float, ask: float) -> bool:
         spec = self.market.symbols[order.symbol].spec
         if spec.freeze_level <= 0:
             return False
@@ -93,7 +134,7 @@ class PendingOrders:
         return dist <= spec.freeze_level + 1e-6
 
     # --- TRADE_ACTION_PENDING --------------------------------------------------------
-    def _pending(self: TradeEngine, req: TradeRequest, request_id: int) -> OrderSendResult:
+    def _pending(self: _Engine, req: TradeRequest, request_id: int) -> OrderSendResult:
         state = self.symbol_state(req.symbol)
         spec = state.spec
         if req.type not in _ORDER_MODE_FLAG or not spec.order_mode & _ORDER_MODE_FLAG[req.type]:
@@ -119,14 +160,14 @@ class PendingOrders:
         return send_result(req, c.TRADE_RETCODE_DONE, request_id, order=ticket,
                            volume=req.volume)
 
-    def _active_order(self: TradeEngine, ticket: int) -> PendingOrder:
+    def _active_order(self: _Engine, ticket: int) -> PendingOrder:
         order = self.ledger.orders.get(ticket)
         if order is None:
             raise Rejected(c.TRADE_RETCODE_INVALID)
         return order
 
     # --- TRADE_ACTION_MODIFY ---------------------------------------------------------
-    def _modify(self: TradeEngine, req: TradeRequest, request_id: int) -> OrderSendResult:
+    def _modify(self: _Engine, req: TradeRequest, request_id: int) -> OrderSendResult:
         order = self._active_order(req.order)
         state = self.market.symbols[order.symbol]
         spec = state.spec
@@ -146,7 +187,7 @@ class PendingOrders:
         return send_result(req, c.TRADE_RETCODE_DONE, request_id, order=order.ticket)
 
     # --- TRADE_ACTION_REMOVE ---------------------------------------------------------
-    def _remove(self: TradeEngine, req: TradeRequest, request_id: int) -> OrderSendResult:
+    def _remove(self: _Engine, req: TradeRequest, request_id: int) -> OrderSendResult:
         order = self._active_order(req.order)
         state = self.market.symbols[order.symbol]
         self.check_session(state)
@@ -158,7 +199,7 @@ class PendingOrders:
         return send_result(req, c.TRADE_RETCODE_DONE, request_id, order=order.ticket)
 
     # --- TRADE_ACTION_CLOSE_BY -------------------------------------------------------
-    def _close_by(self: TradeEngine, req: TradeRequest, request_id: int) -> OrderSendResult:
+    def _close_by(self: _Engine, req: TradeRequest, request_id: int) -> OrderSendResult:
         if not self.hedging:
             raise Rejected(c.TRADE_RETCODE_INVALID)
         pos = self.ledger.positions.get(req.position)
@@ -193,11 +234,11 @@ class PendingOrders:
                            volume=volume, price=price)
 
     # --- events ----------------------------------------------------------------------
-    def _order_price(self: TradeEngine, order: PendingOrder) -> float:
+    def _order_price(self: _Engine, order: PendingOrder) -> float:
         stream = self.market.symbols[order.symbol].stream
         return stream.ask if order.type in _BUY_SIDE else stream.bid
 
-    def trigger_pending(self: TradeEngine, symbol: str) -> None:
+    def trigger_pending(self: _Engine, symbol: str) -> None:
         """Activate the pending orders of `symbol` whose price the market has reached."""
         state = self.market.symbols[symbol]
         if not state.market_open:
@@ -214,7 +255,7 @@ class PendingOrders:
                 continue
             self._fill_pending(order, ask if order.type in _BUY_SIDE else bid)
 
-    def _fill_pending(self: TradeEngine, order: PendingOrder, price: float) -> None:
+    def _fill_pending(self: _Engine, order: PendingOrder, price: float) -> None:
         spec = self.market.symbols[order.symbol].spec
         side = c.ORDER_TYPE_BUY if order.type in _BUY_SIDE else c.ORDER_TYPE_SELL
         pos = None if self.hedging else self.netting_position(order.symbol)
@@ -232,7 +273,7 @@ class PendingOrders:
         self.ledger.archive_order(order, c.ORDER_STATE_FILLED, self.now_msc(), price,
                                   position_id=position_id)
 
-    def expire_pending(self: TradeEngine) -> None:
+    def expire_pending(self: _Engine) -> None:
         """Move pending orders past their expiration to the history as EXPIRED."""
         now = self.market.now
         for order in list(self.ledger.orders.values()):
