@@ -17,7 +17,9 @@ owes new duties) except the lifetime ones, which a state change never resets:
   owed again at every re-entry into WARNING_L2) and the hedge (``hedge``: once per trade, always;
   a trade that declines again after a recovery has its L2 stop and the flat timer, not a second
   hedge), and each partial-profit rung (``partial:<i>``);
-- breakeven (``sl:breakeven``).
+- breakeven (``sl:breakeven``);
+- a close ordered from outside the policy (``guard:close`` by the account guard,
+  ``request:close`` by a person's ``close``/``flatten``): a position is closed once.
 
 Stop tightening (``sl:L1``, ``sl:L2``) is per episode: it is offered again at each entry, which
 costs nothing, as a stop is only ever moved tighter. A lifetime cut that never filled (failed,
@@ -60,7 +62,9 @@ def failed(at: float) -> str:
     """The status of an obligation whose action failed at market time ``at``."""
     return f"{FAILED}:{at:.0f}"
 #: obligations that live as long as the trade (not reset by a state change); see the docstring
-LIFETIME_KEYS = frozenset({"sl:breakeven", "L2:partial", "hedge"})
+LIFETIME_KEYS = frozenset({"sl:breakeven", "L2:partial", "hedge",
+                           # closes ordered by the account guard or a person (``trade.Act``)
+                           "guard:close", "request:close"})
 LIFETIME_PREFIXES = ("partial:",)
 
 
@@ -429,7 +433,7 @@ def after_fill(trade: Trade, intent: ActionIntent, *, volume: float, hedge_ticke
                sl: float | None = None, hedging: bool = True) -> dict[str, Any]:
     """The trade fields an executed intent changes (the broker's position stays the truth)."""
     if intent.kind is ActionKind.MODIFY_SL and sl is not None:
-        return {"sl": sl}
+        return {"sl": sl, **({"tp": intent.tp} if intent.tp > 0 else {})}
     if intent.kind is ActionKind.PARTIAL_CLOSE or (intent.kind is ActionKind.HEDGE
                                                     and not hedging):
         return {"volume": max(0.0, round(trade.volume - volume, 8))}

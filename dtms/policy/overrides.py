@@ -38,6 +38,10 @@ score_cooldown_s           number            >= 0
 requote_retries            integer           0..10
 retry_after_s              number            > 0 (0 would resend a failed action at every tick)
 l2_close_repeat            bool              true / false
+attach_sl_atr              number            > 0 (ATRs; the floor of a trade without an SL)
+attach_sl_points           number            >= 0 (points; 0 = use attach_sl_atr)
+max_loss_r                 number            >= 0 (R; 0 = off)
+max_spread_mult            number            >= 0 (x the median spread; 0 = off)
 =========================  ================  ================================================
 
 Every number must be finite. The two ladder lists are checked after merging with the
@@ -110,6 +114,8 @@ BOUNDS: dict[str, Bound] = {
     "time_stop_min": _NON_NEGATIVE, "score_cooldown_s": _NON_NEGATIVE,
     "requote_retries": Bound(low=0, high=10), "retry_after_s": _POSITIVE,
     "l2_close_repeat": _ANY,
+    "attach_sl_atr": _POSITIVE, "attach_sl_points": _NON_NEGATIVE,
+    "max_loss_r": _NON_NEGATIVE, "max_spread_mult": _NON_NEGATIVE,
 }
 TYPES: dict[str, Any] = typing.get_type_hints(PolicySettings)
 #: (lower key, higher key, strict): the ladder's thresholds must keep this order

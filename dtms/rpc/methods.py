@@ -31,6 +31,7 @@ from dtms.metrics import ACTOR_KINDS
 from dtms.model import TradeState, parse_registration
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.args import int_arg, only, since_arg, str_arg
+from dtms.rpc.guard import GuardMethods
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection
 
@@ -56,6 +57,7 @@ class Methods:
             "transitions": self.transitions, "restarts": self.restarts,
             "pause": self.pause, "resume": self.resume, "unregister": self.unregister,
             "actions": self.actions,
+            **GuardMethods(self.service).table(),
         }
 
     def connection_table(self) -> dict[str, ConnectionHandler]:
