@@ -297,9 +297,10 @@ def evaluate(snap: AccountSnapshot, state: GuardState, cfg: GuardSettings,
 def _new_day(plan: _Plan, cfg: GuardSettings, tz: ZoneInfo) -> None:
     s, snap = plan.state, plan.snap
     day = server_day(snap.now, tz, cfg.day_reset_hour)
-    if not s.day:   # the first sight of the account
+    if not s.day:   # the first sight of the account: a floating loss then is a drawdown too
         s = dataclasses.replace(s, initial_balance=s.initial_balance or cfg.initial_balance
-                                or snap.balance, equity_peak=max(s.equity_peak, snap.equity))
+                                or snap.balance,
+                                equity_peak=max(s.equity_peak, snap.equity, snap.balance))
     if s.locked and s.until and snap.now >= s.until:
         plan.events.append(("guard.unlocked", {"reason": f"the day reset at "
                                                f"{cfg.day_reset_hour:02d}:00 server time ended "
@@ -313,8 +314,9 @@ def _new_day(plan: _Plan, cfg: GuardSettings, tz: ZoneInfo) -> None:
 
 
 def _unlocked(s: GuardState) -> GuardState:
+    # ``closing`` stays: a close ordered before is never ordered again while it is open
     return dataclasses.replace(s, locked=False, kind="", reason="", since=0.0, until=0.0,
-                               at_lock=(), closing=())
+                               at_lock=())
 
 
 def _lock(plan: _Plan, kind: str, reason: str, until: float) -> None:
@@ -397,7 +399,8 @@ def _weekend(plan: _Plan, cfg: GuardSettings, tz: ZoneInfo) -> None:
 
 def _risk_budget(plan: _Plan, fig: Figures) -> None:
     assert fig.allowance is not None
-    if fig.open_risk <= fig.allowance + _EPS:
+    naked = any(p.managed and p.sl <= 0 for p in plan.snap.positions)
+    if fig.open_risk <= fig.allowance + _EPS and not naked:
         return
     _cap_risk(plan, fig.allowance, f"risk budget: the loss if every stop is hit "
                                    f"({fig.open_risk:.2f}) exceeds what is left of the daily "
