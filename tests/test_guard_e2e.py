@@ -1,0 +1,239 @@
+"""The account guard end to end (issue 15): scripted price paths on the simulated terminal,
+through the real stack (guard actor, trade actors, broker actor, store) over real TCP.
+
+Each test counts the terminal's own deals: a breach closes every position it should exactly
+once (one exit deal carrying DTMS's magic and a ``DTMS:<ticket>:...`` comment).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from dtms.brokers.sim import constants as c
+from dtms.errors import DtmsError
+from tests.conftest import client_for, eventually, running
+from tests.test_scenarios import START, make_sim, play, position
+
+pytestmark = pytest.mark.anyio
+MAGIC = 770077
+#: the day resets at 09:00 UTC: START (08:00) is in the day that began 2024-06-02 09:00
+RESET = datetime(2024, 6, 3, 9, 0, tzinfo=UTC).timestamp()
+
+
+def guard_settings(settings, **guard: Any):
+    return settings.replace(guard={"poll_s": 0.05, **guard})
+
+
+def exits(sim, ticket: int) -> list[Any]:
+    return [d for d in (sim.history_deals_get(position=ticket) or ())
+            if d.entry == c.DEAL_ENTRY_OUT]
+
+
+def guard_rows(path: str) -> dict[str, Any]:
+    db = sqlite3.connect(path)
+    [(value,)] = db.execute("SELECT value FROM meta WHERE key = 'guard'").fetchall()
+    db.close()
+    return json.loads(value)
+
+
+def actions(path: str, ticket: int) -> list[tuple]:
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT kind, obligation, status, retcode FROM actions WHERE ticket = ? "
+                      "ORDER BY seq", (ticket,)).fetchall()
+    db.close()
+    return rows
+
+
+async def test_a_day_that_breaches_the_daily_limit_closes_every_managed_position_once_and_locks(
+        engine_settings):
+    s = guard_settings(engine_settings, daily_loss_limit=100.0, day_reset_hour=9)
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10)
+    b = sim.open_position("EURUSD", "BUY", 0.10)
+    other = sim.open_position("EURUSD", "BUY", 0.10)   # not DTMS's: close_managed leaves it
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (a, b):
+            await cl.register({"ticket": t})
+        view = await cl.call("guard")
+        assert (view["locked"], view["day"], view["daily_limit"]) == (False, "2024-06-02", 100.0)
+        assert view["allowance"] == pytest.approx(100.0 + view["daily_pnl"])
+        # three 0.10 BUYs at 1.08512: at bid 1.08100 the day is 123.60 down
+        await play(svc, sim, [1.08400, 1.08300, 1.08200, 1.08100])
+        await eventually(lambda: position(sim, a) is None and position(sim, b) is None)
+        g = await eventually(lambda: _locked(cl))
+        assert g["reason"] == "daily loss 123.60 reached the limit 100.00"
+        assert (g["since"], g["until"]) == (sim.symbol_info_tick("EURUSD").time, RESET)
+        assert position(sim, other) is not None
+        for t in (a, b):
+            [deal] = exits(sim, t)
+            assert (deal.magic, deal.comment) == (MAGIC, f"DTMS:{t}:1")
+            assert actions(s.store.path, t) == [("CLOSE", "guard:close", "done", 10009)]
+            view = await eventually(lambda t=t: _closed(cl, t))
+            assert view["close_reason"] == "GUARD"
+        health = await cl.call("health")
+        assert health["ready"] is True
+        assert health["guard"] == {"locked": True, "reason": g["reason"], "since": g["since"],
+                                   "until": RESET}
+        assert (await cl.trade(a))["guard"]["locked"] is True
+        assert svc.metrics.guard_locked._value.get() == 1
+        assert svc.metrics.guard_breaches.labels("daily_loss")._value.get() == 1
+
+        # while locked: a new position, registered or not, is closed when it appears
+        late = sim.open_position("EURUSD", "SELL", 0.05)
+        await eventually(lambda: position(sim, late) is None)
+        [deal] = exits(sim, late)
+        assert (deal.magic, deal.comment) == (MAGIC, f"DTMS:{late}:G1")
+        late2 = sim.open_position("EURUSD", "BUY", 0.05)
+        await cl.register({"ticket": late2})   # registrations are still taken
+        await eventually(lambda: position(sim, late2) is None)
+        assert len(exits(sim, late2)) == 1
+        assert len(exits(sim, other)) == 0     # it was open at the lock: close_managed keeps it
+        rows = [r for r in guard_rows(s.store.path)["journal"].values()]
+        assert [(r["ticket"], r["status"], r["retcode"]) for r in rows if r["ticket"] == late] == [
+            (late, "done", 10009)]
+
+        # the lock holds until the simulated day reset at 09:00 ...
+        sim.advance(RESET - 60 - sim.sim_time)
+        await play(svc, sim, [1.08100])
+        assert (await cl.call("guard"))["locked"] is True
+        # ... and not after it
+        await play(svc, sim, [1.08100], interval=120.0)
+        g = await eventually(lambda: _unlocked(cl))
+        assert g["day"] == "2024-06-03"
+        after = sim.open_position("EURUSD", "BUY", 0.05)
+        await play(svc, sim, [1.08100, 1.08110])
+        assert position(sim, after) is not None
+        for t in (a, b, late, late2):       # nothing was closed twice, whatever came after
+            assert len(exits(sim, t)) == 1
+        history = guard_rows(s.store.path)["history"]
+        assert [h["event"] for h in history] == ["guard.locked", "guard.unlocked"]
+        assert history[1]["by"] == "guard"
+
+
+async def _locked(cl) -> dict | None:
+    g = await cl.call("guard")
+    return g if g["locked"] else None
+
+
+async def _unlocked(cl) -> dict | None:
+    g = await cl.call("guard")
+    return None if g["locked"] else g
+
+
+async def _closed(cl, ticket: int) -> dict | None:
+    view = await cl.trade(ticket)
+    return view if view["state"] == "CLOSED" else None
+
+
+async def test_close_flatten_and_modify_over_the_wire(engine_settings):
+    s = guard_settings(engine_settings)
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08300)
+    b = sim.open_position("EURUSD", "SELL", 0.10, sl=1.08700)
+    c_ = sim.open_position("EURUSD", "BUY", 0.10)
+    stranger = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (a, b, c_):
+            await cl.register({"ticket": t})
+        await play(svc, sim, [1.08500])
+        # a looser stop without force: refused naming sl, nothing sent
+        with pytest.raises(DtmsError) as err:
+            await cl.call("modify", {"ticket": a, "sl": 1.08200})
+        assert (err.value.code, err.value.details["field"]) == ("INVALID_ARGUMENT", "sl")
+        assert position(sim, a).sl == 1.08300
+        assert actions(s.store.path, a) == []
+        # tighter: done, the TP too
+        out = await cl.call("modify", {"ticket": a, "sl": 1.08400, "tp": 1.09000})
+        assert (out["result"], out["retcode"]) == ("done", 10009)
+        assert (position(sim, a).sl, position(sim, a).tp) == (1.08400, 1.09000)
+        # forced looser: done and recorded with who
+        out = await cl.call("modify", {"ticket": a, "sl": 1.08250, "force": True, "by": "ops"})
+        assert out["result"] == "done" and position(sim, a).sl == 1.08250
+        forced = [h for h in guard_rows(s.store.path)["history"] if h["event"] == "modify.forced"]
+        assert [(h["ticket"], h["from"], h["to"], h["by"]) for h in forced] == [
+            (a, 1.084, 1.0825, "ops")]
+        with pytest.raises(DtmsError) as err:
+            await cl.call("modify", {"ticket": a, "sl": -1, "tp": "x", "force": 1})
+        assert set(err.value.details["errors"]) == {"sl", "tp", "force"}
+        with pytest.raises(DtmsError) as err:
+            await cl.call("modify", {"ticket": stranger, "sl": 1.08400})
+        assert err.value.code == "NOT_FOUND"
+
+        # close one trade: answered once it is done
+        out = await cl.call("close", {"ticket": b, "reason": "news"})
+        assert (out["ticket"], out["result"], out["retcode"]) == (b, "done", 10009)
+        assert position(sim, b) is None
+        again = await eventually(lambda: _gone_error(cl, b))
+        assert again == "NOT_FOUND"
+        # flatten: every managed position, not the stranger's
+        with pytest.raises(DtmsError) as err:
+            await cl.call("flatten", {})
+        assert err.value.details["field"] == "reason"
+        out = await cl.call("flatten", {"reason": "end of day"})
+        assert sorted(o["ticket"] for o in out["closed"]) == [a, c_] and out["failed"] == []
+        assert position(sim, stranger) is not None
+        for t in (a, b, c_):
+            assert len(exits(sim, t)) == 1
+        view = await eventually(lambda: _closed(cl, a))
+        assert view["close_reason"] == "REQUEST"
+        # close of a position DTMS does not manage: journaled by the guard
+        out = await cl.call("close", {"ticket": stranger})
+        assert out["result"] == "done" and position(sim, stranger) is None
+
+
+async def _gone_error(cl, ticket: int) -> str | None:
+    try:
+        await cl.call("close", {"ticket": ticket})
+    except DtmsError as exc:
+        return exc.code
+    return None
+
+
+async def test_the_risk_budget_tightens_stops_as_a_new_position_appears(engine_settings):
+    s = guard_settings(engine_settings, daily_loss_limit=30.0, risk_budget=True)
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08400)   # 10.00 if its stop is hit
+    notes: list[tuple[str, Any]] = []
+
+    async def listen(cl) -> None:
+        async for note in cl.subscribe(events=["guard.tightened"]):
+            notes.append(note)
+
+    async with running(s, sim) as svc, client_for(svc) as cl, client_for(
+            svc) as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listen, listener)
+        await eventually(lambda: len(svc.events) == 1)
+        await cl.register({"ticket": a})
+        await play(svc, sim, [1.08500, 1.08500])
+        g = await cl.call("guard")
+        assert (g["open_risk"], g["allowance"]) == (10.0, 28.8)   # 1.20 of spread lost
+        assert position(sim, a).sl == 1.08400
+        # a second, bigger one: 0.20 with a stop 150 points away, 30.00 more: over the budget
+        b = sim.open_position("EURUSD", "BUY", 0.20, sl=1.08350)
+        await cl.register({"ticket": b})
+        await play(svc, sim, [1.08500])
+        await eventually(lambda: position(sim, b).sl > 1.08350)
+        await play(svc, sim, [1.08500])
+        g = await eventually(lambda: _risk_within(cl))
+        # the loss from now if both stops are hit fits what is left of the day's limit
+        assert g["open_risk"] <= g["allowance"]
+        assert position(sim, a).sl >= 1.08400 and position(sim, b).sl > 1.08350
+        rows = [r for r in actions(s.store.path, b) if r[1].startswith("sl:guard:")]
+        assert rows and all(r[2] == "done" for r in rows)
+        await eventually(lambda: notes)
+        method, params = notes[0]
+        assert method == "guard.tightened"
+        assert any(t["ticket"] == b and t["result"] == "done" and "risk budget" in t["reason"]
+                   for t in params["tightened"])
+        tg.cancel_scope.cancel()
+
+
+async def _risk_within(cl) -> dict | None:
+    g = await cl.call("guard")
+    return g if g["open_risk"] <= g["allowance"] + 1e-6 else None
