@@ -18,7 +18,7 @@ import pytest
 from dtms.brokers.sim import constants as c
 from dtms.errors import DtmsError
 from tests.conftest import client_for, eventually, running
-from tests.test_scenarios import START, make_sim, play, position
+from tests.test_scenarios import make_sim, play, position
 
 pytestmark = pytest.mark.anyio
 MAGIC = 770077

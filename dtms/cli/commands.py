@@ -1,5 +1,6 @@
 """The client commands (``health``, ``status``, ``register``, ``trade``, ``trades``,
-``transitions``, ``restarts``, ``actions``, ``pause``, ``resume``, ``unregister``): one call to the
+``transitions``, ``restarts``, ``actions``, ``pause``, ``resume``, ``unregister``, and the
+account guard's in :mod:`dtms.cli.guard`): one call to the
 service each, its answer printed, its error mapped to an exit code."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from typing import Any
 
 from dtms import config
+from dtms.cli import guard as guard_cli
 from dtms.cli.common import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,
@@ -82,6 +84,8 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                                         else {"ticket": args.ticket}))
             elif cmd == "unregister":
                 print_json(client.call(cmd, {"ticket": args.ticket}))
+            elif cmd in guard_cli.COMMANDS:
+                return guard_cli.run(client, args)
     except DtmsError as err:
         print_json(err.to_wire(), stream=sys.stderr)
         return {"NOT_READY": EXIT_NOT_READY, "NOT_FOUND": EXIT_NOT_FOUND}.get(err.code, EXIT_ERROR)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dtms import __version__, config
+from dtms.cli import guard as guard_cli
 from dtms.cli.common import RESTART_KINDS, TRADE_STATES
 from dtms.rpc.protocol import MAX_PAGE
 
@@ -122,6 +123,7 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
         cmd.add_argument("--all", action="store_true", help="every managed trade")
     sub.add_parser("unregister", help="stop managing a trade (the position stays open)"
                    ).add_argument("ticket", type=_TICKET)
+    guard_cli.add_commands(sub, _TICKET)
     for name, command in sub.choices.items():
         if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
