@@ -302,7 +302,8 @@ class TradeActor(Cell):
         score = view.scores.get(self.trade.direction) if fresh and view.scores else None
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
                         spec=view.spec, hedging=view.hedging,
-                        atr=signals.atr if signals else 0.0, score=score)
+                        atr=signals.atr if signals else 0.0, score=score,
+                        median_spread=view.median_spread)
         d = decide(self.trade, snap, self.policy)
         self.metrics.tick_to_decision.observe(time.perf_counter() - seen)
         now = self.clock()

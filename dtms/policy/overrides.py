@@ -38,8 +38,8 @@ score_cooldown_s           number            >= 0
 requote_retries            integer           0..10
 retry_after_s              number            > 0 (0 would resend a failed action at every tick)
 l2_close_repeat            bool              true / false
-attach_sl_atr              number            > 0 (ATRs; the floor of a trade without an SL)
-attach_sl_points           number            >= 0 (points; 0 = use attach_sl_atr)
+attach_sl_atr              number            >= 0 (ATRs; the floor of a trade without an SL)
+attach_sl_points           number            >= 0 (points; 0 = use attach_sl_atr; both 0: off)
 max_loss_r                 number            >= 0 (R; 0 = off)
 max_spread_mult            number            >= 0 (x the median spread; 0 = off)
 =========================  ================  ================================================
@@ -114,7 +114,7 @@ BOUNDS: dict[str, Bound] = {
     "time_stop_min": _NON_NEGATIVE, "score_cooldown_s": _NON_NEGATIVE,
     "requote_retries": Bound(low=0, high=10), "retry_after_s": _POSITIVE,
     "l2_close_repeat": _ANY,
-    "attach_sl_atr": _POSITIVE, "attach_sl_points": _NON_NEGATIVE,
+    "attach_sl_atr": _NON_NEGATIVE, "attach_sl_points": _NON_NEGATIVE,
     "max_loss_r": _NON_NEGATIVE, "max_spread_mult": _NON_NEGATIVE,
 }
 TYPES: dict[str, Any] = typing.get_type_hints(PolicySettings)
