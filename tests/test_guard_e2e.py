@@ -237,3 +237,67 @@ async def test_the_risk_budget_tightens_stops_as_a_new_position_appears(engine_s
 async def _risk_within(cl) -> dict | None:
     g = await cl.call("guard")
     return g if g["open_risk"] <= g["allowance"] + 1e-6 else None
+
+
+# -- the per-trade rules: the broker-side floor and the spread guard -----------------------------
+
+async def test_a_naked_registration_gets_its_floor_in_points(engine_settings):
+    s = engine_settings.replace(policy={"attach_sl_points": 150.0})
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)      # no SL at the broker
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await eventually(lambda: position(sim, ticket).sl > 0)
+        assert position(sim, ticket).sl == 1.08350          # bid 1.08500 - 150 points
+        assert actions(s.store.path, ticket) == [("MODIFY_SL", "sl:floor", "done", 10009)]
+        view = await eventually(lambda: _with_sl(cl, ticket))
+        assert (view["sl"], view["initial_sl"]) == (1.08350, 1.08350)   # R from the floor
+
+
+async def _with_sl(cl, ticket: int) -> dict | None:
+    view = await cl.trade(ticket)
+    return view if view["sl"] > 0 else None
+
+
+async def test_a_naked_registration_gets_a_floor_of_three_atr(engine_settings, sim):
+    from dtms.policy.indicators import atr
+    symbol = "GBPUSD"
+    assert sim.initialize()
+    ticket = sim.open_position(symbol, "SELL", 0.10)
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await eventually(lambda: sim.positions_get(ticket=ticket)[0].sl > 0)
+        market = svc.market.symbols[symbol]
+        bars = sim.copy_rates_from_pos(symbol, c.TIMEFRAME_M5, 1, 300)
+        a = atr([b[2] for b in bars], [b[3] for b in bars], [b[4] for b in bars], 14)[-1]
+        assert market.signals.atr == pytest.approx(a)
+        [row] = (await cl.call("actions", {"ticket": ticket}))["actions"]
+        ask = sim.symbol_info_tick(symbol).ask    # the clock stands still: the price too
+        spec = sim.symbol_info(symbol)
+        expected = round(round((ask + 3 * a) / spec.point + 0.5 - 1e-6) * spec.point, 5)
+        assert sim.positions_get(ticket=ticket)[0].sl == pytest.approx(expected, abs=spec.point)
+        assert row["obligation"] == "sl:floor" and row["status"] == "done"
+
+
+async def test_a_spread_spike_defers_a_trailing_step_until_it_narrows(engine_settings):
+    from dtms.brokers.sim.prices import linear_path
+    s = engine_settings.replace(policy={"max_spread_mult": 2.0})
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08312)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket})
+        await play(svc, sim, linear_path(1.08500, 1.08712, 5, 5))
+        await eventually(lambda: position(sim, ticket).sl == 1.08524)     # breakeven
+        await play(svc, sim, [1.08712] * 60, interval=1.0)   # the spread's history: 12 points
+        # the spread widens from 12 to 40 points (over 2 x the median): the rise through the
+        # trailing activation (1.5 R) moves nothing
+        sim.set_spread("EURUSD", 40)
+        await play(svc, sim, linear_path(1.08712, 1.08950, 24, 5), interval=40.0)
+        assert position(sim, ticket).sl == 1.08524
+        assert not [r for r in actions(s.store.path, ticket) if r[1].startswith("sl:trail:")]
+        # it narrows: the next tick trails
+        sim.set_spread("EURUSD", 12)
+        await play(svc, sim, [1.08950, 1.08951])
+        await eventually(lambda: position(sim, ticket).sl > 1.08524)
+        trail = [r for r in actions(s.store.path, ticket) if r[1].startswith("sl:trail:")]
+        assert trail and all(r[2:] == ("done", 10009) for r in trail)

@@ -1,6 +1,7 @@
 """The guard actor: the one owner of the account guard's state (issue 15, SPEC section 11).
 
-Every ``guard.poll_s`` it reads, through the broker actor, the account (balance, equity), every
+Every ``guard.poll_s`` (while any ``[guard]`` rule is configured, or a lock from before
+holds) it reads, through the broker actor, the account (balance, equity), every
 open position with its profit, and the terminal's time (the newest tick of the symbols in
 play, read in ``signals.server_timezone``), feeds :func:`dtms.policy.guard.evaluate`, stores
 the new state, and then acts on the intents:
@@ -229,6 +230,8 @@ class GuardActor(Actor):
                 {p.ticket: p for p in positions})
 
     async def _evaluate(self) -> None:
+        if not (policy.enabled(self.cfg) or self.state.locked):
+            return   # nothing configured: no terminal call (a lock from before is still held)
         try:
             if self.journal and not await self._resolve_journal():
                 return

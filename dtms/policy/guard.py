@@ -195,6 +195,12 @@ def _weekend_due(now: float, tz: ZoneInfo, at: str) -> str | None:
 
 # -- figures -----------------------------------------------------------------------------------
 
+def enabled(cfg: GuardSettings) -> bool:
+    """Whether any account rule is configured (the risk budget needs a daily limit)."""
+    return bool(cfg.daily_loss_limit > 0 or cfg.daily_loss_pct > 0 or cfg.max_drawdown_pct > 0
+                or cfg.daily_profit_target > 0 or cfg.weekend_time)
+
+
 def daily_limit(cfg: GuardSettings, day_start: float) -> float:
     """The day's loss limit in money: the tighter of the two settings that are on; 0 = off."""
     limits = [v for v in (cfg.daily_loss_limit,
@@ -458,5 +464,5 @@ def unlock(state: GuardState, equity: float) -> GuardState:
 
 
 __all__ = ["AccountSnapshot", "Exposure", "Figures", "GuardDecision", "GuardIntent",
-           "GuardState", "cap_level", "close_failed", "evaluate", "figures", "next_reset",
+           "GuardState", "cap_level", "close_failed", "enabled", "evaluate", "figures", "next_reset",
            "server_day", "unlock"]
