@@ -19,6 +19,9 @@ the new state, and then acts on the intents:
   position's deals before anything is resent.
 * A close that failed is ordered again at the next evaluation (never one that is done).
 
+DTMS's own hedges (``broker.magic``) count in the equity but are not the guard's to close
+or tighten: each belongs to its trade, which closes it with the trade.
+
 It answers the ``guard``, ``guard_unlock``, ``flatten``, ``close`` and ``modify`` methods
 (:mod:`dtms.rpc.guard`), publishes ``guard.locked`` / ``guard.unlocked`` / ``guard.tightened``
 after the state is stored, and keeps the ``dtms_guard_*`` metrics.
@@ -220,6 +223,8 @@ class GuardActor(Actor):
         now = float(max(t.time for t in ticks.values()))
         exposures = []
         for p in positions:
+            if p.magic == self.settings.broker.magic:
+                continue   # DTMS's own hedge: its trade actor owns it (it reduces the risk)
             spec = self._specs.get(p.symbol)
             if spec is None:
                 spec = self._specs[p.symbol] = await self.broker.call("symbol", name=p.symbol)
