@@ -280,7 +280,12 @@ class Service:
                              shutdown_timeout=sup.shutdown_timeout_s)
         core = Supervisor("core", [*(self._spec(a) for a in
                                      (self.store, self.broker, self.market, self.watcher)),
-                                   registry, self._spec(self.guard)],
+                                   registry,
+                                   # cancelled at once, not drained: an evaluation may wait on
+                                   # a store that is restarting; a close it was sending is in
+                                   # a journal and resolved at its next start
+                                   ChildSpec(self.guard.name, self.guard.run,
+                                             shutdown_timeout=sup.shutdown_timeout_s)],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]

@@ -301,3 +301,58 @@ async def test_a_spread_spike_defers_a_trailing_step_until_it_narrows(engine_set
         await eventually(lambda: position(sim, ticket).sl > 1.08524)
         trail = [r for r in actions(s.store.path, ticket) if r[1].startswith("sl:trail:")]
         assert trail and all(r[2:] == ("done", 10009) for r in trail)
+
+
+# -- the guard's own journal after a crash --------------------------------------------------------
+
+def crashed_while_closing(path: str, ticket: int, request: dict) -> None:
+    """Leave the guard's state as a DTMS killed after sending the close of ``ticket`` (a
+    position no trade manages, opened while a drawdown lock held) and before its answer."""
+    db = sqlite3.connect(path)
+    [(value,)] = db.execute("SELECT value FROM meta WHERE key = 'guard'").fetchall()
+    stored = json.loads(value)
+    stored["state"].update(locked=True, kind="drawdown", reason="drawdown test", since=1.0,
+                           until=0.0, at_lock=[], closing=[ticket])
+    stored["journal"] = {f"{ticket}:1": {
+        "ticket": ticket, "n": 1, "status": "sent", "reason": "opened while locked",
+        "created_at": 1.0, "request": request, "retcode": 0, "result": {}}}
+    db.execute("UPDATE meta SET value = ? WHERE key = 'guard'", (json.dumps(stored),))
+    db.commit()
+    db.close()
+
+
+def close_request(sim, ticket: int) -> dict:
+    return {"action": c.TRADE_ACTION_DEAL, "symbol": "EURUSD", "position": ticket,
+            "type": c.ORDER_TYPE_SELL, "volume": 0.10,
+            "price": sim.symbol_info_tick("EURUSD").bid, "deviation": 20, "magic": MAGIC,
+            "comment": f"DTMS:{ticket}:G1", "type_filling": c.ORDER_FILLING_FOK, "type_time": 0}
+
+
+@pytest.mark.parametrize("executed", [True, False])
+async def test_a_close_in_flight_at_a_crash_is_resolved_from_the_deals_never_sent_twice(
+        engine_settings, executed):
+    s = guard_settings(engine_settings, max_drawdown_pct=50.0)
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(s, sim) as svc:
+        await eventually(lambda: svc.guard.state.day)   # the guard has stored its state
+    assert sim.initialize()   # DTMS shut its connection down when it stopped
+    request = close_request(sim, ticket)
+    crashed_while_closing(s.store.path, ticket, {**request, "market_time": 1})
+    if executed:   # it reached the terminal before DTMS died
+        assert sim.order_send(request).retcode == 10009
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        assert (await cl.call("guard"))["locked"] is True
+        await eventually(lambda: position(sim, ticket) is None)
+        await eventually(lambda: all(r["status"] not in ("sent", "pending", "uncertain")
+                                     for r in guard_rows(s.store.path)["journal"].values()))
+        rows = sorted(guard_rows(s.store.path)["journal"].values(), key=lambda r: r["n"])
+        [deal] = exits(sim, ticket)
+        if executed:
+            assert [(r["n"], r["status"], r["result"]["reconciled"]) for r in rows] == [
+                (1, "done", "executed")]
+            assert deal.comment == f"DTMS:{ticket}:G1"
+        else:   # never executed: failed, then closed once by a new row
+            assert [(r["n"], r["status"]) for r in rows] == [(1, "failed"), (2, "done")]
+            assert rows[0]["result"]["reconciled"] == "not executed"
+            assert deal.comment == f"DTMS:{ticket}:G2"

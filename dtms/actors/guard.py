@@ -105,7 +105,7 @@ class Modify:
 
 
 class GuardActor(Actor):
-    reply_errors = (DtmsError,)
+    reply_errors = (DtmsError, BrokerError)
 
     def __init__(self, settings: Settings, *, broker: Any, store: Actor, metrics: Metrics,
                  events: EventBus, trade_actor: Callable[[int], Any],
@@ -134,8 +134,19 @@ class GuardActor(Actor):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
+        # loaded in the background: a start never waits on the store (a core restart in a
+        # crash storm must reach its supervisor's intensity, not hang here); until it is
+        # loaded the service is not ready
+        self.loaded = False
+        self.spawn(self._load)
+
+    async def _load(self) -> None:
         stored = await self.store.ask(GetMeta(META_KEY), timeout=30.0) or {}
-        self.state = policy.GuardState.from_json(stored.get("state"))
+        # what was being closed at the stop is known to the journals (the trades' for managed
+        # positions, this actor's for the others), which never send a close twice: a close
+        # that failed or never left is ordered again
+        self.state = dataclasses.replace(policy.GuardState.from_json(stored.get("state")),
+                                         closing=())
         self.journal = dict(stored.get("journal") or {})
         self.history = list(stored.get("history") or [])
         self._seen_symbols = set(stored.get("symbols") or ())
@@ -145,7 +156,7 @@ class GuardActor(Actor):
         if self.state.locked:
             log.warning("account guard restarted locked: %s", self.state.reason,
                         extra={"guard_kind": self.state.kind, "since": self.state.since})
-        self.spawn(self._ticker)
+        await self._ticker()
 
     async def on_stop(self) -> None:
         self.loaded = False   # a restarted guard reads its state again before it answers
@@ -264,7 +275,13 @@ class GuardActor(Actor):
                     "account guard %s: %s", name.split(".")[1], params.get("reason"),
                     extra={"guard_event": name, **{f"guard_{k}": v for k, v in params.items()}})
             self.events.publish(name, params)
-        await self._act(d, positions)
+        try:
+            await self._act(d, positions)
+        except (BrokerError, NotReady, TimeoutError) as exc:
+            # a row left sent/uncertain is resolved from the deals before anything is resent
+            self.metrics.guard_evaluations.labels("error").inc()
+            log.warning("account guard: acting failed: %s (resolved at the next evaluation)",
+                        exc)
 
     def _record(self, name: str, params: dict[str, Any]) -> None:
         self.history.append({"event": name, "at": self.clock(), **params})
@@ -303,7 +320,7 @@ class GuardActor(Actor):
                     "reason": "not a managed trade"}
         try:
             return await actor.ask(Act(intent, force=force), timeout=60.0)
-        except (ActorStopped, TimeoutError) as exc:
+        except (ActorStopped, TimeoutError, DtmsError) as exc:   # DtmsError: it crashed
             log.warning("account guard: trade %s did not take %s: %r", ticket, intent.kind,
                         exc, extra={"ticket": ticket})
             return {"ticket": ticket, "result": "failed", "retcode": 0, "reason": repr(exc)}
@@ -373,6 +390,8 @@ class GuardActor(Actor):
         row = self.journal[key]
         row.update(status=status, retcode=retcode or row["retcode"],
                    result={**row["result"], **result}, resolved_at=self.clock())
+        if status != "done":   # never made: the policy may order it again
+            self.state = policy.close_failed(self.state, row["ticket"])
         await self._save()
         log.log(logging.INFO if status == "done" else logging.WARNING,
                 "account guard closed position %s: %s (%s)", row["ticket"], status,
