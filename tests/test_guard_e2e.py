@@ -187,6 +187,18 @@ async def test_close_flatten_and_modify_over_the_wire(engine_settings):
         assert out["result"] == "done" and position(sim, stranger) is None
 
 
+async def test_guard_unlock_needs_the_token_when_one_is_set(engine_settings):
+    s = guard_settings(engine_settings, max_drawdown_pct=10.0).replace(rpc={"token": "s3cret"})
+    sim = make_sim()
+    async with running(s, sim) as svc, client_for(svc) as anonymous, client_for(
+            svc, token="s3cret") as cl:
+        with pytest.raises(DtmsError) as err:
+            await anonymous.call("guard_unlock", {"reason": "let me"})
+        assert err.value.code == "UNAUTHENTICATED"
+        out = await cl.call("guard_unlock", {"reason": "nothing to unlock"})
+        assert (out["unlocked"], out["locked"]) == (False, False)
+
+
 async def _gone_error(cl, ticket: int) -> str | None:
     try:
         await cl.call("close", {"ticket": ticket})

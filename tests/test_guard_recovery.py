@@ -118,6 +118,28 @@ def test_a_drawdown_lock_survives_a_sigkill_until_a_person_unlocks_it(tmp_path):
         time.sleep(1.0)
         assert open_now(after)
         assert cli_json(env, "guard")["drawdown_pct"] < 0.1   # measured from the unlock
+
+        # the hand tools: modify (tighter only unless --force), flatten (confirmed), close
+        cli_json(env, "register", str(after))
+        out = dtms("modify", str(after), env=env)
+        assert out.returncode == 2 and "give --sl, --tp or both" in out.stderr
+        # (registered without a stop, it has its floor by now: 3 ATR below the price)
+        wait_for(lambda: sim.positions_get(ticket=after)[0].sl > 0, "no floor", log=log)
+        moved = cli_json(env, "modify", str(after), "--sl", "1.08500")
+        assert (moved["result"], moved["retcode"]) == ("done", 10009)
+        out = dtms("modify", str(after), "--sl", "1.08450", env=env)
+        assert out.returncode == 1 and '"field": "sl"' in out.stderr
+        assert sim.positions_get(ticket=after)[0].sl == 1.08500
+        flatten = subprocess.run([sys.executable, "-m", "dtms", "flatten", "--reason", "eod"],
+                                 capture_output=True, text=True, env=env, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+        assert flatten.returncode == 2 and "--yes" in flatten.stderr and open_now(after)
+        done = cli_json(env, "flatten", "--reason", "eod", "--yes")
+        assert [o["ticket"] for o in done["closed"]] == [after] and done["failed"] == []
+        stranger = sim.open_position("EURUSD", "SELL", 0.1)
+        closed = cli_json(env, "close", str(stranger), "--reason", "by hand")
+        assert (closed["ticket"], closed["result"]) == (stranger, "done")
+        assert dtms("close", str(stranger), env=env).returncode == 4   # NOT_FOUND now
     finally:
         for proc in procs:
             if proc.poll() is None:
