@@ -105,7 +105,7 @@ class Modify:
 
 
 class GuardActor(Actor):
-    reply_errors = (DtmsError, BrokerError)
+    reply_errors = (DtmsError,)
 
     def __init__(self, settings: Settings, *, broker: Any, store: Actor, metrics: Metrics,
                  events: EventBus, trade_actor: Callable[[int], Any],
@@ -192,6 +192,13 @@ class GuardActor(Actor):
             return await self._evaluate()
         if isinstance(message, GetGuard):
             return self.view()
+        try:
+            return await self._request(message)
+        except BrokerError as exc:   # a person's request: tell them, specifically
+            raise NotReady(f"the trading terminal did not answer: {exc}",
+                           retry_after=self.settings.broker.connect_retry_s) from exc
+
+    async def _request(self, message: Any) -> Any:
         if isinstance(message, Unlock):
             return await self._unlock(message)
         if isinstance(message, Flatten):
