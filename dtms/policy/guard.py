@@ -228,45 +228,48 @@ def figures(snap: AccountSnapshot, state: GuardState, cfg: GuardSettings) -> Fig
 # -- the decision ------------------------------------------------------------------------------
 
 class _Plan:
+    """One evaluation's changes; sets and maps, so that its cost grows with the number of
+    positions, not with its square."""
+
     def __init__(self, snap: AccountSnapshot, state: GuardState) -> None:
         self.snap = snap
         self.state = state
-        self.intents: list[GuardIntent] = []
+        self.closes: list[GuardIntent] = []
+        self.closing = dict.fromkeys(state.closing)      # ordered set
+        self.stops: dict[int, GuardIntent] = {}           # ticket -> the stop ordered now
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.breaches: list[str] = []
-        self.tightened: list[dict[str, Any]] = []
-        self.sl: dict[int, float] = {}   # ticket -> the stop ordered in this evaluation
+        self.tightened: dict[int, dict[str, Any]] = {}
 
     def close(self, p: Exposure, reason: str) -> None:
-        if p.ticket in self.state.closing:
+        if p.ticket in self.closing:
             return
-        self.state = dataclasses.replace(self.state, closing=(*self.state.closing, p.ticket))
-        self.intents.append(GuardIntent(CLOSE, p.ticket, p.managed, reason))
+        self.closing[p.ticket] = None
+        self.stops.pop(p.ticket, None)
+        self.tightened.pop(p.ticket, None)
+        self.closes.append(GuardIntent(CLOSE, p.ticket, p.managed, reason))
 
     def tighten(self, p: Exposure, sl: float, reason: str) -> None:
         """Order stop ``sl`` for managed ``p`` if it is tighter than its stop (and than one
         already ordered now); never for a position being closed."""
-        if not p.managed or p.ticket in self.state.closing or sl <= 0:
+        if not p.managed or p.ticket in self.closing or sl <= 0:
             return
         sign = _sign(p.direction)
         sl = _on_grid(sl, p, towards_price=True)
-        current = self.sl.get(p.ticket, p.sl)
+        ordered = self.stops.get(p.ticket)
+        current = ordered.sl if ordered is not None else p.sl
         if current > 0 and sign * (sl - current) < p.point / 2:
             return
         if sign * (p.price - sl) < p.min_distance - _EPS:   # the server would refuse it
             sl = _on_grid(p.price - sign * p.min_distance, p, towards_price=False)
             if current > 0 and sign * (sl - current) < p.point / 2:
                 return
-        first = p.ticket not in self.sl
-        self.sl[p.ticket] = sl
-        if first:
-            self.intents.append(GuardIntent(SL, p.ticket, True, reason, sl=sl))
-        else:
-            self.intents = [dataclasses.replace(i, sl=sl, reason=reason)
-                            if i.kind == SL and i.ticket == p.ticket else i
-                            for i in self.intents]
-        self.tightened = [t for t in self.tightened if t["ticket"] != p.ticket]
-        self.tightened.append({"ticket": p.ticket, "from": p.sl, "to": sl, "reason": reason})
+        self.stops[p.ticket] = GuardIntent(SL, p.ticket, True, reason, sl=sl)
+        self.tightened[p.ticket] = {"ticket": p.ticket, "from": p.sl, "to": sl,
+                                    "reason": reason}
+
+    def intents(self) -> tuple[GuardIntent, ...]:
+        return (*self.closes, *self.stops.values())
 
 
 def _on_grid(level: float, p: Exposure, *, towards_price: bool) -> float:
@@ -294,10 +297,11 @@ def evaluate(snap: AccountSnapshot, state: GuardState, cfg: GuardSettings,
         _risk_budget(plan, fig)
     open_now = {p.ticket for p in snap.positions}
     # what was ordered closed and is gone needs no memory; a lock's own list stays as it was
-    closing = tuple(t for t in plan.state.closing if t in open_now)
+    closing = tuple(t for t in plan.closing if t in open_now)
     plan.state = dataclasses.replace(plan.state, closing=closing)
-    return GuardDecision(plan.state, tuple(plan.intents), figures(snap, plan.state, cfg),
-                         tuple(plan.breaches), tuple(plan.events), tuple(plan.tightened))
+    return GuardDecision(plan.state, plan.intents(), figures(snap, plan.state, cfg),
+                         tuple(plan.breaches), tuple(plan.events),
+                         tuple(plan.tightened.values()))
 
 
 def _new_day(plan: _Plan, cfg: GuardSettings, tz: ZoneInfo) -> None:
@@ -354,10 +358,10 @@ def _breaches(plan: _Plan, cfg: GuardSettings, fig: Figures, tz: ZoneInfo) -> No
               next_reset(s.day, tz, cfg.day_reset_hour))
 
 
-def _in_scope(plan: _Plan, p: Exposure, cfg: GuardSettings) -> str | None:
+def _in_scope(plan: _Plan, p: Exposure, cfg: GuardSettings, at_lock: set[int]) -> str | None:
     """Why the lock closes ``p``, or None when it stays open."""
     s = plan.state
-    if p.ticket not in s.at_lock:
+    if p.ticket not in at_lock:
         return "opened while the account is locked" if cfg.close_new_while_locked else None
     if s.kind == PROFIT or cfg.on_breach == "close_managed":
         return f"account locked ({s.kind})" if p.managed else None
@@ -367,8 +371,9 @@ def _in_scope(plan: _Plan, p: Exposure, cfg: GuardSettings) -> str | None:
 
 
 def _while_locked(plan: _Plan, cfg: GuardSettings) -> None:
+    at_lock = set(plan.state.at_lock)
     for p in plan.snap.positions:
-        why = _in_scope(plan, p, cfg)
+        why = _in_scope(plan, p, cfg, at_lock)
         if why is not None:
             plan.close(p, f"{why}: {plan.state.reason}")
 
@@ -435,7 +440,7 @@ def _cap_risk(plan: _Plan, budget: float, reason: str) -> None:
     managed, fixed = [], 0.0
     for p in plan.snap.positions:
         r = p.risk()
-        if p.ticket in plan.state.closing:
+        if p.ticket in plan.closing:
             continue
         if p.managed and p.value_per_price > 0:
             # a managed position without a stop counts as its whole distance to breakeven
