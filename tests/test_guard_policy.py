@@ -166,6 +166,22 @@ def test_the_lock_holds_until_the_day_reset_and_closes_new_positions_whatever_on
     assert reset.intents == ()
 
 
+def test_a_person_unlocking_a_daily_lock_gets_the_limit_afresh_from_the_unlock():
+    c = cfg(daily_loss_limit=500.0)
+    s = evaluate(snap(T0, 9_400.0), GuardState(), c, UTC_ZONE).state
+    assert s.locked
+    u = unlock(s, 9_400.0)
+    d = evaluate(snap(T0 + 60, 9_300.0), u, c, UTC_ZONE)
+    assert not d.state.locked
+    assert (d.figures.daily_pnl, d.figures.allowance) == (-700.0, 400.0)
+    d = evaluate(snap(T0 + 120, 8_900.0), d.state, c, UTC_ZONE)
+    assert d.state.locked and d.state.reason == "daily loss 500.00 reached the limit 500.00"
+    # the next day counts from its own start again
+    nxt = evaluate(snap(T0 + 86_400, 8_900.0, balance=8_900.0), unlock(d.state, 8_900.0), c,
+                   UTC_ZONE)
+    assert (nxt.state.locked, nxt.figures.allowance) == (False, 500.0)
+
+
 def test_new_positions_stay_open_while_locked_when_close_new_while_locked_is_off():
     c = cfg(daily_loss_limit=500.0, on_breach="alert_only", close_new_while_locked=False)
     s = evaluate(snap(T0, 9_400.0, pos(1)), GuardState(), c, UTC_ZONE).state

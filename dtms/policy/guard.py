@@ -13,7 +13,8 @@ risk budget and the weekend guard. It is pure: the time is the terminal's tick t
 * **A breach** locks the account: a daily loss (``daily_pnl <= -limit``, the tighter of
   ``daily_loss_limit`` and ``daily_loss_pct`` of the day's start) until the next reset, a
   drawdown (``drawdown_pct >= max_drawdown_pct``) until a person unlocks it (:func:`unlock`;
-  the drawdown is then measured afresh from the equity at the unlock). ``on_breach`` says what
+  the drawdown, and the rest of the day's limit, are then measured afresh from the equity at
+  the unlock). ``on_breach`` says what
   the breach closes of the positions open at the lock; every position opened after the lock
   is closed when it appears (``close_new_while_locked``), whatever ``on_breach`` says.
 * **Never twice.** A close is ordered once per position (``GuardState.closing``); only an
@@ -110,6 +111,8 @@ class GuardState:
     until: float = 0.0             # 0 = until a person unlocks it
     at_lock: tuple[int, ...] = ()  # the positions open when the lock began
     closing: tuple[int, ...] = ()  # positions the guard ordered closed (never twice)
+    unlocked_day: str = ""         # the day a person last unlocked the account...
+    unlock_equity: float = 0.0     # ...and the equity then: that day's limit counts from it
     profit_day: str = ""           # the day the profit target was acted on
     weekend_day: str = ""          # the server date the weekend guard acted on
 
@@ -148,7 +151,8 @@ class GuardIntent:
 class Figures:
     daily_pnl: float = 0.0         # equity - the day's start: negative for a loss
     daily_limit: float = 0.0       # money; 0 = no daily limit
-    allowance: float | None = None  # limit + daily_pnl; None without a daily limit
+    allowance: float | None = None  # limit + daily_pnl (after a person's unlock today: + the
+                                    # P/L since the unlock); None without a daily limit
     drawdown_pct: float = 0.0
     open_risk: float = 0.0         # the loss from now if every stop is hit
     naked: tuple[int, ...] = ()    # positions without a stop (their risk is unbounded)
@@ -212,6 +216,9 @@ def daily_limit(cfg: GuardSettings, day_start: float) -> float:
 def figures(snap: AccountSnapshot, state: GuardState, cfg: GuardSettings) -> Figures:
     pnl = snap.equity - state.day_start_balance
     limit = daily_limit(cfg, state.day_start_balance)
+    # unlocked by a person today: the day's limit is counted afresh from the equity then
+    since = (snap.equity - state.unlock_equity if state.unlocked_day == state.day
+             and state.unlocked_day else pnl)
     if cfg.drawdown_mode == "static":
         base = state.drawdown_base or state.initial_balance
     else:
@@ -219,7 +226,7 @@ def figures(snap: AccountSnapshot, state: GuardState, cfg: GuardSettings) -> Fig
     dd = max(0.0, (base - snap.equity) / base * 100.0) if base > 0 else 0.0
     risks = [(p, p.risk()) for p in snap.positions]
     return Figures(daily_pnl=round(pnl, 2), daily_limit=round(limit, 2),
-                   allowance=round(limit + pnl, 2) if limit else None,
+                   allowance=round(limit + since, 2) if limit else None,
                    drawdown_pct=round(dd, 4),
                    open_risk=round(math.fsum(r for _, r in risks if r is not None), 2),
                    naked=tuple(sorted(p.ticket for p, r in risks if r is None)))
@@ -351,9 +358,10 @@ def _breaches(plan: _Plan, cfg: GuardSettings, fig: Figures, tz: ZoneInfo) -> No
         return
     if s.locked:
         return
-    if fig.daily_limit > 0 and fig.daily_pnl <= -fig.daily_limit + _EPS:
+    if fig.allowance is not None and fig.allowance <= _EPS:
         plan.breaches.append(DAILY_LOSS)
-        _lock(plan, DAILY_LOSS, f"daily loss {-fig.daily_pnl:.2f} reached the limit "
+        lost = fig.daily_limit - fig.allowance
+        _lock(plan, DAILY_LOSS, f"daily loss {lost:.2f} reached the limit "
                                 f"{fig.daily_limit:.2f}",
               next_reset(s.day, tz, cfg.day_reset_hour))
 
@@ -464,8 +472,10 @@ def close_failed(state: GuardState, ticket: int) -> GuardState:
 
 
 def unlock(state: GuardState, equity: float) -> GuardState:
-    """A person unlocked the account: the drawdown is measured afresh from ``equity``."""
-    return dataclasses.replace(_unlocked(state), equity_peak=equity, drawdown_base=equity)
+    """A person unlocked the account: the drawdown is measured afresh from ``equity``, and so
+    is the rest of the day's loss limit (else a daily lock would come back at once)."""
+    return dataclasses.replace(_unlocked(state), equity_peak=equity, drawdown_base=equity,
+                               unlocked_day=state.day, unlock_equity=equity)
 
 
 __all__ = ["AccountSnapshot", "Exposure", "Figures", "GuardDecision", "GuardIntent",
