@@ -13,10 +13,8 @@ the new state, and then acts on the intents:
   the close or the stop is journaled and sent by the trade's own path, exactly once, and
   reconciled after a crash like every other action of the trade.
 * **Other positions** (``on_breach = "close_all"``, positions opened while locked) are closed
-  by this actor, journaled the same way in the guard's own journal (``meta["guard"]``): the
-  row is ``sent`` with its request (comment ``TAG:<ticket>:G<n>``) before ``order_send``, and
-  a row left ``sent`` or ``uncertain`` by a crash is resolved at the next start from the
-  position's deals before anything is resent.
+  by this actor through its own journal, stored with its state
+  (:class:`~dtms.actors.guard_closes.OwnCloses`).
 * A close that failed is ordered again at the next evaluation (never one that is done).
 
 DTMS's own hedges (``broker.magic``) count in the equity but are not the guard's to close
@@ -43,29 +41,20 @@ from zoneinfo import ZoneInfo
 import anyio
 
 from dtms.actors.base import Actor, ActorStopped
+from dtms.actors.guard_closes import OwnCloses
 from dtms.actors.store import GetMeta, PutMeta
 from dtms.actors.trade import Act, GetView
 from dtms.config import Settings
 from dtms.errors import BrokerError, DtmsError, InvalidArgument, NotFound, NotReady
 from dtms.events import EventBus
 from dtms.metrics import Metrics
-from dtms.model import DEAL_ENTRY_OUT, ActionIntent, ActionKind, Direction, Position
+from dtms.model import ActionIntent, ActionKind, Direction, Position
 from dtms.policy import guard as policy
-from dtms.policy.execution import (
-    Deferred,
-    RetcodeClass,
-    Skipped,
-    Target,
-    build_request,
-    classify,
-)
 
 log = logging.getLogger(__name__)
 
 META_KEY = "guard"
 HISTORY = 100          # lock/unlock/force records kept
-JOURNAL = 200          # the guard's own close rows kept (unresolved ones always)
-UNRESOLVED = ("pending", "sent", "uncertain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +112,8 @@ class GuardActor(Actor):
         self.symbols = symbols            # symbols in play besides the positions' (the market's)
         self.clock = clock
         self.state = policy.GuardState()
-        self.journal: dict[str, dict[str, Any]] = {}   # "<ticket>:<n>" -> row
+        self.own = OwnCloses(settings, broker, save=self._save, on_failed=self._close_failed,
+                             clock=clock)
         self.history: list[dict[str, Any]] = []
         self.figures = policy.Figures()
         self.loaded = False
@@ -147,7 +137,7 @@ class GuardActor(Actor):
         # that failed or never left is ordered again
         self.state = dataclasses.replace(policy.GuardState.from_json(stored.get("state")),
                                          closing=())
-        self.journal = dict(stored.get("journal") or {})
+        self.own.rows = dict(stored.get("journal") or {})
         self.history = list(stored.get("history") or [])
         self._seen_symbols = set(stored.get("symbols") or ())
         self._specs = {}
@@ -170,13 +160,13 @@ class GuardActor(Actor):
 
     async def _save(self) -> None:
         """The state, the journal and the history in one durable write (before any send)."""
-        keep = sorted(self.journal.items(), key=lambda kv: kv[1]["created_at"])
-        self.journal = dict(kv for i, kv in enumerate(keep)
-                            if kv[1]["status"] in UNRESOLVED or i >= len(keep) - JOURNAL)
         self.history = self.history[-HISTORY:]
-        value = {"state": self.state.to_json(), "journal": self.journal,
+        value = {"state": self.state.to_json(), "journal": self.own.kept(),
                  "history": self.history, "symbols": sorted(self._seen_symbols)}
         await self.store.ask(PutMeta(META_KEY, value, self.clock()), timeout=30.0)
+
+    def _close_failed(self, ticket: int) -> None:
+        self.state = policy.close_failed(self.state, ticket)   # the policy may order it again
 
     def _publish_metrics(self) -> None:
         f = self.figures
@@ -256,7 +246,7 @@ class GuardActor(Actor):
         if not (policy.enabled(self.cfg) or self.state.locked):
             return   # nothing configured: no terminal call (a lock from before is still held)
         try:
-            if self.journal and not await self._resolve_journal():
+            if self.own.rows and not await self.own.resolve():
                 return
             read = await self._snapshot()
         except (BrokerError, NotReady, TimeoutError) as exc:
@@ -339,101 +329,7 @@ class GuardActor(Actor):
                                                                reason))
             if outcome["reason"] != "not a managed trade":
                 return outcome
-        return await self._close_unmanaged(p, reason)
-
-    async def _close_unmanaged(self, p: Position, reason: str) -> dict[str, Any]:
-        """Close a position no trade actor manages: journaled here, sent once."""
-        done = [r for r in self.journal.values() if r["ticket"] == p.ticket
-                and r["status"] in ("done", *UNRESOLVED)]
-        if done:
-            return {"ticket": p.ticket, "result": "refused", "retcode": done[0]["retcode"],
-                    "reason": f"its close is already {done[0]['status']}"}
-        n = 1 + sum(1 for r in self.journal.values() if r["ticket"] == p.ticket)
-        key = f"{p.ticket}:{n}"
-        comment = f"{self.settings.broker.comment_tag}:{p.ticket}:G{n}"
-        row = {"ticket": p.ticket, "n": n, "status": "pending", "reason": reason,
-               "created_at": self.clock(), "request": {}, "retcode": 0, "result": {}}
-        self.journal[key] = row
-        bs = self.settings.broker
-        try:
-            spec = self._specs.get(p.symbol) or await self.broker.call("symbol", name=p.symbol)
-            for attempt in range(self.settings.policy.requote_retries + 1):
-                tick = await self.broker.call("tick", name=p.symbol)
-                built = build_request(
-                    ActionIntent(ActionKind.CLOSE, "guard:close", reason),
-                    Target(ticket=p.ticket, symbol=p.symbol, direction=p.direction,
-                           volume=p.volume, sl=p.sl, tp=p.tp), spec, tick, magic=bs.magic,
-                    comment=comment, deviation=bs.deviation_points)
-                if isinstance(built, Deferred | Skipped):
-                    return await self._settle(key, "skipped", 0, {"reason": built.reason})
-                row.update(status="sent", request=dict(built.fields, market_time=tick.time))
-                await self._save()
-                try:
-                    result = await self.broker.call("send", request=built.fields)
-                except NotReady as exc:
-                    return await self._settle(key, "failed", 0, {"error": str(exc)})
-                except (BrokerError, TimeoutError):
-                    result = None
-                cls = classify(result.retcode if result else None, ActionKind.CLOSE)
-                retcode = result.retcode if result else 0
-                if cls is RetcodeClass.SUCCESS:
-                    return await self._settle(key, "done", retcode, {"deal": result.deal})
-                if cls is RetcodeClass.UNCERTAIN:
-                    row.update(status="uncertain", retcode=retcode)
-                    await self._save()
-                    await self._resolve_journal()
-                    return self._answer(self.journal[key])
-                if cls is RetcodeClass.RETRY and attempt < self.settings.policy.requote_retries:
-                    continue
-                return await self._settle(key, "failed", retcode, {"class": cls.value})
-        except (BrokerError, NotReady, TimeoutError) as exc:
-            if row["status"] == "pending":
-                return await self._settle(key, "failed", 0, {"error": str(exc)})
-            raise
-        return self._answer(row)   # pragma: no cover - the loop always returns
-
-    async def _settle(self, key: str, status: str, retcode: int,
-                      result: dict[str, Any]) -> dict[str, Any]:
-        row = self.journal[key]
-        row.update(status=status, retcode=retcode or row["retcode"],
-                   result={**row["result"], **result}, resolved_at=self.clock())
-        if status != "done":   # never made: the policy may order it again
-            self.state = policy.close_failed(self.state, row["ticket"])
-        await self._save()
-        log.log(logging.INFO if status == "done" else logging.WARNING,
-                "account guard closed position %s: %s (%s)", row["ticket"], status,
-                row["reason"], extra={"ticket": row["ticket"], "status": status,
-                                      "retcode": retcode})
-        return self._answer(row)
-
-    @staticmethod
-    def _answer(row: dict[str, Any]) -> dict[str, Any]:
-        status = row["status"]
-        return {"ticket": row["ticket"],
-                "result": "uncertain" if status in UNRESOLVED else status,
-                "retcode": row["retcode"], "reason": row["result"].get("reason", "")}
-
-    async def _resolve_journal(self) -> bool:
-        """Settle the guard's own rows left pending, sent or uncertain (a crash, a lost
-        answer) from the broker's deals; False while one cannot be read."""
-        for key, row in list(self.journal.items()):
-            if row["status"] == "pending":   # journaled, never sent: "sent" is written first
-                await self._settle(key, "failed", 0, {"reason": "never sent"})
-                continue
-            if row["status"] not in UNRESOLVED:
-                continue
-            try:
-                deals = await self.broker.call("deals_for_position", position=row["ticket"])
-            except (BrokerError, NotReady, TimeoutError) as exc:
-                log.warning("account guard: close of %s still uncertain: %s", row["ticket"],
-                            exc, extra={"ticket": row["ticket"]})
-                return False
-            comment = row["request"].get("comment", "")
-            ours = [d for d in deals if d.entry in DEAL_ENTRY_OUT and d.comment == comment
-                    and d.magic == self.settings.broker.magic]
-            await self._settle(key, "done" if ours else "failed", row["retcode"],
-                               {"reconciled": "executed" if ours else "not executed"})
-        return True
+        return await self.own.close(p, reason, self._specs.get(p.symbol))
 
     # -- requests ------------------------------------------------------------------------------
     async def _unlock(self, message: Unlock) -> dict[str, Any]:
