@@ -316,7 +316,10 @@ class GuardActor(Actor):
             return {"ticket": ticket, "result": "refused", "retcode": 0,
                     "reason": "not a managed trade"}
         try:
-            return await actor.ask(Act(intent, force=force), timeout=60.0)
+            answer = await actor.ask(Act(intent, force=force), timeout=60.0)
+            if answer is None:   # an actor that no longer handles anything (it is exiting)
+                raise ActorStopped(f"trade-{ticket}")
+            return answer
         except (ActorStopped, TimeoutError, DtmsError) as exc:   # DtmsError: it crashed
             log.warning("account guard: trade %s did not take %s: %r", ticket, intent.kind,
                         exc, extra={"ticket": ticket})

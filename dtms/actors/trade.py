@@ -139,6 +139,11 @@ class TradeClosed:
     ticket: int
 
 
+def _refused(ticket: int, why: str) -> dict[str, Any]:
+    """An ``Act``'s answer when nothing was journaled."""
+    return {"ticket": ticket, "result": "refused", "retcode": 0, "reason": why}
+
+
 class TradeActor(Cell):
     """One trade, run by the registry's :class:`~dtms.actors.runtime.Runtime` only while it has
     messages (an idle trade holds no task).
@@ -234,6 +239,8 @@ class TradeActor(Cell):
         if self.trade.state is TradeState.CLOSED:
             if isinstance(message, GetView | SetPaused):
                 return self.trade.view()
+            if isinstance(message, Act):
+                return _refused(self.ticket, "the trade is closed")
             return None  # late messages after close change nothing
         if isinstance(message, BarClose | PriceEvent):
             self.view = message.view
@@ -259,16 +266,13 @@ class TradeActor(Cell):
 
     async def _act(self, act: Act) -> dict[str, Any]:
         intent = act.intent
-
-        def refused(why: str) -> dict[str, Any]:
-            return {"ticket": self.ticket, "result": "refused", "retcode": 0, "reason": why}
         if self.unresolved and not await self._resolve_journal():
-            return refused("an earlier action is unresolved at the broker")
+            return _refused(self.ticket, "an earlier action is unresolved at the broker")
         status = self.trade.obligations.get(intent.obligation)
         if status in ("pending", "done"):
-            return refused(f"{intent.obligation} is already {status}")
+            return _refused(self.ticket, f"{intent.obligation} is already {status}")
         if self.view is None or self.view.tick is None:
-            return refused(f"no market data of {self.trade.symbol} yet")
+            return _refused(self.ticket, f"no market data of {self.trade.symbol} yet")
         seq = self.trade.action_seq + 1
         record = ActionRecord(self.ticket, seq, intent.kind.value, intent.obligation,
                               intent.reason, "pending", self.clock())
