@@ -168,6 +168,32 @@ class PolicySettings:
     retry_after_s: float = 10.0       # a failed action is offered again after this (market time)
     l2_close_repeat: bool = False     # WARNING_L2: close again at every re-entry
     mode: str = "live"                # "shadow": decide and journal, never send (README)
+    # the broker-side floor and the per-trade guards (issue 15)
+    attach_sl_atr: float = 3.0        # a trade registered without an SL gets one this many ATRs away
+    attach_sl_points: float = 0.0     # ... or this many points (0 = use the ATR)
+    max_loss_r: float = 0.0           # no stop DTMS sets is farther than this many R from entry; 0 = off
+    max_spread_mult: float = 0.0      # no trailing/tightening while spread > this x median; 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The account guard (issue 15, SPEC section 11): account-level limits, in the account's
+    currency; time is the terminal's, in ``signals.server_timezone``."""
+    daily_loss_limit: float = 0.0     # money; 0 = off
+    daily_loss_pct: float = 0.0       # % of the day's start; 0 = off (both set: the tighter wins)
+    day_start: str = "balance"        # balance or equity at the day reset
+    day_reset_hour: int = 0           # 0-23, server time
+    max_drawdown_pct: float = 0.0     # 0 = off
+    drawdown_mode: str = "trailing"   # trailing (from the equity peak) or static (initial_balance)
+    initial_balance: float = 0.0      # 0 = the balance when the guard first saw the account
+    daily_profit_target: float = 0.0  # money; 0 = off
+    on_profit: str = "lock"           # lock (tighten every managed stop) or close
+    on_breach: str = "close_managed"  # close_managed, close_all or alert_only
+    close_new_while_locked: bool = True
+    risk_budget: bool = False         # tighten stops so the worst case fits the daily limit
+    weekend_time: str = ""            # HH:MM on the last trading day (server time); "" = off
+    on_weekend: str = "breakeven"     # breakeven or close
+    poll_s: float = 1.0               # the guard reads the account and positions this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +266,7 @@ class Settings:
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     trades: TradeSettings = field(default_factory=TradeSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
     signals: SignalSettings = field(default_factory=SignalSettings)
     market: MarketSettings = field(default_factory=MarketSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
@@ -404,10 +431,47 @@ def _validate(s: Settings) -> None:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(f"signals.server_timezone: unknown time zone "
                         f"{s.signals.server_timezone!r}, expected {_ZONE_HINT}")
+    problems.extend(_guard_problems(s.guard))
     if s.broker.absent_polls < 1:
         problems.append(f"broker.absent_polls: must be >= 1, got {s.broker.absent_polls}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+_CHOICES = {"day_start": ("balance", "equity"), "drawdown_mode": ("trailing", "static"),
+            "on_profit": ("lock", "close"), "on_breach": ("close_managed", "close_all",
+                                                          "alert_only"),
+            "on_weekend": ("breakeven", "close")}
+
+
+def _guard_problems(g: GuardSettings) -> list[str]:
+    problems = [f"guard.{k}: must be one of {', '.join(v)}, got {getattr(g, k)!r}"
+                for k, v in _CHOICES.items() if getattr(g, k) not in v]
+    for name in ("daily_loss_limit", "daily_loss_pct", "max_drawdown_pct", "initial_balance",
+                 "daily_profit_target"):
+        value = getattr(g, name)
+        if not (value >= 0 and value != float("inf")):
+            problems.append(f"guard.{name}: must be a finite number >= 0, got {value}")
+    for name in ("daily_loss_pct", "max_drawdown_pct"):
+        if getattr(g, name) > 100:
+            problems.append(f"guard.{name}: must be <= 100 (percent), got {getattr(g, name)}")
+    if not 0 <= g.day_reset_hour <= 23:
+        problems.append(f"guard.day_reset_hour: must be 0..23, got {g.day_reset_hour}")
+    if g.weekend_time and not _hhmm(g.weekend_time):
+        problems.append(f"guard.weekend_time: must be HH:MM (00:00-23:59) or \"\", "
+                        f"got {g.weekend_time!r}")
+    if not g.poll_s > 0:
+        problems.append(f"guard.poll_s: must be > 0, got {g.poll_s}")
+    return problems
+
+
+def _hhmm(text: str) -> tuple[int, int] | None:
+    """``"21:30"`` -> (21, 30); None when it is not a time of day."""
+    hh, sep, mm = text.partition(":")
+    if not (sep and hh.isdigit() and mm.isdigit() and len(mm) == 2 and len(hh) <= 2):
+        return None
+    h, m = int(hh), int(mm)
+    return (h, m) if h <= 23 and m <= 59 else None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,10 @@ of a change that is not durable:
   stores it for all of a symbol's trades in one write (``PutScores``), which notifies nobody;
   ``trade``/``trades`` read it, and any notification after it carries it.
 
+* ``guard.locked`` ``{kind, reason, since, until}``, ``guard.unlocked`` ``{reason, by, kind,
+  at}`` and ``guard.tightened`` ``{tightened: [{ticket, from, to, reason, result}]}`` from the
+  account guard, after its state is stored (account-wide: not filtered by ticket).
+
 (params are an array of one map, as msgpack-rpc says; ``publish`` takes the map.)
 
 ``publish`` never blocks and never awaits: each connection has a bounded notification queue and a
@@ -32,7 +36,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-EVENTS = frozenset({"trade.state", "trade.updated"})
+EVENTS = frozenset({"trade.state", "trade.updated",
+                    # the account guard's (no ticket: every subscription with the event hears it)
+                    "guard.locked", "guard.unlocked", "guard.tightened"})
 
 
 class Subscriber(Protocol):
@@ -69,7 +75,8 @@ class EventBus:
         ticket = params.get("ticket")
         sent = 0
         for sub in list(self._subs.values()):
-            if method in sub.events and (sub.tickets is None or ticket in sub.tickets):
+            if method in sub.events and (sub.tickets is None or ticket is None
+                                         or ticket in sub.tickets):
                 sub.conn.notify_nowait(method, params)
                 sent += 1
         return sent

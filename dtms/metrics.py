@@ -19,6 +19,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dtms.model import CloseReason, TradeState
+from dtms.policy.guard import BREACH_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict
 RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
              "OWNED_ELSEWHERE", "DTMS_POSITION", "OVERLOADED", "INTERNAL")
 ACTOR_KINDS = ("trade", "market", "store", "broker", "positions", "registry", "rpc", "metrics",
-               "core")
+               "core", "guard")
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "ticks", "rates", "positions",
                      "positions_of", "position_changes", "deals_for_position", "deals_between",
@@ -37,7 +38,7 @@ ACTION_KINDS = ("breakeven", "trail", "tighten", "partial_close", "hedge", "clos
 ACTION_OUTCOMES = ("success", "retry", "uncertain", "reject", "deferred")
 RETCODE_CLASSES = ("success", "retry", "uncertain", "reject")
 #: Actors whose mailbox depth is exported (trade actors are per ticket, so they are not).
-MAILBOX_ACTORS = ("store", "broker", "positions", "registry")
+MAILBOX_ACTORS = ("store", "broker", "positions", "registry", "guard")
 
 # Buckets (upper bounds in seconds), chosen for each histogram's expected range:
 #: rpc requests and store commits: in-process work plus one SQLite commit, 100 us .. 1 s.
@@ -129,9 +130,37 @@ class Metrics:
         self.unknown_positions = Gauge("dtms_unknown_positions",
                                        "Open positions with DTMS's magic that DTMS does not manage",
                                        registry=r)
+        # -- the account guard (issue 15) --------------------------------------------------
+        self.guard_locked = Gauge("dtms_guard_locked", "1 while the account guard holds the "
+                                  "account locked", registry=r)
+        self.guard_daily_pnl = Gauge("dtms_guard_daily_pnl", "Today's P/L (equity - the day's "
+                                     "start), account currency; negative for a loss",
+                                     registry=r)
+        self.guard_daily_limit = Gauge("dtms_guard_daily_limit", "Today's loss limit in the "
+                                       "account currency; 0 = off", registry=r)
+        self.guard_drawdown_ratio = Gauge("dtms_guard_drawdown_ratio", "Drawdown from the "
+                                          "equity peak (or the initial balance), 0-1",
+                                          registry=r)
+        self.guard_open_risk = Gauge("dtms_guard_open_risk", "Loss from now if every stop is "
+                                     "hit, account currency", registry=r)
+        self.guard_breaches = Counter("dtms_guard_breaches_total", "Account guard breaches",
+                                      ["kind"], registry=r)
+        self.guard_actions = Counter("dtms_guard_actions_total", "Closes and stop moves the "
+                                     "account guard ordered, by outcome", ["kind", "outcome"],
+                                     registry=r)
+        self.guard_evaluations = Counter("dtms_guard_evaluations_total", "Account guard "
+                                         "evaluations, by outcome", ["outcome"], registry=r)
         self._initialise()
 
     def _initialise(self) -> None:
+        for kind in BREACH_KINDS:
+            self.guard_breaches.labels(kind)
+        for kind in ("close", "sl"):
+            for outcome in ("done", "failed", "refused"):
+                self.guard_actions.labels(kind, outcome)
+        for outcome in ("ok", "error"):
+            self.guard_evaluations.labels(outcome)
+        self.guard_locked.set(0)
         for state in TradeState:
             self.trades.labels(state.value).set(0)
         for result in REGISTRATION_RESULTS:

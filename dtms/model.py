@@ -63,6 +63,8 @@ class CloseReason(enum.StrEnum):
     WARNING_L2 = "WARNING_L2"    # DTMS: the L2 cut left less than volume_min: a full close
     PARTIAL_PROFIT = "PARTIAL_PROFIT"  # DTMS: a partial-profit rung took the rest
     NETTING_REDUCE = "NETTING_REDUCE"  # DTMS: the hedge of a netting account took the rest
+    GUARD = "GUARD"              # DTMS: the account guard (a breach, a lock, the weekend)
+    REQUEST = "REQUEST"          # DTMS: a person's close or flatten through DTMS
     DTMS = "DTMS"                # DTMS closed it and its journal does not say which rule
     UNKNOWN = "UNKNOWN"          # gone at the broker, no closing deal, absence confirmed
 
@@ -171,7 +173,15 @@ _CLOSING_OBLIGATIONS = (("L2:", CloseReason.WARNING_L2), ("partial:", CloseReaso
                         ("hedge", CloseReason.NETTING_REDUCE))
 
 
+#: closes ordered from outside the trade's policy, by their obligation (``trade.Act``)
+_ORDERED_CLOSES = (("guard:", CloseReason.GUARD), ("request:", CloseReason.REQUEST))
+
+
 def _rule_of(action: ActionRecord) -> CloseReason | None:
+    ordered = next((r for prefix, r in _ORDERED_CLOSES if action.obligation.startswith(prefix)),
+                   None)
+    if ordered is not None and action.kind == ActionKind.CLOSE:
+        return ordered
     if action.kind == ActionKind.CLOSE:
         return next((r for prefix, r in _CLOSE_RULES if action.reason.startswith(prefix)), None)
     if action.kind in (ActionKind.PARTIAL_CLOSE, ActionKind.HEDGE):
@@ -238,6 +248,7 @@ class ActionIntent:
     reason: str
     sl: float = 0.0      # MODIFY_SL: the new stop
     volume: float = 0.0  # PARTIAL_CLOSE / HEDGE: lots wanted (execution floors to the step)
+    tp: float = 0.0      # MODIFY_SL: a new take-profit (0 = keep the current one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ Tree (SPEC section 1)::
         ├── store      the only writer to SQLite
         ├── broker     the only owner of the terminal
         ├── positions  one poll of open positions for all trades
-        └── registry   ticket -> trade actor, and the trades supervisor under it
+        ├── registry   ticket -> trade actor, and the trades supervisor under it
+        └── guard      the account guard (issue 15): last, so that its crash restarts
+                       nothing else (rest_for_one), and a registry restart restarts it
 
 The endpoints start first, so the rpc port opens at once and answers ``NOT_READY`` until the
 store is open, the broker connected, stored trades reloaded, and a position poll has reconciled
@@ -40,6 +42,7 @@ from anyio.abc import TaskStatus
 from dtms import __version__
 from dtms.actors.base import Actor, ActorStopped, MailboxFull
 from dtms.actors.broker import BrokerActor
+from dtms.actors.guard import GuardActor
 from dtms.actors.market import MarketHub
 from dtms.actors.positions import Poll, PositionWatcher
 from dtms.actors.registry import (
@@ -60,6 +63,7 @@ from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import Account, Registration
 from dtms.policy.account import account_record, check_account
+from dtms.rpc.guard import with_guard
 from dtms.rpc.methods import Methods
 from dtms.rpc.server import Connection, RpcServer
 from dtms.storelock import StoreInUse, StoreLock
@@ -124,6 +128,10 @@ class Service:
                                       watcher=self.watcher, market=self.market,
                                       metrics=self.metrics,
                                       on_event=self._on_restart, on_recovered=self._on_recovered)
+        self.guard = GuardActor(settings, broker=self.broker, store=self.store,
+                                metrics=self.metrics, events=self.events,
+                                trade_actor=self.registry.trades.get,
+                                symbols=lambda: self.market.symbols.keys())
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         methods = Methods(self)
         self.methods = methods.table()
@@ -155,12 +163,15 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.monitoring_active and self.broker.connected and self.store.failing is None
+        # a locked account stays ready (registrations go on; the guard closes new positions)
+        return (self.monitoring_active and self.broker.connected and self.store.failing is None
+                and self.guard.loaded)
 
     def health(self) -> dict[str, Any]:
         ready = self.ready
         self.metrics.ready.set(1 if ready else 0)
-        for actor in (self.store, self.broker, self.market, self.watcher, self.registry):
+        for actor in (self.store, self.broker, self.market, self.watcher, self.registry,
+                      self.guard):
             self.metrics.mailbox_depth.labels(actor.name).set(actor.mailbox_depth)
         return {"ready": ready, "initialized": self.initialized,
                 "monitoring_active": self.monitoring_active,
@@ -168,7 +179,7 @@ class Service:
                 "broker_error": None if ready else self.broker.error,   # why not connected
                 "active_trades": len(self.registry.trades),
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "version": __version__}
+                "version": __version__, "guard": self.guard.state.lock_view()}
 
     def _not_ready(self) -> NotReady:
         if self.store.db is None:
@@ -184,6 +195,8 @@ class Service:
                 why += f" ({error})"
         elif not self.registry.recovered:
             why = "stored trades are being recovered"
+        elif not self.guard.loaded:
+            why = "the account guard is loading its state"
         else:
             why = "stored trades are being reconciled with the broker"
         return NotReady(f"DTMS is not ready: {why}",
@@ -277,7 +290,12 @@ class Service:
                              shutdown_timeout=sup.shutdown_timeout_s)
         core = Supervisor("core", [*(self._spec(a) for a in
                                      (self.store, self.broker, self.market, self.watcher)),
-                                   registry],
+                                   registry,
+                                   # cancelled at once, not drained: an evaluation may wait on
+                                   # a store that is restarting; a close it was sending is in
+                                   # a journal and resolved at its next start
+                                   ChildSpec(self.guard.name, self.guard.run,
+                                             shutdown_timeout=sup.shutdown_timeout_s)],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]
@@ -395,4 +413,4 @@ class Service:
             raise self._not_ready()
         if fn is None:
             return await self.connection_methods[method](args, conn)
-        return await fn(args)
+        return with_guard(method, await fn(args), self.guard.state.lock_view())

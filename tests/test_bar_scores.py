@@ -92,6 +92,9 @@ async def test_a_bar_close_scores_each_direction_once_and_writes_no_trade_row(
         engine_settings, monkeypatch):
     sim = make_sim()
     calls, written = spy_scores(monkeypatch), spy_writes(monkeypatch)
+    # no broker-side floor (issue 15): it would attach a stop to these naked positions at
+    # the first bar close with an ATR, a write of its own
+    engine_settings = engine_settings.replace(policy={"attach_sl_atr": 0.0})
     async with running(engine_settings, sim) as svc, client_for(svc) as cl:
         tickets = await register(cl, sim, ["BUY", "BUY", "BUY"])
         # the bar rises 10 points: -4.43 for a SELL, past the default L1 (-2) and L2 (-4)
@@ -122,6 +125,9 @@ async def test_a_bar_close_that_changes_a_state_writes_that_trade_row_only(
         engine_settings, monkeypatch):
     sim = make_sim()
     written = spy_writes(monkeypatch)
+    # no broker-side floor (issue 15): it would attach a stop to these naked positions at
+    # the first bar close with an ATR, a write of its own
+    engine_settings = engine_settings.replace(policy={"attach_sl_atr": 0.0})
     async with running(engine_settings, sim) as svc, client_for(svc) as cl:
         [buy] = await register(cl, sim, ["BUY"])
         [sell] = await register(cl, sim, ["SELL"])

@@ -132,4 +132,4 @@ def test_a_retried_time_stop_close_is_still_named_time_stop() -> None:
 def test_close_reasons_are_a_fixed_set_of_label_values() -> None:
     assert {r.value for r in CloseReason} == {
         "SL", "TP", "STOP_OUT", "MANUAL", "EXPERT", "TIME_STOP", "FLAT_TIMER", "NOT_RECOVERED",
-        "WARNING_L2", "PARTIAL_PROFIT", "NETTING_REDUCE", "DTMS", "UNKNOWN"}
+        "WARNING_L2", "PARTIAL_PROFIT", "NETTING_REDUCE", "GUARD", "REQUEST", "DTMS", "UNKNOWN"}

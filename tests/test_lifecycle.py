@@ -782,7 +782,8 @@ def test_an_off_grid_trigger_is_watched_from_the_bid_its_rounded_level_equals() 
 def test_without_initial_stop_profit_rules_do_not_run() -> None:
     t = make_trade(initial_sl=0.0, sl=0.0)
     d = decide(t, snap(1.20000, 1.20020, atr=0.001), LADDER)
-    assert d.intents == ()
+    # only the broker-side floor (issue 15): 3 ATR below the bid
+    assert [(i.obligation, i.sl) for i in d.intents] == [("sl:floor", 1.197)]
     assert d.watch == Watch()
 
 

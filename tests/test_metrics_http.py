@@ -85,7 +85,7 @@ async def test_health_is_503_until_ready_then_200(settings, sim):
         h = json.loads(body)
         assert (h["ready"], h["broker_connected"]) == (False, False)
         assert set(h) == {"ready", "initialized", "monitoring_active", "broker_connected",
-                          "broker_error", "active_trades", "uptime_s", "version"}
+                          "broker_error", "active_trades", "uptime_s", "version", "guard"}
         sim.faults.clear()
         await eventually(lambda: svc.ready)
         status, _, body = await http_get(port, "/health")

@@ -38,7 +38,8 @@ DASHBOARD_UID = "dtms-overview"
 
 REQUIRED_ALERTS = {"DTMSDown", "DTMSNotReady", "DTMSRestartStorm", "DTMSTradeGiveUps",
                    "DTMSActionFailureRatio", "DTMSBrokerDisconnected",
-                   "DTMSStoreCommitLatencyHigh", "DTMSTradeClosedUnknown"}
+                   "DTMSStoreCommitLatencyHigh", "DTMSTradeClosedUnknown", "DTMSAccountLocked",
+                   "DTMSDailyLossNearLimit"}
 #: Series Prometheus provides itself, with their labels.
 PROMETHEUS_SERIES = {"up": {"job", "instance"}}
 #: Labels Prometheus attaches to every scraped series.
@@ -268,7 +269,10 @@ def test_dashboard_covers_the_required_panels():
                  "dtms_actor_giveups_total", "dtms_rpc_requests_total",
                  "dtms_rpc_request_duration_seconds_bucket",
                  "dtms_broker_request_duration_seconds_bucket",
-                 "dtms_broker_order_retcodes_total", "dtms_mailbox_depth"):
+                 "dtms_broker_order_retcodes_total", "dtms_mailbox_depth",
+                 # the account guard (issue 15)
+                 "dtms_guard_locked", "dtms_guard_daily_pnl", "dtms_guard_drawdown_ratio",
+                 "dtms_guard_open_risk", "dtms_guard_breaches_total"):
         assert name in used, f"no dashboard panel uses {name}"
     latency = [e for e in dashboard_exprs() if "dtms_action_duration_seconds_bucket" in e]
     assert any("histogram_quantile(0.5," in e for e in latency)

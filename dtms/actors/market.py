@@ -129,6 +129,7 @@ class MarketView:
     hedging: bool
     seq: int = 0
     scores: Mapping[Direction, Score] | None = None
+    median_spread: float = 0.0   # of the recent ticks, price units: the spread guard's reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,14 +179,24 @@ class SymbolMarket(Actor):
         # trades arm watches from the same tick; the extremes are read once, not per trade
         self._extremes: dict[int, tuple[tuple[float, float], tuple[float, float]]] = {}
         self.events_sent = 0   # PriceEvents told to trades (the index's k per tick)
+        self._median = (-1, 0.0)   # (tick number, median spread of ``recent`` then)
 
     def view(self, seq: int | None = None, tick: Tick | None = None) -> MarketView:
         """The current view, or the view as of an earlier tick of ``recent``."""
         assert self.spec is not None
         if seq is None:
             return MarketView(self.spec, self.tick, self.signals, self.hedging, self.ticks,
-                              self.scores)
-        return MarketView(self.spec, tick, self.signals, self.hedging, seq, self.scores)
+                              self.scores, self.median_spread())
+        return MarketView(self.spec, tick, self.signals, self.hedging, seq, self.scores,
+                          self.median_spread())
+
+    def median_spread(self) -> float:
+        """The median spread (ask - bid) of the recent ticks, once per tick however many
+        trades look (the spread guard, ``policy.max_spread_mult``)."""
+        if self._median[0] != self.ticks:
+            spreads = sorted(t.ask - t.bid for _, t in self.recent)
+            self._median = (self.ticks, spreads[len(spreads) // 2] if spreads else 0.0)
+        return self._median[1]
 
     def _new_tick(self, tick: Tick) -> None:
         self.tick = tick

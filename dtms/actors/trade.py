@@ -26,6 +26,9 @@ It owns its :class:`~dtms.model.Trade` while the trade is managed:
 * **Following the position.** Changes made outside DTMS (volume, SL, TP) are adopted and
   persisted; the policy only ever tightens from the adopted stop, so a stop someone else
   tightened is never loosened. A position poll older than DTMS's own last action is ignored.
+* **Ordered actions.** ``Act`` (from the account guard, or a person's ``close`` / ``modify``)
+  is journaled and sent by the same path, under its own obligation (``guard:close``,
+  ``request:close``, ``sl:guard:...``): a close ordered twice is sent once.
 * **Closing.** When the position is gone at the broker it confirms the absence: a closing deal
   in its history confirms it at once; without one it waits until ``broker.absent_polls`` polls
   in a row have missed it and no closing deal turns up in a wide window of the history
@@ -143,9 +146,26 @@ class SetPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Act:
+    """An action ordered from outside the trade's own policy -- the account guard, or a
+    person's ``close``/``flatten``/``modify`` -- journaled and sent like the policy's own
+    (exactly once: an obligation pending or done is not ordered again). ``force`` lets a
+    modify loosen the stop (recorded in the journal's reason). Answered with
+    ``{ticket, result, retcode, reason}``; ``result`` is the journal status, or ``refused``
+    when nothing was journaled (why in ``reason``)."""
+    intent: ActionIntent
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TradeClosed:
     """Told to the registry when a trade has closed and its actor is about to exit."""
     ticket: int
+
+
+def _refused(ticket: int, why: str) -> dict[str, Any]:
+    """An ``Act``'s answer when nothing was journaled."""
+    return {"ticket": ticket, "result": "refused", "retcode": 0, "reason": why}
 
 
 class TradeActor(Cell):
@@ -161,7 +181,7 @@ class TradeActor(Cell):
 
     __slots__ = ("_loaded", "ticket", "trade", "store", "broker", "registry", "hub", "metrics",
                  "settings", "clock", "market", "_market_hint", "view", "deferred", "unresolved",
-                 "acted_at", "policy", "shadow_book")
+                 "acted_at", "policy", "shadow_book", "acting")
     snapshots = (BarClose, PriceEvent, PositionUpdate, PositionGone)
 
     def supersedes(self, new: Any, old: Any) -> bool:
@@ -197,6 +217,7 @@ class TradeActor(Cell):
         self.unresolved: list[ActionRecord] = []
         self.acted_at = 0.0   # perf_counter when DTMS last changed the position
         self.shadow_book: ShadowBook | None = None   # None: live
+        self.acting: dict[int, ActionRecord] | None = None   # rows settled during an Act
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -257,6 +278,8 @@ class TradeActor(Cell):
         if self.trade.state is TradeState.CLOSED:
             if isinstance(message, GetView | SetPaused | SetPolicy):
                 return self.trade.view(self.settings.policy.mode)   # a closed trade changes no more
+            if isinstance(message, Act):
+                return _refused(self.ticket, "the trade is closed")
             return None  # late messages after close change nothing
         if isinstance(message, BarClose | PriceEvent):
             self.view = message.view
@@ -278,7 +301,37 @@ class TradeActor(Cell):
             return self.trade.view(self.settings.policy.mode)
         if isinstance(message, GetView):
             return self.trade.view(self.settings.policy.mode)
+        if isinstance(message, Act):
+            return await self._act(message)
         raise TypeError(f"trade actor cannot handle {message!r}")
+
+    async def _act(self, act: Act) -> dict[str, Any]:
+        intent = act.intent
+        if self.unresolved and not await self._resolve_journal():
+            return _refused(self.ticket, "an earlier action is unresolved at the broker")
+        status = self.trade.obligations.get(intent.obligation)
+        if status in ("pending", "done"):
+            return _refused(self.ticket, f"{intent.obligation} is already {status}")
+        if self.view is None or self.view.tick is None:
+            return _refused(self.ticket, f"no market data of {self.trade.symbol} yet")
+        seq = self.trade.action_seq + 1
+        record = ActionRecord(self.ticket, seq, intent.kind.value, intent.obligation,
+                              intent.reason, "pending", self.clock())
+        obligations = {**self.trade.obligations, intent.obligation: "pending"}
+        await self._persist(self.trade.copy(action_seq=seq, obligations=obligations),
+                            actions=(record,))
+        self.deferred.pop(intent.obligation, None)
+        self.acting = {}
+        try:
+            await self._execute(intent, record, self.view, loosen=act.force)
+            row = self.acting.get(seq)
+        finally:
+            self.acting = None
+        result = row.status if row is not None else "uncertain"
+        self._watch(self.view, Watch(), again=True)   # the policy looks again from the outcome
+        return {"ticket": self.ticket, "result": result,
+                "retcode": row.retcode if row is not None else 0,
+                "reason": (row.result or {}).get("reason", "") if row is not None else ""}
 
     # -- evaluation ----------------------------------------------------------------------------
     async def _evaluate(self, view: MarketView, fresh: bool, seen: float) -> None:
@@ -294,7 +347,8 @@ class TradeActor(Cell):
         score = view.scores.get(self.trade.direction) if fresh and view.scores else None
         snap = Snapshot(now=float(view.tick.time), bid=view.tick.bid, ask=view.tick.ask,
                         spec=view.spec, hedging=view.hedging,
-                        atr=signals.atr if signals else 0.0, score=score)
+                        atr=signals.atr if signals else 0.0, score=score,
+                        median_spread=view.median_spread)
         d = decide(self._decided(), snap, self.policy)
         self.metrics.tick_to_decision.observe(time.perf_counter() - seen)
         now = self.clock()
@@ -377,7 +431,7 @@ class TradeActor(Cell):
                       hedging_account=view.hedging)
 
     async def _execute(self, intent: ActionIntent, record: ActionRecord,
-                       view: MarketView) -> None:
+                       view: MarketView, *, loosen: bool = False) -> None:
         started = time.perf_counter()
         bs = self.settings.broker
         try:   # the request's price and the stop's distance: from now, not from the event
@@ -388,7 +442,7 @@ class TradeActor(Cell):
         for attempt in range(self.policy.requote_retries + 1):
             built = build_request(intent, self._target(view), view.spec, tick, magic=bs.magic,
                                   comment=self._comment(record.seq),
-                                  deviation=bs.deviation_points)
+                                  deviation=bs.deviation_points, loosen=loosen)
             if isinstance(built, Deferred):
                 self.deferred[intent.obligation] = built
                 await self._settle(record, "deferred", result={"reason": built.reason})
@@ -512,6 +566,8 @@ class TradeActor(Cell):
         record = record.copy(status=status, resolved_at=now, retcode=retcode or record.retcode,
                              result=result or record.result)
         await self._persist(trade, actions=(record,))
+        if self.acting is not None:   # an Act waits for its row's outcome
+            self.acting[record.seq] = record
         if changes:
             self.acted_at = time.perf_counter()
         self.metrics.actions.labels(record.kind, status).inc()

@@ -1,8 +1,8 @@
 """The client commands (``health``, ``status``, ``register``, ``trade``, ``trades``,
 ``transitions``, ``restarts``, ``actions``, ``pause``, ``resume``, ``unregister``, ``policy``,
-``shadow``): one call to the service each, its answer printed -- a table for the listings
-(:mod:`dtms.cli.tables`; ``--json`` for the service's map), JSON for the rest -- and its error
-mapped to an exit code."""
+``shadow``, and the account guard's in :mod:`dtms.cli.guard`): one call to the service each, its
+answer printed -- a table for the listings (:mod:`dtms.cli.tables`; ``--json`` for the service's
+map), JSON for the rest -- and its error mapped to an exit code."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from dtms import config
+from dtms.cli import guard as guard_cli
 from dtms.cli import tables
 from dtms.cli.common import (
     EXIT_ERROR,
@@ -97,6 +98,8 @@ def client_command(settings: config.Settings, args: argparse.Namespace) -> int:
                 print_json(client.call("set_policy", {**target, "policy": dict(args.changes)}))
             elif cmd == "unregister":
                 print_json(client.call(cmd, {"ticket": args.ticket}))
+            elif cmd in guard_cli.COMMANDS:
+                return guard_cli.run(client, args)
     except DtmsError as err:
         print_json(err.to_wire(), stream=sys.stderr)
         return {"NOT_READY": EXIT_NOT_READY, "NOT_FOUND": EXIT_NOT_FOUND}.get(err.code, EXIT_ERROR)

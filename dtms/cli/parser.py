@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dtms import __version__, config
+from dtms.cli import guard as guard_cli
 from dtms.cli.common import _SINCE_HELP, RESTART_KINDS, TRADE_STATES, parse_since
 from dtms.rpc.protocol import MAX_PAGE
 
@@ -194,6 +195,7 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
     sh = sub.add_parser("shadow", help="what shadow mode would have done, and the P/L difference")
     sh.add_argument("--ticket", type=_TICKET, help="only this trade (default: all)")
     sh.add_argument("--since", type=_SINCE, help=f"{_SINCE_HELP} (default: 00:00 UTC today)")
+    guard_cli.add_commands(sub, _TICKET)
     for name, command in sub.choices.items():
         if name in TABLES:
             command.add_argument("--json", action="store_true",

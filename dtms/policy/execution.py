@@ -126,13 +126,14 @@ Outcome = Request | Deferred | Skipped
 
 
 def build_request(intent: ActionIntent, target: Target, spec: SymbolSpec, tick: Tick, *,
-                  magic: int, comment: str, deviation: int) -> Outcome:
-    """The order_send request for ``intent`` on ``target``, or why none should be sent now."""
+                  magic: int, comment: str, deviation: int, loosen: bool = False) -> Outcome:
+    """The order_send request for ``intent`` on ``target``, or why none should be sent now.
+    ``loosen``: a person's forced modify (``modify`` with ``force``) may move the stop away."""
     common = {"symbol": target.symbol, "magic": int(magic), "comment": comment[:COMMENT_MAX],
               "deviation": int(deviation), "type_time": ORDER_TIME_GTC}
     kind = intent.kind
     if kind is ActionKind.MODIFY_SL:
-        return _modify_sl(intent.sl, target, spec, tick, common)
+        return _modify_sl(intent.sl, target, spec, tick, common, tp=intent.tp, loosen=loosen)
     if kind is ActionKind.PARTIAL_CLOSE:
         return _reduce(intent.volume, target, spec, tick, common, "")
     if kind is ActionKind.CLOSE:
@@ -166,20 +167,23 @@ def _points(spec: SymbolSpec, distance: float) -> float:
 
 
 def _modify_sl(wanted: float, t: Target, spec: SymbolSpec, tick: Tick,
-               common: dict[str, Any]) -> Outcome:
+               common: dict[str, Any], *, tp: float = 0.0, loosen: bool = False) -> Outcome:
     buy = t.direction is Direction.BUY
     sign = 1.0 if buy else -1.0   # + = in the trade's favour for a stop
     ref = tick.bid if buy else tick.ask
     ref_name = "bid" if buy else "ask"
     new = _price(spec, wanted)
     cur = _price(spec, t.sl) if t.sl > 0 else 0.0
+    new_tp = _price(spec, tp) if tp > 0 else (_price(spec, t.tp) if t.tp > 0 else 0.0)
     if new <= 0:
         return Skipped("removing the stop would loosen it")
-    if cur and sign * _points(spec, new - cur) < -0.5:
+    if cur and sign * _points(spec, new - cur) < -0.5 and not loosen:
         return Skipped(f"sl {_fmt(spec, new)} is worse than the current {_fmt(spec, cur)}; "
                        "a stop never loosens")
-    if new == cur:
+    if new == cur and new_tp == (_price(spec, t.tp) if t.tp > 0 else 0.0):
         return Skipped("no change")
+    if loosen:
+        cur = 0.0   # forced: no comparison with the current stop below
 
     deferred = _sltp_blocked(t, spec, tick, sign, ref)
     if deferred is not None:
@@ -195,8 +199,8 @@ def _modify_sl(wanted: float, t: Target, spec: SymbolSpec, tick: Tick,
         if cur and sign * _points(spec, new - cur) < 0.5:
             return Skipped(f"{note}: no longer an improvement over the current sl "
                            f"{_fmt(spec, cur)}")
-    fields = {"action": TRADE_ACTION_SLTP, "position": t.ticket, "sl": new,
-              "tp": _price(spec, t.tp) if t.tp > 0 else 0.0, **common}
+    fields = {"action": TRADE_ACTION_SLTP, "position": t.ticket, "sl": new, "tp": new_tp,
+              **common}
     return Request(fields=fields, volume=t.volume, note=note)
 
 

@@ -17,7 +17,9 @@ owes new duties) except the lifetime ones, which a state change never resets:
   owed again at every re-entry into WARNING_L2) and the hedge (``hedge``: once per trade, always;
   a trade that declines again after a recovery has its L2 stop and the flat timer, not a second
   hedge), and each partial-profit rung (``partial:<i>``);
-- breakeven (``sl:breakeven``).
+- breakeven (``sl:breakeven``);
+- a close ordered from outside the policy (``guard:close`` by the account guard,
+  ``request:close`` by a person's ``close``/``flatten``): a position is closed once.
 
 Stop tightening (``sl:L1``, ``sl:L2``) is per episode: it is offered again at each entry, which
 costs nothing, as a stop is only ever moved tighter. A lifetime cut that never filled (failed,
@@ -61,8 +63,12 @@ def failed(at: float) -> str:
     """The status of an obligation whose action failed at market time ``at``."""
     return f"{FAILED}:{at:.0f}"
 #: obligations that live as long as the trade (not reset by a state change); see the docstring
-LIFETIME_KEYS = frozenset({"sl:breakeven", "L2:partial", "hedge"})
+LIFETIME_KEYS = frozenset({"sl:breakeven", "L2:partial", "hedge",
+                           # closes ordered by the account guard or a person (``trade.Act``)
+                           "guard:close", "request:close"})
 LIFETIME_PREFIXES = ("partial:",)
+#: the broker-side floor: the stop attached to a trade registered without one
+FLOOR = "sl:floor"
 
 
 def lifetime(key: str, policy: PolicySettings) -> bool:
@@ -81,6 +87,7 @@ class Snapshot:
     hedging: bool         # hedging account (else netting: a hedge is a reduction)
     atr: float = 0.0      # ATR of the scoring timeframe, price units; 0 = unknown
     score: Score | None = None  # a fresh score (a bar closed), else None (a price event)
+    median_spread: float = 0.0  # the symbol's recent median spread, price units; 0 = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,12 @@ class _Plan:
             return
         if kind is ActionKind.MODIFY_SL and self.sl_in_flight():
             return  # one stop change at a time; the next evaluation sees its outcome
+        if kind is ActionKind.MODIFY_SL and key != FLOOR and spread_too_wide(self.snap,
+                                                                              self.policy):
+            self.at.append(self.snap.now + 1.0)   # deferred: look again at the next second
+            return
+        if kind is ActionKind.MODIFY_SL:
+            sl, reason = cap_loss(self.trade, sl, reason, self.policy, self.snap.spec)
         self.obligations[key] = PENDING
         self.intents.append(ActionIntent(kind, key, reason, sl=sl, volume=volume))
 
@@ -171,6 +184,54 @@ class _Plan:
             self.above.append(_on_grid(price_level, self.snap.spec, ceil=True))
         else:
             self.below.append(_on_grid(price_level, self.snap.spec, ceil=False))
+
+
+def spread_too_wide(snap: Snapshot, p: PolicySettings) -> bool:
+    """The spread guard: no trailing or tightening while the spread is above
+    ``max_spread_mult`` x the symbol's recent median spread (the step waits for it to narrow)."""
+    return (p.max_spread_mult > 0 and snap.median_spread > 0
+            and snap.ask - snap.bid > p.max_spread_mult * snap.median_spread + 1e-12)
+
+
+def cap_loss(t: Trade, sl: float, reason: str, p: PolicySettings,
+             spec: SymbolSpec) -> tuple[float, str]:
+    """``policy.max_loss_r``: no stop DTMS sets is farther than that many R from entry."""
+    r = t.initial_risk
+    if p.max_loss_r <= 0 or r <= 0:
+        return sl, reason
+    limit = round(t.entry_price - _sign(t.direction) * p.max_loss_r * r, spec.digits)
+    if _better(t.direction, limit, sl):
+        return limit, f"{reason} (capped at max_loss_r {p.max_loss_r:g} R)"
+    return sl, reason
+
+
+def floor_sl(t: Trade, snap: Snapshot, p: PolicySettings) -> float:
+    """The stop attached to a trade that has none (0 when it cannot be placed yet): from the
+    price, ``attach_sl_points`` points or else ``attach_sl_atr`` x ATR(14, M5), at least the
+    stops level away."""
+    spec = snap.spec
+    if p.attach_sl_points > 0:
+        distance = p.attach_sl_points * spec.point
+    elif snap.atr > 0:
+        distance = p.attach_sl_atr * snap.atr
+    else:
+        return 0.0   # no ATR yet: the next bar close brings one
+    distance = max(distance, (spec.stops_level + 1) * spec.point)
+    price = snap.bid if t.direction is Direction.BUY else snap.ask
+    return _on_grid(price - _sign(t.direction) * distance, spec,
+                    ceil=t.direction is Direction.SELL)
+
+
+def _floor(plan: _Plan, p: PolicySettings) -> None:
+    """A broker-side floor under every managed trade: one without a stop gets one at once,
+    so a DTMS crash never leaves a naked position (once per episode of its state, like every
+    stop duty: a stop someone removes is attached again at the next state change)."""
+    t = plan.trade
+    if t.sl > 0 or (p.attach_sl_atr <= 0 and p.attach_sl_points <= 0):
+        return
+    sl = floor_sl(t, plan.snap, p)
+    if sl > 0:
+        plan.emit(ActionKind.MODIFY_SL, FLOOR, "no stop at the broker: floor attached", sl=sl)
 
 
 def _on_grid(level: float, spec: SymbolSpec, *, ceil: bool) -> float:
@@ -198,6 +259,7 @@ def decide(trade: Trade, snap: Snapshot, policy: PolicySettings) -> Decision:
     _ladder(plan, policy)
     if plan.transition is None and trade.state is TradeState.HEALTHY:
         _protect_profit(plan, policy)
+    _floor(plan, policy)   # last: a stop the ladder sets now is tighter, and goes first
     _timers_watch(plan, policy)
     return _finish(plan)
 
@@ -430,7 +492,12 @@ def after_fill(trade: Trade, intent: ActionIntent, *, volume: float, hedge_ticke
                sl: float | None = None, hedging: bool = True) -> dict[str, Any]:
     """The trade fields an executed intent changes (the broker's position stays the truth)."""
     if intent.kind is ActionKind.MODIFY_SL and sl is not None:
-        return {"sl": sl}
+        changes: dict[str, Any] = {"sl": sl}
+        if intent.tp > 0:
+            changes["tp"] = intent.tp
+        if intent.obligation == FLOOR and trade.initial_sl <= 0:
+            changes["initial_sl"] = sl   # R from the attached stop, where there was none
+        return changes
     if intent.kind is ActionKind.PARTIAL_CLOSE or (intent.kind is ActionKind.HEDGE
                                                     and not hedging):
         return {"volume": max(0.0, round(trade.volume - volume, 8))}

@@ -39,6 +39,10 @@ requote_retries            integer           0..10
 retry_after_s              number            > 0 (0 would resend a failed action at every tick)
 l2_close_repeat            bool              true / false
 mode                       string            "live" or "shadow" (decide and journal, never send)
+attach_sl_atr              number            >= 0 (ATRs; the floor of a trade without an SL)
+attach_sl_points           number            >= 0 (points; 0 = use attach_sl_atr; both 0: off)
+max_loss_r                 number            >= 0 (R; 0 = off)
+max_spread_mult            number            >= 0 (x the median spread; 0 = off)
 =========================  ================  ================================================
 
 Every number must be finite. The two ladder lists are checked after merging with the
@@ -111,6 +115,8 @@ BOUNDS: dict[str, Bound] = {
     "time_stop_min": _NON_NEGATIVE, "score_cooldown_s": _NON_NEGATIVE,
     "requote_retries": Bound(low=0, high=10), "retry_after_s": _POSITIVE,
     "l2_close_repeat": _ANY, "mode": _ANY,
+    "attach_sl_atr": _NON_NEGATIVE, "attach_sl_points": _NON_NEGATIVE,
+    "max_loss_r": _NON_NEGATIVE, "max_spread_mult": _NON_NEGATIVE,
 }
 #: key -> the only strings it may be
 CHOICES: dict[str, tuple[str, ...]] = {"mode": ("live", "shadow")}

@@ -34,6 +34,7 @@ from dtms.model import TradeState, parse_registration
 from dtms.policy.figures import open_figures
 from dtms.policy.overrides import resolve_policy
 from dtms.rpc.args import bool_arg, int_arg, only, since_arg, str_arg
+from dtms.rpc.guard import GuardMethods
 from dtms.rpc.policy import PolicyMethods
 from dtms.rpc.protocol import MAX_PAGE
 from dtms.rpc.server import Connection
@@ -62,6 +63,7 @@ class Methods:
             "transitions": self.transitions, "restarts": self.restarts,
             "pause": self.pause, "resume": self.resume, "unregister": self.unregister,
             "actions": self.actions,
+            **GuardMethods(self.service).table(),
         }
 
     def connection_table(self) -> dict[str, ConnectionHandler]:
