@@ -356,7 +356,8 @@ class GuardActor(Actor):
         return {p.ticket: p for p in await self.broker.call("positions")}
 
     async def _flatten(self, reason: str) -> dict[str, Any]:
-        closed, failed = [], []
+        closed: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for p in (await self._positions()).values():
             if self.trade_actor(p.ticket) is None:
                 continue
