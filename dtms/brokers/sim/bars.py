@@ -22,8 +22,9 @@ class BarSeries:
         self.m1: list[Bar] = []
         self._agg: dict[int, tuple[list[Bar], int]] = {}  # seconds -> (bars, m1 consumed)
 
-    def add_tick(self, t: float, bid: float, spread: int) -> None:
-        """Fold a tick at time t into the forming M1 bar (opening a new one if needed)."""
+    def add_tick(self, t: float, bid: float, spread: int, volume: int = 1) -> None:
+        """Fold a tick at time t into the forming M1 bar (opening a new one if needed);
+        ``volume`` is its tick volume (a recorded bar's is shared out over its ticks)."""
         minute = int(t) // 60 * 60
         m1 = self.m1
         if m1 and m1[-1][0] == minute:
@@ -33,13 +34,13 @@ class BarSeries:
             if bid < bar[3]:
                 bar[3] = bid
             bar[4] = bid
-            bar[5] += 1
+            bar[5] += volume
             if spread < bar[6]:
                 bar[6] = spread
             return
         if m1 and m1[-1][0] > minute:
             return  # out-of-order tick; never happens with a monotonic clock
-        m1.append([minute, bid, bid, bid, bid, 1, spread, 0])
+        m1.append([minute, bid, bid, bid, bid, volume, spread, 0])
         if len(m1) > _MAX_M1_BARS:
             del m1[: len(m1) - _MAX_M1_BARS]
             self._agg.clear()
