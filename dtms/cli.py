@@ -160,6 +160,8 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
         if name not in ("serve", "watch", "trades", "sim-terminal"):  # trades has its own --json (table otherwise)
             command.add_argument("--json", action="store_true",
                                  help="JSON output (the default for this command)")
+    from dtms.replay import cli as replay_cli  # issue 16: its own module
+    replay_cli.add_parser(sub)
     return p
 
 
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "serve":
         return serve(settings, demo=args.demo, adopt_account=args.adopt_account)
+    if args.command == "replay":
+        from dtms.replay import cli as replay_cli
+        return replay_cli.run(args, settings)
     if args.command == "sim-terminal":
         from dtms.brokers.mt5 import sim_terminal
         from dtms.brokers.sim import remote
