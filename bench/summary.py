@@ -25,7 +25,9 @@ the run measured a smaller size than the target names):
 * supervised restart of one crashed trade actor (decision + state reload, backoff excluded)
   during a crash storm over 10,000 trades -- vs the others' tick -> decision p99 without the
   storm (ratio: storm p99 / no-storm p99; PASS needs restart p99 <= 1 ms, no give-up, no
-  escalation and the ratio within ``engine.STORM_TOLERANCE``).
+  escalation and the ratio within ``engine.STORM_TOLERANCE``);
+* ``dtms replay`` of one year of M5 bars with 100 trades: wall seconds and bars replayed/s --
+  vs the pure policy alone on the same bars (``bench/replay.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import coldstart, commit, engine, registration
+from bench import replay as replay_bench
 
 
 def _rate(x: float) -> str:
@@ -51,7 +54,8 @@ def _verdict(ok: bool, measured_at_target: bool = True) -> str:
 
 
 def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
-                 com: list[commit.Row], eng: dict[str, Any]) -> list[tuple[str, ...]]:
+                 com: list[commit.Row], eng: dict[str, Any],
+                 rep: replay_bench.Row | None = None) -> list[tuple[str, ...]]:
     """(figure, target, DTMS, baseline, ratio, result) for each target."""
     rows: list[tuple[str, ...]] = []
     by = {(r.clients, r.mode): r for r in reg}
@@ -140,6 +144,8 @@ def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
                      f"{storm['p99_s'] / calm['p99_s']:.2f}x p99 in the storm"
                      if calm["p99_s"] > 0 else "-",
                      _verdict(restart_ok and unchanged, st["trades"] >= engine.STORM_TRADES)))
+    if rep is not None:
+        rows.append(replay_bench.summary_row(rep, _verdict))
     return rows
 
 
@@ -195,7 +201,12 @@ def main(argv: list[str]) -> int:
                                          else engine.STORM_TRADES))
     print(engine.format_table(eng), flush=True)
 
-    rows = summary_rows(reg, cold, com, eng)
+    step("replay")
+    rep = replay_bench.run_bench(5_000 if quick else replay_bench.YEAR_BARS, 10 if quick else 100,
+                                 policy_bars=500 if quick else 3_000)
+    print(replay_bench.format_table(rep), flush=True)
+
+    rows = summary_rows(reg, cold, com, eng, rep)
     print(format_summary(rows, quick=quick, seconds=time.monotonic() - started), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -203,5 +214,6 @@ def main(argv: list[str]) -> int:
             "summary": [dict(zip(HEADERS, r, strict=True)) for r in rows],
             "registration": registration.to_json(reg, count=count, reps=reg_reps),
             "commit": commit.to_json(com, count=com_count, reps=com_reps),
-            "coldstart": coldstart.to_json(cold, reps=cold_reps), "engine": eng}, indent=2))
+            "coldstart": coldstart.to_json(cold, reps=cold_reps), "engine": eng,
+            "replay": replay_bench.to_json(rep)}, indent=2))
     return 0

@@ -239,12 +239,14 @@ async def _main(histories: Mapping[str, History], ticks: dict[str, Ticks], runs:
             await anyio.sleep(step)
         for n, run in enumerate(runs):
             t = run.trade
-            if quiet():   # nothing to manage until this trade: skip to just before it
-                target = on_grid(max(clock.now() + step, t.open_time - LEAD_S))
-                if target > loop.time():
+            while clock.now() < t.open_time:
+                if quiet() and t.open_time - LEAD_S > clock.now() + step:
+                    # nothing to manage until this trade: skip to just before it
+                    target = on_grid(t.open_time - LEAD_S)
                     loop.skip_to(target)
                     await anyio.sleep(target - loop.time())
-            await anyio.sleep(max(0.0, t.open_time - clock.now()))
+                else:   # a trade is open: the market runs; look again in a bar
+                    await anyio.sleep(min(t.open_time - clock.now(), 4 * step))
             run.ticket = open_recorded(sim, t.symbol, t.direction, t.volume, t.open_price,
                                        t.sl, t.tp, comment=f"replay #{t.ticket}")
             try:
