@@ -265,3 +265,30 @@ def test_a_sweep_runs_each_variant_in_its_own_process_best_first(tmp_path, capsy
     assert all(v["totals"]["without"]["pnl"] == -20.0 for v in sweep["variants"])
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].startswith("breakeven_r=1.0") and printed[2].startswith("breakeven_r=2.0")
+
+
+def test_recorded_ticks_replay_with_a_gap_through_the_stop_filled_at_the_tick(tmp_path):
+    """An MT5 tick export (UTF-16): 1.08500/1.08512 every 10 s from 11:00, then at 11:10 a
+    tick at 1.08300 -- past the BUY's SL 1.08400 with nothing in between. A recorded tick is
+    where the price was: filled there, 1.08300: (1.08300 - 1.08512) * 10,000 = -21.20, with
+    DTMS (nothing to do on a flat market) and without."""
+    start = T0 + 3 * 3600
+    lines = ["<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>"]
+    for i in range(70):
+        bid = 1.08500 if i < 60 else 1.08300
+        stamp = _mt5_time(start + 10 * i)
+        lines.append(f"{stamp}\t{bid:.5f}\t{bid + 0.00012:.5f}\t\t\t6")
+    path = tmp_path / "EURUSD_ticks.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-16"))
+    history = read_history(path)
+    raw = replay({"EURUSD": history}, [RecordedTrade(9, "EURUSD", "BUY", start + 305, 1.08512,
+                                                     0.10, 1.08400)], settings())
+    [t] = build_report(raw)["trades"]
+    assert t["exit_with"] == {"time": start + 600.0, "price": 1.083, "reason": "SL"}
+    assert t["exit_without"] == {"time": start + 600.0, "price": 1.083, "reason": "SL"}
+    assert (t["pnl_with"], t["pnl_without"]) == (-21.20, -21.20)
+
+
+def _mt5_time(t: float) -> str:
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(t, UTC).strftime("%Y.%m.%d\t%H:%M:%S.000")
