@@ -90,3 +90,18 @@ def test_the_terminal_clock_follows_the_loop():
         await asyncio.sleep(300.0)
         return clock.now()
     assert run(main) == 1_717_373_100.0
+
+
+def test_timers_still_fire_after_years_of_virtual_time():
+    """At 3e7 s (a year) a float's spacing (3.7 ns) is coarser than the monotonic clock's
+    resolution asyncio uses by default: a timer due now would never be run."""
+    async def main(loop):
+        await asyncio.sleep(10 * 365 * 86_400.0)
+        for _ in range(3):
+            await asyncio.sleep(75.0)
+        return loop.time()
+    result: list[float] = []
+    worker = threading.Thread(target=lambda: result.append(run(main)), daemon=True)
+    worker.start()
+    worker.join(60)   # a guard against the spin, not a timing: it takes milliseconds
+    assert result == [10 * 365 * 86_400.0 + 225.0]

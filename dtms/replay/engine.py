@@ -31,7 +31,6 @@ ticks); :mod:`dtms.replay.report` turns it into figures.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import json
 import logging
@@ -253,7 +252,7 @@ async def _main(histories: Mapping[str, History], ticks: dict[str, Ticks], runs:
                 await registry.ask(Register(Registration(run.ticket, owner="replay",
                                                          policy=policy)), timeout=60.0)
             except DtmsError as exc:
-                run.error = exc.message if hasattr(exc, "message") else str(exc)
+                run.error = exc.message
                 log.warning("trade %s not taken over: %s", t.ticket, run.error)
             report(n + 1)
         while not quiet() and clock.now() < end:
@@ -297,8 +296,3 @@ def _collect(runs: list[TradeRun], db_path: Path, sim: SimTerminal, settings: Se
             run.deals.sort(key=lambda d: (d.time_msc, d.ticket))
     finally:
         db.close()
-
-
-def first_after(times: list[float], t: float) -> int:
-    """Index of the first tick after time t."""
-    return bisect.bisect_right(times, t)

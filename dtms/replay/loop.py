@@ -49,6 +49,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector = _JumpSelector()
         super().__init__(selector)
         selector.loop = self
+        # asyncio runs a timer once ``when < time() + resolution``; the monotonic clock's 1 ns
+        # is below a float's spacing after a year of seconds (3.7 ns), where a timer due now
+        # would never run: virtual time resolves microseconds
+        self._clock_resolution = 1e-6
         self._now = 0.0
         self._skip: float | None = None
         self.executor_jobs = 0

@@ -13,6 +13,7 @@ import bisect
 Bar = list  # [time, open, high, low, close, tick_volume, spread, real_volume]
 
 _MAX_M1_BARS = 200_000
+_TRIM_CHUNK = 20_000
 
 
 class BarSeries:
@@ -41,7 +42,9 @@ class BarSeries:
         if m1 and m1[-1][0] > minute:
             return  # out-of-order tick; never happens with a monotonic clock
         m1.append([minute, bid, bid, bid, bid, volume, spread, 0])
-        if len(m1) > _MAX_M1_BARS:
+        # trimmed in chunks: trimming one bar per minute would rebuild every aggregate from
+        # all the M1 bars at each query (a year of replayed history is 300,000 of them)
+        if len(m1) > _MAX_M1_BARS + _TRIM_CHUNK:
             del m1[: len(m1) - _MAX_M1_BARS]
             self._agg.clear()
 
