@@ -174,3 +174,33 @@ def test_generated_ticks_reproduce_each_bar_exactly(rows):
         four = t.bid[4 * i: 4 * i + 4]
         assert (four[0], four[3], max(four), min(four)) == (bar[1], bar[4], bar[2], bar[3])
         assert all(bar[0] <= x < bar[0] + 300 for x in t.time[4 * i: 4 * i + 4])
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 300), st.integers(0, 300),
+                          st.integers(0, 600)), min_size=2, max_size=40),
+       st.integers(1, 400), st.booleans())
+def test_a_stop_fills_at_its_level_inside_a_bar_and_never_better_than_it(rows, dist, buy):
+    """Held to its stop over any bars: filled exactly at the stop when the path of a bar
+    crossed it, at the price of a bar's open when the bar opened beyond it -- never at a
+    better price than the stop."""
+    from dtms.brokers.sim.history import hold_to_exit
+    from dtms.brokers.sim.symbols import build_symbols
+    spec = build_symbols(only=("EURUSD",))["EURUSD"]
+    bars, p = [], 1.08500
+    for i, (up, down, c_off, gap) in enumerate(rows):
+        o = round(p + (gap - 300) / 1e5 * (i > 0), 5)
+        high, low = round(o + up / 1e5, 5), round(o - down / 1e5, 5)
+        close = round(min(high, max(low, o + (c_off - 300) / 1e5)), 5)
+        bars.append([START + 300 * i, o, high, low, close, 4, 0])
+        p = close
+    ticks = ticks_from_bars(bars, 300, 12)
+    entry = bars[0][1] + (0.00012 if buy else 0.0)
+    # beyond the spread: a stop already passed when it is placed fills at the market at once
+    sl = round(entry - (12 + dist) / 1e5, 5) if buy else round(entry + (12 + dist) / 1e5, 5)
+    t, price, reason, _, _ = hold_to_exit(ticks, spec, buy, START + 10, sl, 0.0)
+    if reason == "SL":
+        assert (price <= sl + 1e-9) if buy else (price >= sl - 1e-9)
+        i = ticks.time.index(t)
+        assert ticks.jump[i] or price == sl
+        if price != sl:
+            assert t % 300 == 0   # only a bar's open fills past the stop

@@ -174,7 +174,16 @@ def rank_key(metric: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    logging.getLogger("dtms").setLevel(logging.ERROR)   # the report says what happened
+    logger = logging.getLogger("dtms")
+    level = logger.level
+    logger.setLevel(logging.ERROR)   # the report says what happened, not every gap's warning
+    try:
+        return _run(args, settings)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         policy = dict((k, parse_value(v)) for k, v in _pairs(args.policy, "--policy"))
         sweep = _pairs(args.sweep, "--sweep")
