@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import logging
 import math
 import random
 import sys
@@ -123,6 +124,16 @@ def policy_rate(history: Path, settings: Settings, limit: int) -> float:
 
 def run_bench(bars: int, trades: int, policy_bars: int = 3000) -> Row:
     settings = Settings()
+    logger = logging.getLogger("dtms")
+    level = logger.level
+    logger.setLevel(logging.ERROR)   # as `dtms replay`: no warning per weekend gap
+    try:
+        return _run(settings, bars, trades, policy_bars)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(settings: Settings, bars: int, trades: int, policy_bars: int) -> Row:
     with tempfile.TemporaryDirectory(prefix="dtms-bench-replay-") as tmp:
         history_path, trades_path = write_inputs(Path(tmp), bars, trades)
         started = time.perf_counter()
