@@ -204,3 +204,17 @@ def test_a_stop_fills_at_its_level_inside_a_bar_and_never_better_than_it(rows, d
         assert ticks.jump[i] or price == sl
         if price != sl:
             assert t % 300 == 0   # only a bar's open fills past the stop
+
+
+def test_mt5_positions_history_export_is_read_as_trades(tmp_path):
+    text = ("Time\tPosition\tSymbol\tType\tVolume\tPrice\tS / L\tT / P\tTime\tPrice\t"
+            "Commission\tSwap\tProfit\n"
+            "2024.06.03 11:20:10\t51234\tEURUSD\tbuy\t0.10\t1.08512\t1.08312\t\t"
+            "2024.06.03 11:22:30\t1.08312\t0.00\t0.00\t-20.00\n"
+            "2024.06.03 09:00:00\t51200\tEURUSD\tsell\t0.20\t1.08500\t1.09500\t1.08000\t"
+            "2024.06.03 12:00:00\t1.08662\t0.00\t0.00\t-32.40\n")
+    trades = read_trades(write(tmp_path, text, "utf-16", "\r\n", name="positions.csv"))
+    assert [(t.ticket, t.direction, t.open_time, t.open_price, t.volume, t.sl, t.tp)
+            for t in trades] == [
+        (51200, "SELL", START + 9 * 3600, 1.085, 0.2, 1.095, 1.08),
+        (51234, "BUY", START + 11 * 3600 + 1210, 1.08512, 0.1, 1.08312, 0.0)]

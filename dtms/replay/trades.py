@@ -3,7 +3,9 @@
 This module owns :class:`RecordedTrade` and :func:`read_trades`. The header is
 ``ticket,symbol,direction,open_time,open_price,volume,sl,tp`` (any order, more columns
 ignored; MT5's angle brackets and case do not matter); times are ISO-8601 or epoch seconds in
-the history's time zone; ``sl``/``tp`` 0 or empty mean none. A bad file raises
+the history's time zone; ``sl``/``tp`` 0 or empty mean none. The CSV export of MT5's positions
+history report (``Time, Position, Symbol, Type, Volume, Price, S / L, T / P, ...``) is read as
+well. A bad file raises
 :class:`~dtms.brokers.sim.history.HistoryError` naming the line (the header is line 1) and the
 column, like the history readers.
 """
@@ -16,6 +18,11 @@ from pathlib import Path
 from dtms.brokers.sim.history import HistoryError, parse_time, read_table
 
 COLUMNS = ("ticket", "symbol", "direction", "open_time", "open_price", "volume", "sl", "tp")
+#: the columns of MT5's positions history report (Toolbox > History > Positions, exported):
+#: ``Time, Position, Symbol, Type, Volume, Price, S / L, T / P, Time, Price, Commission, Swap,
+#: Profit`` -- the first Time and Price are the open's
+MT5_POSITIONS = {"time": "open_time", "position": "ticket", "type": "direction",
+                 "price": "open_price", "s / l": "sl", "t / p": "tp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +41,9 @@ def read_trades(path: str | Path) -> list[RecordedTrade]:
     """The trades of ``path``, oldest open first; raises HistoryError."""
     path = str(path)
     names, rows = read_table(path)
-    col = {n: i for i, n in enumerate(names)}
+    col: dict[str, int] = {}
+    for i, name in enumerate(names):   # the first of a repeated name (MT5: open, then close)
+        col.setdefault(MT5_POSITIONS.get(name, name) if "ticket" not in names else name, i)
     missing = [c for c in COLUMNS[:6] if c not in col]
     if missing:
         raise HistoryError(f"{path}: line 1, column {missing[0]}: missing; the header needs "
