@@ -131,6 +131,7 @@ class RawRun:
     end: float
     policy: dict[str, Any]
     wall_s: float = 0.0
+    scored_bars: int = 0   # M5 bar closes the engine scored (trades open, or just before)
 
 
 def replay_settings(settings: Settings, step: float, db: Path) -> Settings:
@@ -189,7 +190,8 @@ def replay(histories: Mapping[str, History], trades: list[RecordedTrade], settin
         return sim.order_calc_profit(kinds[direction], symbol, volume, open_, close)
 
     return RawRun(runs, ticks, specs, profit, min(h.start for h in histories.values()),
-                  max(h.end for h in histories.values()), policy, time.perf_counter() - wall)
+                  max(h.end for h in histories.values()), policy, time.perf_counter() - wall,
+                  holder.get("scored", 0))
 
 
 async def _main(histories: Mapping[str, History], ticks: dict[str, Ticks], runs: list[TradeRun],
@@ -258,6 +260,8 @@ async def _main(histories: Mapping[str, History], ticks: dict[str, Ticks], runs:
         while not quiet() and clock.now() < end:
             await anyio.sleep(min(step * 64, max(step, end - clock.now())))
             report(len(runs))
+        # bar closes the market actors scored (the work the pure policy would do alone)
+        holder["scored"] = sum(m.bar_closes for m in market.symbols.values())
         tg.cancel_scope.cancel()
     sim.initialize()   # the broker actor shut its connection down on stopping
     for pos in sim.positions_get() or ():   # the history is over: close at its last price
