@@ -292,3 +292,16 @@ def test_recorded_ticks_replay_with_a_gap_through_the_stop_filled_at_the_tick(tm
 def _mt5_time(t: float) -> str:
     from datetime import UTC, datetime
     return datetime.fromtimestamp(t, UTC).strftime("%Y.%m.%d\t%H:%M:%S.000")
+
+
+def test_the_progress_bar_on_stderr_says_what_runs_and_how_far(tmp_path, capsys):
+    from dtms.cli import main
+    history = bars(tmp_path / "EURUSD_M5.csv", [*FLAT, (1.08500, 1.08720, 1.08270, 1.08270),
+                                                *[(1.08270,) * 4] * 3])
+    trades = _trades_csv(tmp_path / "trades.csv",
+                         ["1,EURUSD,BUY,1717413610,1.08512,0.10,1.08312,0"])
+    assert main(["replay", "--bars", f"EURUSD={history}", "--trades", str(trades),
+                 "--out", str(tmp_path / "r"), "--no-pictures"]) == 0
+    out = capsys.readouterr()
+    assert "replaying EURUSD: 1/1 trades opened" in out.err and "100%" in out.err
+    assert "with DTMS:" in out.out and "replaying" not in out.out
