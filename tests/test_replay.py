@@ -305,3 +305,23 @@ def test_the_progress_bar_on_stderr_says_what_runs_and_how_far(tmp_path, capsys)
     out = capsys.readouterr()
     assert "replaying EURUSD: 1/1 trades opened" in out.err and "100%" in out.err
     assert "with DTMS:" in out.out and "replaying" not in out.out
+
+
+def test_two_symbols_replay_together_each_on_its_own_history(tmp_path):
+    """The breakeven case on EURUSD while a GBPUSD BUY (0.10 at 1.27012, the ask of a flat
+    1.27000) waits: the EURUSD trade ends at breakeven (+1.20), the GBPUSD one is still open
+    at the end, valued at the last bid 1.27000: -1.20, with and without DTMS."""
+    eur = read_history(bars(tmp_path / "EURUSD.csv", [*FLAT, (1.08500, 1.08720, 1.08270,
+                                                             1.08270), *[(1.08270,) * 4] * 3]))
+    gbp = read_history(bars(tmp_path / "GBPUSD.csv", [(1.27000,) * 4] * 44))
+    raw = replay({"EURUSD": eur, "GBPUSD": gbp},
+                 [RecordedTrade(1, "EURUSD", "BUY", OPEN, 1.08512, 0.10, 1.08312),
+                  RecordedTrade(2, "GBPUSD", "BUY", OPEN - 300, 1.27012, 0.10, 1.26500)],
+                 settings())
+    report = build_report(raw)
+    by = {t["ticket"]: t for t in report["trades"]}
+    assert (by[1]["pnl_with"], by[1]["exit_with"]["reason"], by[1]["pnl_without"]) == (
+        1.20, "SL", -20.00)
+    assert (by[2]["pnl_with"], by[2]["exit_with"]["reason"]) == (-1.20, "END")
+    assert (by[2]["pnl_without"], by[2]["exit_without"]["reason"]) == (-1.20, "END")
+    assert report["totals"]["with"]["pnl"] == 0.0
