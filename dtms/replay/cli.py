@@ -117,6 +117,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict[str, History], list[Reco
                                   field="--spread") from None
         if spread[symbol.upper()] < 0:
             raise InvalidArgument(f"--spread {symbol}={points}: must be >= 0", field="--spread")
+        if symbol.upper() not in histories:
+            raise InvalidArgument(f"--spread {symbol}={points}: no --bars for {symbol}",
+                                  field="--spread")
     return histories, read_trades(args.trades), spread
 
 
@@ -185,6 +188,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
+        if args.workers < 0:
+            raise InvalidArgument(f"--workers {args.workers}: must be >= 0 (0: one per core)",
+                                  field="--workers")
         policy = dict((k, parse_value(v)) for k, v in _pairs(args.policy, "--policy"))
         sweep = _pairs(args.sweep, "--sweep")
         todo = variants(policy, sweep) if sweep else [policy]
