@@ -5,18 +5,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import bridge, coldstart, commit, engine, registration
+from bench import bridge, coldstart, commit, engine, registration, replay
 
 BENCHES: dict[str, Callable[[list[str]], int]] = {"registration": registration.main,
                                                   "coldstart": coldstart.main,
                                                   "commit": commit.main,
                                                   "engine": engine.main,
-                                                  "bridge": bridge.main}
+                                                   "bridge": bridge.main,
+                                                   "replay": replay.main}
 SUMMARIES = {"registration": "registrations/s, p50/p99 over TCP vs a bare echo floor",
              "coldstart": "seconds from start to ready with 10k/100k stored trades vs none",
              "commit": "durable writes/s, group commit vs one commit each vs raw sqlite3",
              "engine": "tick->decision (index on/off), bar-close scoring, RSS, idle CPU",
-             "bridge": "terminal call p50/p99: terminal bridge vs sim-terminal vs embedded"}
+             "bridge": "terminal call p50/p99: terminal bridge vs sim-terminal vs embedded",
+             "replay": "dtms replay: one year of M5 bars, 100 trades; bars/s vs the policy"}
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,9 @@ the run measured a smaller size than the target names):
 * supervised restart of one crashed trade actor (decision + state reload, backoff excluded)
   during a crash storm over 10,000 trades -- vs the others' tick -> decision p99 without the
   storm (ratio: storm p99 / no-storm p99; PASS needs restart p99 <= 1 ms, no give-up, no
-  escalation and the ratio within ``engine.STORM_TOLERANCE``).
+  escalation and the ratio within ``engine.STORM_TOLERANCE``);
+* ``dtms replay`` of one year of M5 bars with 100 trades: wall seconds and bars replayed/s --
+  vs the pure policy alone on the same bars (``bench/replay.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bridge, coldstart, commit, engine, registration
+from bench import replay as replay_bench
 
 
 def _rate(x: float) -> str:
@@ -55,7 +58,8 @@ def _verdict(ok: bool, measured_at_target: bool = True) -> str:
 
 def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
                  com: list[commit.Row], eng: dict[str, Any],
-                 bri: list[bridge.Row] | None = None) -> list[tuple[str, ...]]:
+                 bri: list[bridge.Row] | None = None,
+                 rep: replay_bench.Row | None = None) -> list[tuple[str, ...]]:
     """(figure, target, DTMS, baseline, ratio, result) for each target."""
     rows: list[tuple[str, ...]] = []
     by = {(r.clients, r.mode): r for r in reg}
@@ -153,6 +157,8 @@ def summary_rows(reg: list[registration.Row], cold: list[coldstart.Row],
                          f"embedded p50 {e.p50_us:,.0f} us"
                          + (f"; sim-terminal {sr.p50_us:,.0f} us" if sr else ""),
                          f"{b.versus_embedded:.1f}x embedded", "-"))
+    if rep is not None:
+        rows.append(replay_bench.summary_row(rep, _verdict))
     return rows
 
 
@@ -212,7 +218,12 @@ def main(argv: list[str]) -> int:
     bri = bridge.run_bench(bridge.QUICK_COUNT if quick else bridge.DEFAULT_COUNT)
     print(bridge.format_table(bri), flush=True)
 
-    rows = summary_rows(reg, cold, com, eng, bri)
+    step("replay")
+    rep = replay_bench.run_bench(5_000 if quick else replay_bench.YEAR_BARS, 10 if quick else 100,
+                                 policy_bars=500 if quick else 3_000)
+    print(replay_bench.format_table(rep), flush=True)
+
+    rows = summary_rows(reg, cold, com, eng, bri, rep)
     print(format_summary(rows, quick=quick, seconds=time.monotonic() - started), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -221,5 +232,6 @@ def main(argv: list[str]) -> int:
             "registration": registration.to_json(reg, count=count, reps=reg_reps),
             "commit": commit.to_json(com, count=com_count, reps=com_reps),
             "coldstart": coldstart.to_json(cold, reps=cold_reps), "engine": eng,
-            "bridge": bridge.to_json(bri)}, indent=2))
+            "bridge": bridge.to_json(bri),
+            "replay": replay_bench.to_json(rep)}, indent=2))
     return 0

@@ -122,7 +122,7 @@ class BrokerActor(Actor):
         outcome = "ok"
         try:
             with anyio.fail_after(self.call_timeout_s):
-                return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+                return await self.offload(fn)
         except TimeoutError as exc:
             outcome = "timeout"
             self._set_connected(False)
@@ -135,6 +135,10 @@ class BrokerActor(Actor):
         finally:
             self.metrics.broker_requests.labels(operation, outcome).inc()
             self.metrics.broker_latency.labels(operation).observe(time.perf_counter() - started)
+
+    async def offload(self, fn: Callable[[], Any]) -> Any:
+        """Run a blocking terminal call off the event loop (a replay runs it inline)."""
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
     async def _connect(self) -> bool:
         try:
@@ -230,7 +234,7 @@ class BrokerActor(Actor):
     async def on_stop(self) -> None:
         if self.connected:
             try:
-                await anyio.to_thread.run_sync(self.adapter.disconnect)
+                await self.offload(self.adapter.disconnect)
             except BrokerError as exc:
                 log.warning("broker shutdown failed: %s", exc)
         self._set_connected(False)

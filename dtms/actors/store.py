@@ -361,10 +361,14 @@ class StoreActor(Actor):
         self.path = Path(settings.path)
         self.identity: tuple[int, int] | None = None   # of the file opened, see file_identity
 
+    async def connect(self, path: Path) -> aiosqlite.Connection:
+        """The connection (aiosqlite's thread; a replay runs SQLite inline instead)."""
+        return await aiosqlite.connect(path, isolation_level=None)
+
     async def on_start(self) -> None:
         path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await self.connect(path)
         try:
             db.row_factory = sqlite3.Row
             await db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "serve":
         return serve(settings, demo=args.demo, adopt_account=args.adopt_account)
+    if args.command == "replay":
+        from dtms.replay import cli as replay_cli
+        return replay_cli.run(args, settings)
     if args.command == "sim-terminal":
         from dtms.brokers.mt5 import sim_terminal
         from dtms.brokers.sim import remote

@@ -203,6 +203,8 @@ def build_parser(settings: config.Settings) -> argparse.ArgumentParser:
         elif name not in ("serve", "watch", "sim-terminal", "terminal-bridge"):
             command.add_argument("--json", action="store_true",
                                  help="JSON output (the default for this command)")
+    from dtms.replay import cli as replay_cli  # issue 16: its own module
+    replay_cli.add_parser(sub)
     return p
 
 

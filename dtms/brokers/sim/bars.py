@@ -13,6 +13,7 @@ import bisect
 Bar = list  # [time, open, high, low, close, tick_volume, spread, real_volume]
 
 _MAX_M1_BARS = 200_000
+_TRIM_CHUNK = 20_000
 
 
 class BarSeries:
@@ -22,8 +23,9 @@ class BarSeries:
         self.m1: list[Bar] = []
         self._agg: dict[int, tuple[list[Bar], int]] = {}  # seconds -> (bars, m1 consumed)
 
-    def add_tick(self, t: float, bid: float, spread: int) -> None:
-        """Fold a tick at time t into the forming M1 bar (opening a new one if needed)."""
+    def add_tick(self, t: float, bid: float, spread: int, volume: int = 1) -> None:
+        """Fold a tick at time t into the forming M1 bar (opening a new one if needed);
+        ``volume`` is its tick volume (a recorded bar's is shared out over its ticks)."""
         minute = int(t) // 60 * 60
         m1 = self.m1
         if m1 and m1[-1][0] == minute:
@@ -33,14 +35,16 @@ class BarSeries:
             if bid < bar[3]:
                 bar[3] = bid
             bar[4] = bid
-            bar[5] += 1
+            bar[5] += volume
             if spread < bar[6]:
                 bar[6] = spread
             return
         if m1 and m1[-1][0] > minute:
             return  # out-of-order tick; never happens with a monotonic clock
-        m1.append([minute, bid, bid, bid, bid, 1, spread, 0])
-        if len(m1) > _MAX_M1_BARS:
+        m1.append([minute, bid, bid, bid, bid, volume, spread, 0])
+        # trimmed in chunks: trimming one bar per minute would rebuild every aggregate from
+        # all the M1 bars at each query (a year of replayed history is 300,000 of them)
+        if len(m1) > _MAX_M1_BARS + _TRIM_CHUNK:
             del m1[: len(m1) - _MAX_M1_BARS]
             self._agg.clear()
 

@@ -3,7 +3,8 @@
 This module owns Market: for every symbol its spec, live PriceStream, BarSeries,
 day high/low, selection and market-open flags, plus the lazy generation of
 history bars and the tick catch-up loop that brings all symbols to a given
-sim time (optionally ending in a tick with scripted bids). It also converts money between currencies and computes profit and
+sim time (optionally ending in a tick with scripted bids); with recorded history
+(history.py) the catch-up plays the recorded ticks instead of the walk. It also converts money between currencies and computes profit and
 margin, because both only depend on specs and current quotes.
 """
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from . import constants as c
 from .bars import BarSeries
+from .history import HistoryStream, Ticks
+from .history import advance as advance_history
 from .prices import PriceStream, flat_history, generate_history
 from .symbols import SymbolSpec
 from .types import SimConfig
@@ -29,7 +32,7 @@ class SymbolState:
 
     spec: SymbolSpec
     base: str
-    stream: PriceStream
+    stream: PriceStream | HistoryStream   # a random walk, or recorded history (replay)
     bars: BarSeries
     selected: bool = True
     market_open: bool = True
@@ -44,19 +47,28 @@ class SymbolState:
 class Market:
     """All symbols' quotes and bars, advanced together tick by tick."""
 
-    def __init__(self, config: SimConfig, specs: dict[str, SymbolSpec], start: float) -> None:
+    def __init__(self, config: SimConfig, specs: dict[str, SymbolSpec], start: float,
+                 history: Mapping[str, Ticks] | None = None) -> None:
         self.config = config
+        self.history = bool(history)   # recorded ticks replace the walk (history.py)
         self.now = float(start)
         self.start = float(start)
         self.symbols: dict[str, SymbolState] = {}
         suffix = config.symbol_suffix
         for name, spec in specs.items():
             base = name[: len(name) - len(suffix)] if suffix else name
-            stream = PriceStream(spec, config.seed, start, config.regime_mean_seconds, key=base)
+            stream: PriceStream | HistoryStream
+            if history and base in history:
+                stream = HistoryStream(spec, history[base])
+            else:
+                stream = PriceStream(spec, config.seed, start, config.regime_mean_seconds,
+                                     key=base)
             state = SymbolState(spec, base, stream, BarSeries(),
-                                market_open=base not in config.closed_markets)
+                                market_open=base not in config.closed_markets,
+                                history_loaded=isinstance(stream, HistoryStream))
             self.symbols[name] = state
-            self._record(state, start)
+            if not state.history_loaded:   # a recorded history's first tick is played
+                self._record(state, start)
 
     # --- quotes ----------------------------------------------------------------
     def get(self, symbol: object) -> SymbolState | None:
@@ -80,8 +92,10 @@ class Market:
         else:
             state.bid_high = max(state.bid_high, bid)
             state.bid_low = min(state.bid_low, bid)
-        state.bars.add_tick(t, bid, state.spec.spread)
+        state.bars.add_tick(t, bid, state.stream.spread, state.stream.volume)
         state.last_tick_msc = int(round(t * 1000))
+
+    record = _record
 
     def advance_to(self, t: float, on_tick: Callable[[str], None],
                    on_step: Callable[[], None]) -> int:
@@ -92,6 +106,8 @@ class Market:
         long gap costs bounded work. on_tick(symbol) runs after each symbol's
         tick and on_step() after each time step (SL/TP, stop-out).
         """
+        if self.history:
+            return advance_history(self, t, on_tick, on_step)
         base = self.now
         interval, steps = self._grid(t)
         for i in range(1, steps + 1):

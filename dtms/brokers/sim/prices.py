@@ -101,6 +101,17 @@ class PriceStream:
         return round(self.bid + self.spec.spread * self.spec.point, self.spec.digits)
 
     @property
+    def spread(self) -> int:
+        """Spread of the current tick, points."""
+        return self.spec.spread
+
+    volume = 1   # ticks per tick, for the bars' tick volume
+
+    def fill_price(self, level: float, price: float, buy: bool) -> float:
+        """A stop or target reached on this tick fills at the tick's price (see history.py)."""
+        return price
+
+    @property
     def regime(self) -> Regime:
         """The walk's current regime."""
         return self._walk.regime

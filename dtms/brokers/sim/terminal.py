@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from . import constants as c
 from .clock import Clock, ManualClock
 from .controls import SimControls
 from .faults import NO_IPC, Faults
+from .history import Ticks
 from .ledger import Ledger, order_record
 from .market import Market
 from .requests import RequestError, parse_request, to_epoch
@@ -83,7 +84,10 @@ def _api(name: str, failure: Any = None) -> Callable[[F], F]:
 class SimTerminal(SimControls):
     """Simulated MetaTrader 5 terminal exposing the `MetaTrader5` package's API."""
 
-    def __init__(self, config: SimConfig | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, clock: Clock | None = None,
+                 history: Mapping[str, Ticks] | None = None) -> None:
+        """``history``: recorded ticks by base symbol name (history.py) that replace those
+        symbols' random walk."""
         self.config = config or SimConfig()
         self.clock: Clock = clock or ManualClock()
         self._lock = threading.RLock()
@@ -91,7 +95,7 @@ class SimTerminal(SimControls):
         specs = build_symbols(self.config.symbol_suffix, self.config.symbols,
                               self.config.symbol_overrides)
         start = self.clock.now()
-        self._market = Market(self.config, specs, start)
+        self._market = Market(self.config, specs, start, history)
         self._ledger = Ledger(0.0 if self.config.initial_deposit_deal else self.config.balance,
                               self.config.first_ticket, self.config.first_deal)
         self._engine = TradeEngine(self.config, self._market, self._ledger)

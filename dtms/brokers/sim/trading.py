@@ -345,10 +345,14 @@ class TradeEngine(PendingOrders):
         for pos in [p for p in self.ledger.positions.values() if p.symbol == symbol]:
             buy = pos.type == c.POSITION_TYPE_BUY
             price = bid if buy else ask
+            # the fill: the tick's price, or with recorded history the level itself when the
+            # path between two generated ticks crossed it (stream.fill_price)
             if pos.sl and (price <= pos.sl if buy else price >= pos.sl):
-                self.close_by_server(pos, price, c.DEAL_REASON_SL, f"[sl {pos.sl:.{state.spec.digits}f}]")
+                self.close_by_server(pos, state.stream.fill_price(pos.sl, price, buy),
+                                     c.DEAL_REASON_SL, f"[sl {pos.sl:.{state.spec.digits}f}]")
             elif pos.tp and (price >= pos.tp if buy else price <= pos.tp):
-                self.close_by_server(pos, price, c.DEAL_REASON_TP, f"[tp {pos.tp:.{state.spec.digits}f}]")
+                self.close_by_server(pos, state.stream.fill_price(pos.tp, price, buy),
+                                     c.DEAL_REASON_TP, f"[tp {pos.tp:.{state.spec.digits}f}]")
         if self.ledger.orders:
             self.trigger_pending(symbol)
 
