@@ -64,7 +64,7 @@ from dtms.metrics import Metrics, MetricsServer
 from dtms.model import Account, Registration
 from dtms.policy.account import account_record, check_account
 from dtms.rpc.guard import with_guard
-from dtms.rpc.methods import Methods
+from dtms.rpc.methods import Handler, Methods
 from dtms.rpc.server import Connection, RpcServer
 from dtms.storelock import StoreInUse, StoreLock
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
@@ -134,7 +134,9 @@ class Service:
                                 symbols=lambda: self.market.symbols.keys())
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         methods = Methods(self)
-        self.methods = methods.table()
+        # every trade view a method answers carries the guard's lock: on the rpc port and in the
+        # web view alike, which both call these
+        self.methods = {name: self._with_guard(name, fn) for name, fn in methods.table().items()}
         self.connection_methods = methods.connection_table()
         self.metrics_server = MetricsServer(self.metrics, self.health, settings.metrics.host,
                                             settings.metrics.port, token=settings.metrics.token,
@@ -400,6 +402,11 @@ class Service:
         self.ready_event.set()
 
     # -- rpc -----------------------------------------------------------------------------------
+    def _with_guard(self, method: str, fn: Handler) -> Handler:
+        async def stamped(args: dict[str, Any]) -> Any:
+            return with_guard(method, await fn(args), self.guard.state.lock_view())
+        return stamped
+
     async def dispatch(self, method: str, args: dict[str, Any], conn: Connection) -> Any:
         TRACE_ID.set(new_trace_id())  # this request's task only; actors carry it onwards
         fn = self.methods.get(method)
@@ -413,4 +420,4 @@ class Service:
             raise self._not_ready()
         if fn is None:
             return await self.connection_methods[method](args, conn)
-        return with_guard(method, await fn(args), self.guard.state.lock_view())
+        return await fn(args)
