@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -134,6 +134,18 @@ class Metrics:
         self.unknown_positions = Gauge("dtms_unknown_positions",
                                        "Open positions with DTMS's magic that DTMS does not manage",
                                        registry=r)
+        # -- webhooks (dtms.webhooks): ``url`` is the endpoint's label (its name, or the URL's
+        # scheme://host: the path of a chat webhook URL is its secret)
+        self.webhook_deliveries = Counter("dtms_webhook_deliveries_total",
+                                          "Webhook POSTs by endpoint and outcome (delivered, "
+                                          "failed: to be retried)", ["url", "outcome"],
+                                          registry=r)
+        self.webhook_dropped = Counter("dtms_webhook_dropped_total",
+                                       "Webhook events not delivered: the queue was full "
+                                       "(store.webhooks_max_queued) or the endpoint is no "
+                                       "longer configured", ["url"], registry=r)
+        self.webhook_queued = Gauge("dtms_webhook_queued",
+                                    "Webhook deliveries waiting in the store", registry=r)
         self._initialise()
 
     def _initialise(self) -> None:
@@ -165,6 +177,14 @@ class Metrics:
             self.position_polls.labels(outcome)
         self.ready.set(0)
         self.broker_connected.set(0)
+        self.webhook_queued.set(0)
+
+    def webhook_endpoints(self, labels: Iterable[str]) -> None:
+        """The configured endpoints' series, at 0 from the first scrape."""
+        for label in labels:
+            self.webhook_dropped.labels(label)
+            for outcome in ("delivered", "failed"):
+                self.webhook_deliveries.labels(label, outcome)
 
     # -- the rpc server's metrics hooks (dtms.rpc.server.RpcMetrics) -------------------------
     def request(self, method: str, code: str, seconds: float) -> None:

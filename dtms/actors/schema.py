@@ -110,6 +110,21 @@ MIGRATIONS: list[str] = [
        AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
                    AND a.obligation = 'hedge' AND a.status = 'done');
     """,
+    # v7: another branch's (issue 17's session numbered it; this placeholder holds its place
+    # until that migration lands here, and is then replaced by it)
+    "",
+    # v8: the webhooks' durable queue (issue 17 part 2). A row is one event for one endpoint,
+    # written in the commit of what caused it and deleted once the endpoint took it; rows of
+    # one (url, ticket) go out oldest first, one at a time (ticket 0: events of no trade).
+    """
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL, event TEXT NOT NULL, ticket INTEGER NOT NULL DEFAULT 0,
+        at REAL NOT NULL, body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX webhook_deliveries_stream ON webhook_deliveries(url, ticket, id);
+    """,
 ]
 
 
