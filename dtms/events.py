@@ -148,10 +148,11 @@ def giveup_data(e: RestartEvent) -> dict[str, Any]:
 
 
 async def watch_readiness(ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
-                          bus: EventBus, interval_s: float = 0.25) -> None:
-    """Publish ``service.not_ready`` each time ``ready()`` goes from true to false (never
-    before the service was first ready: starting is not leaving); ``status()`` says why."""
-    was_ready = False
+                          bus: EventBus, *, was_ready: bool = False,
+                          interval_s: float = 0.1) -> None:
+    """Publish ``service.not_ready`` each time ``ready()`` goes from true to false (starting
+    is not leaving: the service calls it once first ready, ``was_ready=True``); ``status()``
+    says why. It looks every ``interval_s``: a shorter blip goes unreported."""
     while True:
         now_ready = ready()
         if was_ready and not now_ready:

@@ -349,7 +349,6 @@ class Service:
     async def _run(self, root: Any, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_startup)
-            tg.start_soon(watch_readiness, lambda: self.ready, self._readiness, self.events)
             try:
                 await tg.start(root.run)
             except Exception as exc:
@@ -362,7 +361,8 @@ class Service:
         """Exit (StartupTimeout) when not ready within ``startup_timeout_s`` -- counted from the
         last progress of the registry's recovery: 100,000 stored trades take about a minute to
         reload here, and a restart loop that never becomes ready is worse than a slow start.
-        A start that is stuck (no terminal, no store, no trade reloaded) still fails in time."""
+        A start that is stuck (no terminal, no store, no trade reloaded) still fails in time.
+        Once ready, it watches the service leave ready (``service.not_ready`` on the bus)."""
         timeout = self.settings.service.startup_timeout_s
         deadline = time.monotonic() + timeout
         reloaded = 0
@@ -387,6 +387,7 @@ class Service:
                                       "metrics_port": self.metrics_server.port,
                                       "active_trades": len(self.registry.trades)})
         self.ready_event.set()
+        await watch_readiness(lambda: self.ready, self._readiness, self.events, was_ready=True)
 
     # -- rpc -----------------------------------------------------------------------------------
     async def dispatch(self, method: str, args: dict[str, Any], conn: Connection) -> Any:

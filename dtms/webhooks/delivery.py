@@ -119,14 +119,14 @@ class WebhookDelivery(Actor):
         self.in_flight.clear()
         self.client = httpx.AsyncClient(transport=self.transport, follow_redirects=False,
                                         trust_env=False)
-        self.spawn(self._deliver)
+        self.spawn(self._post_due)
 
     async def on_stop(self) -> None:
         if self.client is not None:
             client, self.client = self.client, None
             await client.aclose()
 
-    async def _deliver(self) -> None:
+    async def _post_due(self) -> None:
         async with anyio.create_task_group() as tg:
             while True:
                 now = self.clock()
@@ -154,12 +154,12 @@ class WebhookDelivery(Actor):
 
     async def _try(self, row: dict[str, Any]) -> None:
         try:
-            await self._post(row)
+            await self._send_one(row)
         finally:
             self.in_flight.discard(row["id"])
             self.queue.wake.set()   # its stream's next row may be due now
 
-    async def _post(self, row: dict[str, Any]) -> None:
+    async def _send_one(self, row: dict[str, Any]) -> None:
         url, rid = row["url"], row["id"]
         hook = self.hooks.get(url)
         if hook is None:   # its [[webhooks]] entry was removed since it was queued
