@@ -311,3 +311,33 @@ async def test_not_ready_and_guard_events_are_posted(settings, sim):
     assert (guard["event"], guard["at"], guard["data"]) == (
         "guard.locked", 9.0, {"reason": "daily loss 5.2% >= 5%", "at": 9.0})
     assert [h["x-dtms-event"] for h, _ in rx.taken()] == ["service.not_ready", "guard.locked"]
+
+
+async def test_an_action_is_posted_when_journaled_and_when_resolved(engine_settings):
+    from tests.test_scenarios import journal, make_sim, play, position, settle
+    rx = Receiver()
+    s = hooked(engine_settings, {"url": f"http://127.0.0.1:{rx.port}/",
+                                 "events": ["trade.action"]})
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08412)   # 1 R = 100 points
+    try:
+        async with running(s, sim) as svc, client_for(svc) as c:
+            await c.register({"ticket": ticket,
+                              "policy": {"breakeven_r": 0.05, "breakeven_buffer_spreads": 0}})
+            await settle(svc, sim)
+            await play(svc, sim, [1.08510, 1.08517])
+            await eventually(lambda: position(sim, ticket).sl != 1.08412)
+            await eventually(lambda: len(rx.events()) == 2)
+    finally:
+        rx.close()
+    [row] = journal(s.store.path, ticket)
+    pending, done = (e["data"] for e in rx.events())
+    assert [e["event"] for e in rx.events()] == ["trade.action", "trade.action"]
+    assert (pending["status"], done["status"]) == ("pending", "done")    # never "sent"
+    for d in (pending, done):
+        assert (d["ticket"], d["seq"], d["kind"], d["obligation"], d["symbol"],
+                d["direction"]) == (ticket, row["seq"], row["kind"], "sl:breakeven", "EURUSD",
+                                    "BUY")
+    assert (done["sl"], done["retcode"]) == (1.08506, 10009)   # the stop the broker took
+    assert done["reason"] == pending["reason"] and done["reason"]
+    assert done["at"] >= pending["at"]

@@ -214,7 +214,7 @@ class EnqueueEvent:
 @dataclass(frozen=True, slots=True)
 class DueDeliveries:
     """Answered ``(rows, next_at)``: up to ``limit`` deliveries (dicts) due at ``now``, each the
-    oldest undelivered row of its ``(url, ticket)`` stream, oldest first, leaving out ``busy``
+    oldest undelivered row of its ``(url, ticket)`` stream, longest due first, leaving out ``busy``
     ids (in flight) and the streams of ``held`` urls (backing off); ``next_at`` is when the
     next other head falls due (``inf``: none waits)."""
     now: float
@@ -249,8 +249,10 @@ def due_deliveries(conn: sqlite3.Connection, msg: DueDeliveries
     if msg.busy:
         skip += f" AND d.id NOT IN ({', '.join('?' * len(msg.busy))})"
         params += list(msg.busy)
-    rows = conn.execute(f"SELECT d.* {_HEADS} WHERE d.next_at <= ?{skip} ORDER BY d.id LIMIT ?",
-                        (msg.now, *params, msg.limit)).fetchall()
+    # the longest due first: a stream just retried goes behind those not tried yet
+    rows = conn.execute(f"SELECT d.* {_HEADS} WHERE d.next_at <= ?{skip} "
+                        "ORDER BY d.next_at, d.id LIMIT ?", (msg.now, *params, msg.limit)
+                        ).fetchall()
     later = conn.execute(f"SELECT MIN(d.next_at) {_HEADS} WHERE d.next_at > ?{skip}",
                          (msg.now, *params)).fetchone()[0]
     return [dict(r) for r in rows], float("inf") if later is None else later

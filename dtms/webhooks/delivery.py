@@ -3,7 +3,8 @@ events that are no store write of their own.
 
 One loop asks the store for the deliveries that are due -- the oldest undelivered row of each
 ``(url, ticket)`` stream, so a trade's later event waits until its earlier one was taken -- and
-POSTs each on a task of its own (at most ``max_in_flight`` at once, one per stream). A 2xx
+POSTs each on a task of its own (at most ``max_in_flight`` at once, ``max_per_url`` to one
+endpoint, one per stream: a slow endpoint cannot take every slot). A 2xx
 answer deletes the row (``MarkDeliveries``); anything else (a refused connection, a timeout, a
 non-2xx status) keeps it for a retry after :func:`~dtms.webhooks.payload.retry_delay` (1 s
 doubling to 30 s by default, ``Retry-After`` honoured up to that cap). A refused connection,
@@ -33,6 +34,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +69,8 @@ class Offer:
 
 class WebhookDelivery(Actor):
     def __init__(self, hooks: Sequence[WebhookSettings], *, store: Actor, queue: WebhookQueue,
-                 metrics: Metrics, max_in_flight: int = 16, mailbox_size: int = 1024,
+                 metrics: Metrics, max_in_flight: int = 16, max_per_url: int = 4,
+                 mailbox_size: int = 1024,
                  clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None,
                  random: Callable[[], float] = random.random) -> None:
@@ -80,7 +83,8 @@ class WebhookDelivery(Actor):
         self.clock = clock
         self.random = random
         self.transport = transport
-        self.in_flight: set[int] = set()
+        self.max_per_url = max_per_url
+        self.in_flight: dict[int, str] = {}   # delivery row id -> its url, while being tried
         self.held: dict[str, float] = {}      # url -> no try before this time
         self.trouble: dict[str, int] = {}     # url -> endpoint failures in a row
         self.client: httpx.AsyncClient | None = None
@@ -130,7 +134,9 @@ class WebhookDelivery(Actor):
         async with anyio.create_task_group() as tg:
             while True:
                 now = self.clock()
-                held = tuple(u for u, until in self.held.items() if until > now)
+                busy = Counter(self.in_flight.values())   # url -> its tries in flight
+                held = tuple(u for u in self.hooks if self.held.get(u, 0.0) > now
+                             or busy[u] >= self.max_per_url)
                 room = self.max_in_flight - len(self.in_flight)
                 wake = self.queue.wake = anyio.Event()   # before looking: what comes after wakes us
                 rows: list[dict[str, Any]] = []
@@ -143,12 +149,20 @@ class WebhookDelivery(Actor):
                         log.warning("webhooks: the store did not answer (%s); looking again "
                                     "in 1 s", exc)
                         next_at = now + 1.0
+                started = 0
                 for row in rows:
-                    self.in_flight.add(row["id"])
+                    if busy[row["url"]] >= self.max_per_url:
+                        continue   # at its cap now: the next look leaves its url out
+                    busy[row["url"]] += 1
+                    self.in_flight[row["id"]] = row["url"]
                     tg.start_soon(self._try, row)
-                if rows:
+                    started += 1
+                if started:
                     continue
-                wake_at = min([next_at, *(self.held[u] for u in held)])
+                # nothing to start: sleep until a try ends, a commit queues rows, the next
+                # row falls due or a hold ends (a url at its cap waits for a try to end)
+                wake_at = min([next_at, *(self.held[u] for u in held
+                                          if self.held.get(u, 0.0) > now)])
                 with anyio.move_on_after(max(0.0, wake_at - now)):
                     await wake.wait()
 
@@ -156,7 +170,7 @@ class WebhookDelivery(Actor):
         try:
             await self._send_one(row)
         finally:
-            self.in_flight.discard(row["id"])
+            self.in_flight.pop(row["id"], None)
             self.queue.wake.set()   # its stream's next row may be due now
 
     async def _send_one(self, row: dict[str, Any]) -> None:

@@ -95,13 +95,14 @@ class WebhookQueue:
                 continue
             for event, ticket, at, data in self._events(message):
                 hooks = self.routes(event)
+                if room < len(hooks):   # full: count, and build nothing for the dropped
+                    for hook in hooks[max(0, room):]:
+                        plan.dropped[(hook.label, event)] += 1
+                    hooks = hooks[:max(0, room)]
                 if not hooks:
                     continue
                 built = data()
                 for hook in hooks:
-                    if room <= 0:
-                        plan.dropped[(hook.label, event)] += 1
-                        continue
                     delivery = self.new_id()
                     plan.rows.append((delivery, hook.url, event, ticket, at,
                                       envelope(event, delivery, at, built)))
