@@ -341,3 +341,25 @@ async def test_an_action_is_posted_when_journaled_and_when_resolved(engine_setti
     assert (done["sl"], done["retcode"]) == (1.08506, 10009)   # the stop the broker took
     assert done["reason"] == pending["reason"] and done["reason"]
     assert done["at"] >= pending["at"]
+
+
+async def test_deliveries_for_an_endpoint_removed_from_the_config_are_dropped_and_counted(
+        settings, sim):
+    gone = f"http://127.0.0.1:{dead_port()}/old"
+    s = hooked(settings, {"url": gone, "events": ["trade.state"]})
+    tickets = [sim.open_position("EURUSD", "BUY", 0.10) for _ in range(2)]
+    async with running(s, sim) as svc, client_for(svc) as c:
+        for t in tickets:
+            await c.register({"ticket": t})
+        await eventually(lambda: len(queued_rows(s.store.path)) == 2)
+    rx = Receiver()
+    s = hooked(settings, {"url": f"http://127.0.0.1:{rx.port}/new", "events": ["trade.state"]})
+    try:
+        async with running(s, sim) as svc, client_for(svc) as c:
+            await eventually(lambda: not queued_rows(s.store.path))
+            assert svc.metrics.webhook_dropped.labels(gone[:-4])._value.get() == 2
+            await c.call("unregister", {"ticket": tickets[0]})     # the new endpoint works
+            [event] = await eventually(lambda: rx.events())
+    finally:
+        rx.close()
+    assert (event["data"]["ticket"], event["data"]["to_state"]) == (tickets[0], "RELEASED")

@@ -232,3 +232,39 @@ async def test_a_commit_queues_its_transitions_actions_and_giveups(settings):
         await tg.start(store.run)
         assert again.queued == 2 and again.wake.is_set()
         await store.stop()
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date():
+    from dtms.webhooks.delivery import _retry_after
+    assert _retry_after("7", 100.0) == 7.0
+    assert _retry_after("Thu, 01 Jan 1970 00:02:00 GMT", 100.0) == 20.0
+    assert _retry_after("soon", 100.0) is None and _retry_after(None, 1.0) is None
+
+
+def _put(ticket: int, actions: int) -> PutTrade:
+    record = ActionRecord(ticket=ticket, seq=1, kind="CLOSE", obligation="x", reason="r",
+                          status="done", created_at=1.0)
+    return PutTrade(_trade(ticket), Transition(ticket, 1.0, "", "HEALTHY", "registered"),
+                    actions=(record,) * actions)
+
+
+@given(batches=st.lists(st.lists(st.tuples(st.integers(1, 5), st.integers(0, 3)),
+                                 max_size=6), max_size=6),
+       bound=st.integers(1, 12), hooks=st.integers(1, 3))
+def test_the_queue_never_holds_more_than_its_bound_and_counts_every_drop(batches, bound,
+                                                                         hooks):
+    endpoints = tuple(WebhookSettings(url=f"http://h{i}/", events=("trade.state",
+                                                                    "trade.action"))
+                      for i in range(hooks))
+    metrics = Metrics()
+    queue = WebhookQueue(endpoints, bound, metrics)
+    made = 0
+    for batch in batches:
+        plan = queue.plan([_put(t, n) for t, n in batch])
+        queue.committed(plan)
+        made += sum(1 + n for _, n in batch) * hooks
+        assert queue.queued <= bound
+    dropped = sum(metrics.webhook_dropped.labels(f"http://h{i}")._value.get()
+                  for i in range(hooks))
+    assert queue.queued + dropped == made
+    assert queue.queued == min(made, bound)
