@@ -115,15 +115,17 @@ MIGRATIONS: list[str] = [
     "",
     # v8: the webhooks' durable queue (issue 17 part 2). A row is one event for one endpoint,
     # written in the commit of what caused it and deleted once the endpoint took it; rows of
-    # one (url, ticket) go out oldest first, one at a time (ticket 0: events of no trade).
+    # one (url, ticket) go out oldest first, one at a time (ticket 0: events of no trade); the
+    # index holds the rowid, so a stream's oldest row is read from it. ``delivery`` is unique by
+    # construction (dtms.webhooks.queue), not by an index each commit would have to write.
     """
     CREATE TABLE webhook_deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL UNIQUE,
+        id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL,
         url TEXT NOT NULL, event TEXT NOT NULL, ticket INTEGER NOT NULL DEFAULT 0,
         at REAL NOT NULL, body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
         next_at REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT ''
     );
-    CREATE INDEX webhook_deliveries_stream ON webhook_deliveries(url, ticket, id);
+    CREATE INDEX webhook_deliveries_stream ON webhook_deliveries(url, ticket);
     """,
 ]
 

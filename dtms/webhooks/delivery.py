@@ -16,10 +16,11 @@ the same ``X-DTMS-Delivery``.
 Nothing here is on the engine's path: trades, the store and the endpoints only meet in the
 store's queue table, whose size is bounded (:mod:`dtms.webhooks.queue`).
 
-The HTTP client is httpx: anyio-native (it runs on the service's event loop, cancellation and
-timeouts included), connection pooling and keep-alive per endpoint, HTTP/1.1 done right
-(chunking, redirects off, TLS with the system's CAs through certifi). The stdlib's
-``urllib`` would need a thread per request and has no cancellation.
+The HTTP client is httpx: anyio-native (it runs on the service's event loop, a timeout or a
+shutdown cancels a POST cleanly), with connection pooling and keep-alive per endpoint and TLS
+verified against certifi's CA bundle. The stdlib's ``urllib`` would need a thread per request,
+which cannot be cancelled. Redirects are not followed and proxy variables are not read
+(settings come from the config only).
 
 ``tap`` (on the service's :class:`~dtms.events.EventBus`) takes the events published there that
 no commit queues -- ``service.not_ready``, the account guard's ``guard.*`` -- to the store as
@@ -70,10 +71,8 @@ class Offer:
 class WebhookDelivery(Actor):
     def __init__(self, hooks: Sequence[WebhookSettings], *, store: Actor, queue: WebhookQueue,
                  metrics: Metrics, max_in_flight: int = 16, max_per_url: int = 4,
-                 mailbox_size: int = 1024,
-                 clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 random: Callable[[], float] = random.random) -> None:
+                 mailbox_size: int = 1024, clock: Callable[[], float] = time.time,
+                 jitter: Callable[[], float] = random.random) -> None:
         super().__init__("webhooks", mailbox_size)
         self.hooks = {h.url: h for h in hooks}
         self.store = store
@@ -81,8 +80,7 @@ class WebhookDelivery(Actor):
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.clock = clock
-        self.random = random
-        self.transport = transport
+        self.jitter = jitter
         self.max_per_url = max_per_url
         self.in_flight: dict[int, str] = {}   # delivery row id -> its url, while being tried
         self.held: dict[str, float] = {}      # url -> no try before this time
@@ -121,8 +119,7 @@ class WebhookDelivery(Actor):
     # -- delivering ------------------------------------------------------------------------
     async def on_start(self) -> None:
         self.in_flight.clear()
-        self.client = httpx.AsyncClient(transport=self.transport, follow_redirects=False,
-                                        trust_env=False)
+        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self.spawn(self._post_due)
 
     async def on_stop(self) -> None:
@@ -208,6 +205,7 @@ class WebhookDelivery(Actor):
         try:
             await self.store.ask(MarkDeliveries(done=(row["id"],)), timeout=30.0)
         except (DtmsError, AskTimeout) as exc:   # at least once: it is sent again, same id
+            self._hold(hook)                       # ...but not at once, while the store refuses
             log.warning("webhook delivery %s was taken but not marked (%s): it will be sent "
                         "again with the same X-DTMS-Delivery", row["delivery"], exc,
                         extra={"delivery": row["delivery"]})
@@ -220,15 +218,11 @@ class WebhookDelivery(Actor):
         self.metrics.webhook_deliveries.labels(hook.label, "failed").inc()
         now = self.clock()
         attempts = row["attempts"] + 1
-        delay = retry_delay(hook, attempts, self.random())
+        delay = retry_delay(hook, attempts, self.jitter())
         if retry_after is not None:
             delay = min(hook.max_backoff_s, max(delay, retry_after))
         if trouble:
-            failures = self.trouble[hook.url] = self.trouble.get(hook.url, 0) + 1
-            hold = retry_delay(hook, failures, self.random())
-            if retry_after is not None:
-                hold = min(hook.max_backoff_s, max(hold, retry_after))
-            self.held[hook.url] = now + hold
+            self._hold(hook, retry_after)
         log.warning("webhook delivery %s (%s) to %s failed (try %d): %s; next try in %.1fs",
                     row["delivery"], row["event"], hook.label, attempts, error, delay,
                     extra={"delivery": row["delivery"], "event": row["event"],
@@ -237,9 +231,18 @@ class WebhookDelivery(Actor):
             await self.store.ask(MarkDeliveries(retry=((row["id"], attempts, now + delay,
                                                         error[:500]),)), timeout=30.0)
         except (DtmsError, AskTimeout) as exc:   # not due again at once: hold the endpoint
-            self.held[hook.url] = max(self.held.get(hook.url, 0.0), now + delay)
+            self._hold(hook)
             log.warning("webhook delivery %s: its retry not recorded (%s)", row["delivery"],
                         exc, extra={"delivery": row["delivery"]})
+
+
+    def _hold(self, hook: WebhookSettings, retry_after: float | None = None) -> None:
+        """No try to ``hook`` for a while, longer each time in a row (reset by a success)."""
+        failures = self.trouble[hook.url] = self.trouble.get(hook.url, 0) + 1
+        hold = retry_delay(hook, failures, self.jitter())
+        if retry_after is not None:
+            hold = min(hook.max_backoff_s, max(hold, retry_after))
+        self.held[hook.url] = max(self.held.get(hook.url, 0.0), self.clock() + hold)
 
 
 def _label(url: str) -> str:

@@ -39,10 +39,17 @@ def matches(patterns: tuple[str, ...], event: str) -> bool:
     return any(event == p or (p.endswith(".*") and event.startswith(p[:-1])) for p in patterns)
 
 
-def envelope(event: str, delivery: str, at: float, data: dict[str, Any]) -> str:
-    """The JSON text of one delivery (stored, then sent as is by format "dtms")."""
-    return json.dumps({"event": event, "delivery": delivery, "at": at, "data": data},
-                      default=str, separators=(",", ":"))
+def encode(data: dict[str, Any]) -> str:
+    """An event's ``data`` as JSON, once for all the endpoints that take it."""
+    return json.dumps(data, default=str, separators=(",", ":"))
+
+
+def envelope(event: str, delivery: str, at: float, data: dict[str, Any] | str) -> str:
+    """The JSON text of one delivery (stored, then sent as is by format "dtms"); ``data`` may
+    be :func:`encode`'s text already."""
+    encoded = data if isinstance(data, str) else encode(data)
+    return (f'{{"event":{json.dumps(event)},"delivery":{json.dumps(delivery)},'
+            f'"at":{json.dumps(at)},"data":{encoded}}}')
 
 
 def text_line(event: str, data: dict[str, Any]) -> str:
@@ -113,5 +120,5 @@ def retry_delay(hook: WebhookSettings, attempts: int, u: float) -> float:
     return min(hook.max_backoff_s, backoff.delay(max(0, attempts - 1), u))
 
 
-__all__ = ["envelope", "headers", "matches", "render", "retry_delay", "signature", "text_line",
+__all__ = ["encode", "envelope", "headers", "matches", "render", "retry_delay", "signature", "text_line",
            "verify"]
