@@ -256,8 +256,8 @@ class WebhookSettings:
 def _webhooks(value: Any) -> tuple[WebhookSettings, ...]:
     """``[[webhooks]]`` (a list of tables) as settings; every bad key is named."""
     if isinstance(value, Mapping):
-        raise ConfigError("webhooks: must be an array of tables ([[webhooks]] in the config "
-                          "file); it cannot be set from DTMS_WEBHOOKS_* variables")
+        raise ConfigError("webhooks: must be an array of tables, [[webhooks]] in the config "
+                          "file (not [webhooks], nor DTMS_WEBHOOKS_* variables)")
     if not isinstance(value, list | tuple):
         raise ConfigError(f"webhooks: must be an array of tables ([[webhooks]]), got {value!r}")
     types = typing.get_type_hints(WebhookSettings)

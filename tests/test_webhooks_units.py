@@ -91,8 +91,11 @@ def test_every_bad_webhook_key_is_named_with_its_bound():
 
 
 def test_webhooks_cannot_be_set_from_the_environment():
-    with pytest.raises(ConfigError, match=r"\[\[webhooks\]\] in the config file"):
+    with pytest.raises(ConfigError, match=r"\[\[webhooks\]\] in the config file \(not "
+                                          r"\[webhooks\], nor DTMS_WEBHOOKS_\* variables\)"):
         config.load(None, environ={"DTMS_WEBHOOKS_URL": "http://h/"})
+    with pytest.raises(ConfigError, match=r"webhooks: must be an array of tables"):
+        Settings().replace(webhooks={"url": "http://h/"})     # a [webhooks] table
     # the queue's bound is an ordinary setting
     s = config.load(None, environ={"DTMS_STORE_WEBHOOKS_MAX_QUEUED": "7"})
     assert s.store.webhooks_max_queued == 7
