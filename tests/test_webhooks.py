@@ -365,3 +365,33 @@ async def test_deliveries_for_an_endpoint_removed_from_the_config_are_dropped_an
     finally:
         rx.close()
     assert (event["data"]["ticket"], event["data"]["to_state"]) == (tickets[0], "RELEASED")
+
+
+async def test_not_ready_from_a_locked_database_is_posted_once_it_takes_writes(settings, sim):
+    from dtms.errors import NotReady
+    rx = Receiver()
+    s = hooked(settings.replace(store={"busy_timeout_ms": 100}),
+               {"url": f"http://127.0.0.1:{rx.port}/", "events": ["service.not_ready"]})
+    ticket = sim.open_position("EURUSD", "BUY", 0.1)
+    try:
+        async with running(s, sim) as svc, client_for(svc, retries=0) as c:
+            svc.store.probe_interval_s = 0.05
+            other = sqlite3.connect(s.store.path, isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")           # another process holds the write lock
+            try:
+                with pytest.raises(NotReady):
+                    await c.register({"ticket": ticket})
+                await eventually(lambda: svc.webhooks.handling)   # it tries to queue it...
+                await anyio.sleep(0.3)
+                assert rx.events() == []                          # ...and cannot yet
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            [event] = await eventually(lambda: rx.events())
+            assert svc.ready
+    finally:
+        rx.close()
+    assert event["event"] == "service.not_ready"
+    assert event["data"]["store_writable"] is False and event["data"]["broker_connected"]
+    assert event["data"]["reason"] == ("DTMS is not ready: the database refuses writes "
+                                       "(database is locked)")
