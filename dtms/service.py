@@ -349,6 +349,7 @@ class Service:
     async def _run(self, root: Any, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_startup)
+            tg.start_soon(self._watch_readiness)
             try:
                 await tg.start(root.run)
             except Exception as exc:
@@ -361,8 +362,7 @@ class Service:
         """Exit (StartupTimeout) when not ready within ``startup_timeout_s`` -- counted from the
         last progress of the registry's recovery: 100,000 stored trades take about a minute to
         reload here, and a restart loop that never becomes ready is worse than a slow start.
-        A start that is stuck (no terminal, no store, no trade reloaded) still fails in time.
-        Once ready, it watches the service leave ready (``service.not_ready`` on the bus)."""
+        A start that is stuck (no terminal, no store, no trade reloaded) still fails in time."""
         timeout = self.settings.service.startup_timeout_s
         deadline = time.monotonic() + timeout
         reloaded = 0
@@ -387,6 +387,10 @@ class Service:
                                       "metrics_port": self.metrics_server.port,
                                       "active_trades": len(self.registry.trades)})
         self.ready_event.set()
+
+    async def _watch_readiness(self) -> None:
+        """Once first ready: ``service.not_ready`` on the bus each time the service leaves it."""
+        await self.ready_event.wait()
         await watch_readiness(lambda: self.ready, self._readiness, self.events, was_ready=True)
 
     # -- rpc -----------------------------------------------------------------------------------

@@ -508,9 +508,10 @@ class StoreActor(Actor):
             # transaction is one hand-off. Shielded: once sent, the outcome must be seen.
             messages = [env.message for env in writes]
             plan = self.webhooks.plan(messages) if self.webhooks is not None else None
+            # (the rows only when there are: write_batch(conn, messages) is the usual call)
+            args = (messages, plan.rows) if plan is not None and plan.rows else (messages,)
             with anyio.CancelScope(shield=True):
-                archived = await db._execute(write_batch, db._conn, messages,
-                                             plan.rows if plan is not None else ())
+                archived = await db._execute(write_batch, db._conn, *args)
         except sqlite3.Error as exc:
             self.metrics.store_errors.inc()
             log.error("store commit failed: %s", exc, extra={"writes": len(writes)})
