@@ -118,10 +118,10 @@ async def test_a_transition_is_posted_signed_with_the_data_subscribe_carries(set
             [(slack_head, slack_raw)] = await eventually(lambda: rx.taken("/slack"))
             await eventually(lambda: not queued_rows(s.store.path))   # taken: off the queue
             m = svc.metrics
+            await eventually(lambda: m.webhook_queued._value.get() == 0)   # once committed
             assert m.webhook_deliveries.labels(base, "delivered")._value.get() == 1
             assert m.webhook_deliveries.labels("slack", "delivered")._value.get() == 1
             assert m.webhook_deliveries.labels(base, "failed")._value.get() == 0
-            assert m.webhook_queued._value.get() == 0
             await eventually(lambda: notified)
             tg.cancel_scope.cancel()
     finally:
@@ -227,7 +227,7 @@ async def test_a_restart_resumes_what_was_not_delivered(settings, sim):
         async with running(s, sim) as svc:
             await eventually(lambda: len(rx.taken()) >= 3, timeout=20)
             await eventually(lambda: not queued_rows(s.store.path))
-            assert svc.webhooks is not None and svc.webhooks.queue.queued == 0
+            await eventually(lambda: svc.webhooks.queue.queued == 0)   # once committed
     finally:
         rx.close()
     # each stored row sent as stored (three trades: three streams, in any order between them)

@@ -507,7 +507,8 @@ class StoreActor(Actor):
             # ``_execute`` is that primitive (every public method is built on it): the whole
             # transaction is one hand-off. Shielded: once sent, the outcome must be seen.
             messages = [env.message for env in writes]
-            plan = self.webhooks.plan(messages) if self.webhooks is not None else None
+            queue = self.webhooks
+            plan = queue.plan(messages) if queue is not None else None
             # (the rows only when there are: write_batch(conn, messages) is the usual call)
             args = (messages, plan.rows) if plan is not None and plan.rows else (messages,)
             with anyio.CancelScope(shield=True):
@@ -530,8 +531,8 @@ class StoreActor(Actor):
             self._set_failing(moved)
             return
         self._set_failing(None)
-        if plan is not None:
-            self.webhooks.committed(plan)   # type: ignore[union-attr]
+        if queue is not None and plan is not None:
+            queue.committed(plan)
         if archived:
             log.info("archived %d closed trades", archived, extra={"archived": archived})
         self.metrics.store_commit.observe(time.perf_counter() - started)

@@ -171,17 +171,18 @@ class WebhookDelivery(Actor):
             self.queue.wake.set()   # its stream's next row may be due now
 
     async def _send_one(self, row: dict[str, Any]) -> None:
-        url, rid = row["url"], row["id"]
+        url = row["url"]
         hook = self.hooks.get(url)
         if hook is None:   # its [[webhooks]] entry was removed since it was queued
-            await self.store.ask(MarkDeliveries(dropped=(rid,)), timeout=30.0)
-            self.metrics.webhook_dropped.labels(_label(url)).inc()
-            log.warning("webhook delivery %s (%s) dropped: %s is no longer configured",
-                        row["delivery"], row["event"], _label(url),
-                        extra={"delivery": row["delivery"], "event": row["event"]})
+            await self._drop(row, _label(url), "its endpoint is no longer configured")
+            return
+        try:
+            body = render(hook, row["body"])
+        except (ValueError, KeyError, TypeError) as exc:   # a row no format can send
+            await self._drop(row, hook.label, f"its body cannot be sent as {hook.format}: "
+                                              f"{exc!r}")
             return
         assert self.client is not None
-        body = render(hook, row["body"])
         retry_after: float | None = None
         try:
             answer = await self.client.post(url, content=body, timeout=hook.timeout_s,
@@ -198,20 +199,22 @@ class WebhookDelivery(Actor):
             retry_after = _retry_after(answer.headers.get("retry-after"), self.clock())
         await self._failed(hook, row, error, trouble, retry_after)
 
+    async def _drop(self, row: dict[str, Any], label: str, why: str) -> None:
+        """A row that can never be delivered leaves the queue, counted and logged (a row that
+        crashed the actor each time it came due would take the service down with it)."""
+        self.metrics.webhook_dropped.labels(label).inc()
+        log.error("webhook delivery %s (%s) to %s dropped: %s", row["delivery"], row["event"],
+                  label, why, extra={"delivery": row["delivery"], "event": row["event"],
+                                     "url": label})
+        await self._mark(row, MarkDeliveries(dropped=(row["id"],)))
+
     async def _delivered(self, hook: WebhookSettings, row: dict[str, Any]) -> None:
         self.metrics.webhook_deliveries.labels(hook.label, "delivered").inc()
         self.held.pop(hook.url, None)
         self.trouble.pop(hook.url, None)
-        try:
-            await self.store.ask(MarkDeliveries(done=(row["id"],)), timeout=30.0)
-        except (DtmsError, AskTimeout) as exc:   # at least once: it is sent again, same id
-            self._hold(hook)                       # ...but not at once, while the store refuses
-            log.warning("webhook delivery %s was taken but not marked (%s): it will be sent "
-                        "again with the same X-DTMS-Delivery", row["delivery"], exc,
-                        extra={"delivery": row["delivery"]})
-            return
         log.debug("webhook delivery %s (%s) taken by %s", row["delivery"], row["event"],
                   hook.label)
+        await self._mark(row, MarkDeliveries(done=(row["id"],)))
 
     async def _failed(self, hook: WebhookSettings, row: dict[str, Any], error: str,
                       trouble: bool, retry_after: float | None) -> None:
@@ -227,14 +230,22 @@ class WebhookDelivery(Actor):
                     row["delivery"], row["event"], hook.label, attempts, error, delay,
                     extra={"delivery": row["delivery"], "event": row["event"],
                            "url": hook.label, "attempts": attempts, "error": error})
-        try:
-            await self.store.ask(MarkDeliveries(retry=((row["id"], attempts, now + delay,
-                                                        error[:500]),)), timeout=30.0)
-        except (DtmsError, AskTimeout) as exc:   # not due again at once: hold the endpoint
-            self._hold(hook)
-            log.warning("webhook delivery %s: its retry not recorded (%s)", row["delivery"],
-                        exc, extra={"delivery": row["delivery"]})
+        await self._mark(row, MarkDeliveries(retry=((row["id"], attempts, now + delay,
+                                                     error[:500]),)))
 
+    async def _mark(self, row: dict[str, Any], outcome: MarkDeliveries) -> None:
+        """Record a try's outcome. While the store refuses writes (NOT_READY) the row stays
+        in flight, so it is not tried again meanwhile; a restart before it is recorded sends
+        it again (at least once, with the same X-DTMS-Delivery)."""
+        while True:
+            try:
+                await self.store.ask(outcome, timeout=30.0)
+                return
+            except (DtmsError, AskTimeout) as exc:
+                log.warning("webhook delivery %s: its outcome is not recorded yet (%s); "
+                            "retrying", row["delivery"], exc,
+                            extra={"delivery": row["delivery"]})
+                await anyio.sleep(1.0)
 
     def _hold(self, hook: WebhookSettings, retry_after: float | None = None) -> None:
         """No try to ``hook`` for a while, longer each time in a row (reset by a success)."""
