@@ -142,7 +142,7 @@ class WebhookDelivery(Actor):
                     try:
                         rows, next_at = await self.store.ask(
                             DueDeliveries(now, held, tuple(self.in_flight), room), timeout=30.0)
-                    except AskTimeout as exc:   # a store that slow is not ours to crash
+                    except (AskTimeout, DtmsError) as exc:   # the store's trouble is its own
                         log.warning("webhooks: the store did not answer (%s); looking again "
                                     "in 1 s", exc)
                         next_at = now + 1.0
@@ -188,7 +188,7 @@ class WebhookDelivery(Actor):
             answer = await self.client.post(url, content=body, timeout=hook.timeout_s,
                                             headers=headers(hook, row["event"],
                                                             row["delivery"], body))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error, trouble = f"{type(exc).__name__}: {exc}", True
         else:
             if 200 <= answer.status_code < 300:
