@@ -7,7 +7,7 @@ actor drains its queue into a local endpoint.
    ``none``: no webhooks, against ``one``: one endpoint taking ``trade.state`` (one more row
    per write, with the trade's view, in the same commit).
 2. **drain**: ``count`` deliveries queued (one per trade: as many streams), then a
-   :class:`~dtms.webhooks.WebhookDelivery` POSTing them to a ``http.server`` receiver (204,
+   :class:`~dtms.webhooks.WebhookDelivery` POSTing them to a ``http.server`` receiver (200,
    keep-alive) on a loopback port, in a process of its own; deliveries/s from the actor's
    start to an empty queue.
 
@@ -75,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(204)
+        self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 

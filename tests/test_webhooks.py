@@ -28,11 +28,14 @@ pytestmark = pytest.mark.anyio
 
 class Receiver:
     """A real HTTP endpoint: records every POST (path, headers, raw body, status answered);
-    answers the first ``fail_first`` with ``status``, then 200."""
+    answers the first ``fail_first`` (and every one while ``failing``) with ``status``, then
+    200."""
 
     def __init__(self, port: int = 0, fail_first: int = 0, status: int = 503) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes, int]] = []
         self.answers = [status] * fail_first
+        self.failing = False       # while set: every POST is answered ``status``
+        self.status = status
         self.lock = threading.Lock()
         receiver = self
 
@@ -40,7 +43,8 @@ class Receiver:
             def do_POST(self) -> None:   # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
-                    code = receiver.answers.pop(0) if receiver.answers else 200
+                    code = (receiver.status if receiver.failing else
+                            receiver.answers.pop(0) if receiver.answers else 200)
                     receiver.requests.append(
                         (self.path, {k.lower(): v for k, v in self.headers.items()}, body, code))
                 self.send_response(code)
@@ -148,7 +152,8 @@ async def test_a_transition_is_posted_signed_with_the_data_subscribe_carries(set
 
 
 async def test_a_trades_events_arrive_in_order_through_retries(settings, sim):
-    rx = Receiver(fail_first=5, status=503)
+    rx = Receiver(status=503)
+    rx.failing = True           # every event waits in the queue behind its trade's first
     url = f"http://127.0.0.1:{rx.port}/"
     s = hooked(settings, {"url": url, "events": ["trade.state"]})
     a = sim.open_position("EURUSD", "BUY", 0.10)
@@ -160,27 +165,37 @@ async def test_a_trades_events_arrive_in_order_through_retries(settings, sim):
                 await c.register({"ticket": b})
                 await c.call("unregister", {"ticket": a})
                 await c.call("unregister", {"ticket": b})
+            await eventually(lambda: len(queued_rows(s.store.path)) == 12)
+            # only each trade's oldest event is tried while the endpoint fails
+            tried = {json.loads(body)["delivery"] for _, _, body, _ in rx.requests}
+            heads = {r["delivery"] for r in queued_rows(s.store.path) if r["head"]}
+            assert tried <= heads and len(heads) == 2
+            rx.failing = False
             await eventually(lambda: len(rx.taken()) == 12, timeout=20)
-            expected = {t: [(r["from_state"], r["to_state"]) for r in
+            expected = {t: [(r["from_state"], r["to_state"], r["at"]) for r in
                             (await c.call("transitions", {"ticket": t}))["transitions"]]
                         for t in (a, b)}
             await eventually(lambda: not queued_rows(s.store.path))
             failed = svc.metrics.webhook_deliveries.labels(url[:-1], "failed")._value.get()
     finally:
         rx.close()
-    assert failed == 5
+    assert failed >= 1 and failed == sum(code == 503 for *_, code in rx.requests)
     got = defaultdict(list)
     for e in rx.events():
-        got[e["data"]["ticket"]].append((e["data"]["from_state"], e["data"]["to_state"]))
-    assert dict(got) == expected
-    assert expected[a] == [("", "HEALTHY"), ("HEALTHY", "RELEASED"), ("RELEASED", "HEALTHY"),
-                           ("HEALTHY", "RELEASED"), ("RELEASED", "HEALTHY"),
-                           ("HEALTHY", "RELEASED")]
+        d = e["data"]
+        got[d["ticket"]].append((d["from_state"], d["to_state"], d["at"]))
+    assert dict(got) == expected            # each transition once, in the trade's order
+    assert [(f, t) for f, t, _ in expected[a]] == [
+        ("", "HEALTHY"), ("HEALTHY", "RELEASED"), ("RELEASED", "HEALTHY"),
+        ("HEALTHY", "RELEASED"), ("RELEASED", "HEALTHY"), ("HEALTHY", "RELEASED")]
+    times = [at for *_, at in expected[a]]
+    assert times == sorted(set(times))      # six distinct times: the order is visible
     # a retried delivery is the same delivery: same id, same bytes; each taken once
     bodies: dict[str, set[bytes]] = defaultdict(set)
     for _, headers, body, _ in rx.requests:
         bodies[headers["x-dtms-delivery"]].add(body)
     assert len(bodies) == 12 and all(len(v) == 1 for v in bodies.values())
+    assert len(rx.requests) == 12 + failed
     assert Counter(h["x-dtms-delivery"] for h, _ in rx.taken()).most_common(1)[0][1] == 1
 
 

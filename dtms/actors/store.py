@@ -233,10 +233,13 @@ class MarkDeliveries:
     retry: tuple[tuple[int, int, float, str], ...] = ()
 
 
-_DELIVERY_INSERT = ("INSERT INTO webhook_deliveries (delivery, url, event, ticket, at, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)")
-_HEADS = ("FROM webhook_deliveries d JOIN (SELECT MIN(id) AS head FROM webhook_deliveries "
-          "GROUP BY url, ticket) h ON d.id = h.head")
+# a row is its stream's head when the stream has no older row; deleting a head passes it on
+_DELIVERY_INSERT = (
+    "INSERT INTO webhook_deliveries (delivery, url, event, ticket, at, body, head) "
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6, NOT EXISTS (SELECT 1 FROM webhook_deliveries "
+    "WHERE url = ?2 AND ticket = ?4)")
+_NEXT_HEAD = ("UPDATE webhook_deliveries SET head = 1 WHERE id = (SELECT MIN(id) FROM "
+              "webhook_deliveries WHERE url = ? AND ticket = ?)")
 
 
 def due_deliveries(conn: sqlite3.Connection, msg: DueDeliveries
@@ -244,24 +247,27 @@ def due_deliveries(conn: sqlite3.Connection, msg: DueDeliveries
     """On the database thread: DueDeliveries's answer, in one hand-off."""
     skip, params = "", []
     if msg.held:
-        skip += f" AND d.url NOT IN ({', '.join('?' * len(msg.held))})"
+        skip += f" AND url NOT IN ({', '.join('?' * len(msg.held))})"
         params += list(msg.held)
     if msg.busy:
-        skip += f" AND d.id NOT IN ({', '.join('?' * len(msg.busy))})"
+        skip += f" AND id NOT IN ({', '.join('?' * len(msg.busy))})"
         params += list(msg.busy)
     # the longest due first: a stream just retried goes behind those not tried yet
-    rows = conn.execute(f"SELECT d.* {_HEADS} WHERE d.next_at <= ?{skip} "
-                        "ORDER BY d.next_at, d.id LIMIT ?", (msg.now, *params, msg.limit)
+    rows = conn.execute(f"SELECT * FROM webhook_deliveries WHERE head = 1 AND next_at <= ?"
+                        f"{skip} ORDER BY next_at, id LIMIT ?", (msg.now, *params, msg.limit)
                         ).fetchall()
-    later = conn.execute(f"SELECT MIN(d.next_at) {_HEADS} WHERE d.next_at > ?{skip}",
-                         (msg.now, *params)).fetchone()[0]
+    later = conn.execute(f"SELECT MIN(next_at) FROM webhook_deliveries WHERE head = 1 "
+                         f"AND next_at > ?{skip}", (msg.now, *params)).fetchone()[0]
     return [dict(r) for r in rows], float("inf") if later is None else later
 
 
 def _mark_deliveries(conn: sqlite3.Connection, msg: MarkDeliveries) -> None:
-    gone = [(i,) for i in (*msg.done, *msg.dropped)]
-    if gone:
-        conn.executemany("DELETE FROM webhook_deliveries WHERE id = ?", gone)
+    for i in (*msg.done, *msg.dropped):
+        row = conn.execute("SELECT url, ticket, head FROM webhook_deliveries WHERE id = ?",
+                           (i,)).fetchone()
+        conn.execute("DELETE FROM webhook_deliveries WHERE id = ?", (i,))
+        if row is not None and row[2]:
+            conn.execute(_NEXT_HEAD, (row[0], row[1]))
     if msg.retry:
         conn.executemany("UPDATE webhook_deliveries SET attempts = ?, next_at = ?, "
                          "last_error = ? WHERE id = ?",
