@@ -116,6 +116,7 @@ class StoreSettings:
     max_size_mb: float = 0.0          # cap on the database file; 0 = no cap (the disk's size)
     retention_days: float = 30.0
     archive_interval_s: float = 3600.0
+    webhooks_max_queued: int = 10_000  # undelivered webhook deliveries kept; beyond: dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,116 @@ class ClientSettings:
     verify: bool = True
 
 
+# -- webhooks ([[webhooks]], issue 17 part 2) ------------------------------------------------
+#: events a webhook may name; ``guard.*`` (or one ``guard.<name>``) matches the account guard's
+WEBHOOK_EVENTS = ("trade.state", "trade.action", "supervisor.giveup", "service.not_ready")
+WEBHOOK_PREFIXES = ("guard",)
+WEBHOOK_FORMATS = ("dtms", "slack", "discord", "telegram")
+WEBHOOK_MAX_BACKOFF_S = 30.0      # the issue's cap between two tries
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """One ``[[webhooks]]`` table: where to POST which events. ``format`` "dtms" posts the
+    envelope ``{event, delivery, at, data}``; "slack", "discord" and "telegram" post the body
+    those services accept (a one-line text; telegram needs ``chat_id``). ``name`` labels the
+    endpoint in metrics and logs (default: the URL's scheme and host, never its path, which
+    often holds a token)."""
+    url: str = ""
+    events: tuple[str, ...] = ()
+    secret: str = ""
+    format: str = "dtms"
+    chat_id: str = ""
+    name: str = ""
+    timeout_s: float = 10.0
+    min_backoff_s: float = 1.0
+    max_backoff_s: float = WEBHOOK_MAX_BACKOFF_S
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        from urllib.parse import urlsplit
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _webhooks(value: Any) -> tuple[WebhookSettings, ...]:
+    """``[[webhooks]]`` (a list of tables) as settings; every bad key is named."""
+    if isinstance(value, Mapping):
+        raise ConfigError("webhooks: must be an array of tables, [[webhooks]] in the config "
+                          "file (not [webhooks], nor DTMS_WEBHOOKS_* variables)")
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"webhooks: must be an array of tables ([[webhooks]]), got {value!r}")
+    types = typing.get_type_hints(WebhookSettings)
+    hooks, problems = [], []
+    for i, table in enumerate(value):
+        if isinstance(table, WebhookSettings):
+            hooks.append(table)
+            continue
+        if not isinstance(table, Mapping):
+            problems.append(f"webhooks[{i}]: must be a table, got {table!r}")
+            continue
+        values = {}
+        for key, v in table.items():
+            if key not in types:
+                problems.append(f"webhooks[{i}].{key}: unknown setting; known: "
+                                + ", ".join(types))
+                continue
+            try:
+                values[key] = _coerce(v, types[key], f"webhooks[{i}].{key}")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        hooks.append(WebhookSettings(**values))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return tuple(hooks)
+
+
+def webhook_problems(hooks: tuple[WebhookSettings, ...]) -> list[str]:
+    """Every invalid ``[[webhooks]]`` key, named ``webhooks[i].key`` with its bound."""
+    from urllib.parse import urlsplit
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    known = ", ".join([*WEBHOOK_EVENTS, *(f"{p}.*" for p in WEBHOOK_PREFIXES)])
+    for i, h in enumerate(hooks):
+        at = f"webhooks[{i}]"
+        try:
+            parts = urlsplit(h.url)
+            usable = (parts.scheme in ("http", "https") and bool(parts.hostname)
+                      and parts.port != 0 and not any(c.isspace() for c in h.url))
+        except ValueError:   # e.g. a port out of range
+            usable = False
+        if not usable:
+            problems.append(f"{at}.url: must be an http:// or https:// URL with a host "
+                            f"(and a port in 1..65535), got {h.url!r}")
+        if h.url in seen:
+            problems.append(f"{at}.url: the same URL as webhooks[{seen[h.url]}]; name each "
+                            "endpoint once with all its events")
+        seen.setdefault(h.url, i)
+        if not h.events:
+            problems.append(f"{at}.events: must name at least one of {known}")
+        for event in h.events:
+            prefix, _, rest = event.partition(".")
+            if event not in WEBHOOK_EVENTS and not (prefix in WEBHOOK_PREFIXES and rest):
+                problems.append(f"{at}.events: unknown event {event!r}; known: {known}")
+        if h.format not in WEBHOOK_FORMATS:
+            problems.append(f"{at}.format: must be one of {', '.join(WEBHOOK_FORMATS)}, "
+                            f"got {h.format!r}")
+        if h.format == "telegram" and not h.chat_id:
+            problems.append(f"{at}.chat_id: required with format = \"telegram\"")
+        if h.chat_id and h.format != "telegram":
+            problems.append(f"{at}.chat_id: only for format = \"telegram\", got format "
+                            f"{h.format!r}")
+        if not 0 < h.timeout_s <= 300:
+            problems.append(f"{at}.timeout_s: must be in (0, 300], got {h.timeout_s:g}")
+        if not 0 < h.min_backoff_s <= h.max_backoff_s <= WEBHOOK_MAX_BACKOFF_S:
+            problems.append(f"{at}.min_backoff_s, {at}.max_backoff_s: must be 0 < min <= max "
+                            f"<= {WEBHOOK_MAX_BACKOFF_S:g}, got {h.min_backoff_s:g}, "
+                            f"{h.max_backoff_s:g}")
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -271,10 +382,13 @@ class Settings:
     market: MarketSettings = field(default_factory=MarketSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()    # [[webhooks]]: no default endpoint
 
-    def replace(self, **sections: Mapping[str, Any]) -> Settings:
-        """A copy with some keys of some sections changed: ``s.replace(rpc={"port": 0})``."""
-        return _build({name: {**_as_dict(getattr(self, name)), **dict(values)}
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with some keys of some sections changed: ``s.replace(rpc={"port": 0})``;
+        ``webhooks`` is replaced whole: ``s.replace(webhooks=[{"url": ..., "events": [...]}])``."""
+        return _build({name: values if name == "webhooks"
+                       else {**_as_dict(getattr(self, name)), **dict(values)}
                        for name, values in sections.items()}, base=self)
 
 
@@ -351,6 +465,9 @@ def _build(data: Mapping[str, Mapping[str, Any]], base: Settings | None = None) 
     for name, values in data.items():
         if name not in hints:
             raise ConfigError(f"unknown config section [{name}]")
+        if name == "webhooks":
+            sections[name] = _webhooks(values)
+            continue
         klass = hints[name]
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{name}] must be a table")
@@ -434,6 +551,10 @@ def _validate(s: Settings) -> None:
     problems.extend(_guard_problems(s.guard))
     if s.broker.absent_polls < 1:
         problems.append(f"broker.absent_polls: must be >= 1, got {s.broker.absent_polls}")
+    if s.store.webhooks_max_queued < 1:
+        problems.append(f"store.webhooks_max_queued: must be >= 1, got "
+                        f"{s.store.webhooks_max_queued}")
+    problems.extend(webhook_problems(s.webhooks))
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -511,6 +632,8 @@ def defaults_as_toml_types() -> dict[str, dict[str, Any]]:
     """The defaults as plain data (tuples as lists), to compare with the shipped TOML."""
     out: dict[str, dict[str, Any]] = {}
     for f in dataclasses.fields(Settings):
+        if f.name == "webhooks":   # no default endpoint: the file shows commented examples
+            continue
         section = _as_dict(getattr(Settings(), f.name))
         out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
     return out

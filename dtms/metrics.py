@@ -15,6 +15,7 @@ rpc port.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -150,6 +151,18 @@ class Metrics:
                                      registry=r)
         self.guard_evaluations = Counter("dtms_guard_evaluations_total", "Account guard "
                                          "evaluations, by outcome", ["outcome"], registry=r)
+        # -- webhooks (dtms.webhooks): ``url`` is the endpoint's label (its name, or the URL's
+        # scheme://host: the path of a chat webhook URL is its secret)
+        self.webhook_deliveries = Counter("dtms_webhook_deliveries_total",
+                                          "Webhook POSTs by endpoint and outcome (delivered, "
+                                          "failed: to be retried)", ["url", "outcome"],
+                                          registry=r)
+        self.webhook_dropped = Counter("dtms_webhook_dropped_total",
+                                       "Webhook events not delivered: the queue was full "
+                                       "(store.webhooks_max_queued) or the endpoint is no "
+                                       "longer configured", ["url"], registry=r)
+        self.webhook_queued = Gauge("dtms_webhook_queued",
+                                    "Webhook deliveries waiting in the store", registry=r)
         self._initialise()
 
     def _initialise(self) -> None:
@@ -189,6 +202,14 @@ class Metrics:
             self.position_polls.labels(outcome)
         self.ready.set(0)
         self.broker_connected.set(0)
+        self.webhook_queued.set(0)
+
+    def webhook_endpoints(self, labels: Iterable[str]) -> None:
+        """The configured endpoints' series, at 0 from the first scrape."""
+        for label in labels:
+            self.webhook_dropped.labels(label)
+            for outcome in ("delivered", "failed"):
+                self.webhook_deliveries.labels(label, outcome)
 
     # -- the rpc server's metrics hooks (dtms.rpc.server.RpcMetrics) -------------------------
     def request(self, method: str, code: str, seconds: float) -> None:

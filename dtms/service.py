@@ -11,8 +11,9 @@ Tree (SPEC section 1)::
         ├── broker     the only owner of the terminal
         ├── positions  one poll of open positions for all trades
         ├── registry   ticket -> trade actor, and the trades supervisor under it
-        └── guard      the account guard (issue 15): last, so that its crash restarts
-                       nothing else (rest_for_one), and a registry restart restarts it
+        ├── guard      the account guard (issue 15): after the registry, so that its crash
+        │              restarts only the webhooks (rest_for_one), and a registry restart it
+        └── webhooks   POSTs the store's queued webhook deliveries (only with [[webhooks]])
 
 The endpoints start first, so the rpc port opens at once and answers ``NOT_READY`` until the
 store is open, the broker connected, stored trades reloaded, and a position poll has reconciled
@@ -58,7 +59,7 @@ from dtms.actors.store import (
 from dtms.brokers.mt5 import MT5Adapter, load_module
 from dtms.config import Settings
 from dtms.errors import DtmsError, NotFound, NotReady
-from dtms.events import EventBus
+from dtms.events import EventBus, watch_readiness
 from dtms.logs import TRACE_ID, new_trace_id
 from dtms.metrics import Metrics, MetricsServer
 from dtms.model import Account, Registration
@@ -69,6 +70,7 @@ from dtms.rpc.server import Connection, RpcServer
 from dtms.storelock import StoreInUse, StoreLock
 from dtms.supervisor import Backoff, ChildSpec, Intensity, RestartEvent, Strategy, Supervisor
 from dtms.web.views import WebView
+from dtms.webhooks import WebhookDelivery, WebhookQueue
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,16 @@ class Service:
 
         bs = settings.broker
         self.events = EventBus()
+        # webhooks (dtms.webhooks): queued by the store's commits, POSTed by their own actor
+        queue = (WebhookQueue(settings.webhooks, settings.store.webhooks_max_queued,
+                              self.metrics, policy_mode=settings.policy.mode)
+                 if settings.webhooks else None)
         self.store = StoreActor(settings.store, self.metrics, events=self.events,
-                                 policy_mode=settings.policy.mode)
+                                webhooks=queue, policy_mode=settings.policy.mode)
+        self.webhooks = (WebhookDelivery(settings.webhooks, store=self.store, queue=queue,
+                                         metrics=self.metrics) if queue is not None else None)
+        if self.webhooks is not None:
+            self.events.tap(self.webhooks.tap)
         self.broker = BrokerActor(MT5Adapter.from_settings(self.module, settings),
                                   metrics=self.metrics, call_timeout_s=bs.call_timeout_s,
                                   connect_retry_s=bs.connect_retry_s,
@@ -204,6 +214,11 @@ class Service:
         return NotReady(f"DTMS is not ready: {why}",
                         retry_after=self.settings.broker.connect_retry_s)
 
+    def _readiness(self) -> dict[str, Any]:
+        """What ``service.not_ready`` says about why."""
+        return {"reason": self._not_ready().message, "broker_connected": self.broker.connected,
+                "store_writable": self.store.failing is None}
+
     def _adopt(self, tickets: list[int]) -> None:
         """recovery.adopt_unknown: register positions with our magic that we have no record of."""
         for ticket in tickets:
@@ -290,6 +305,7 @@ class Service:
         intensity = Intensity(sup.root_max_restarts, sup.root_period_s)
         registry = ChildSpec(self.registry.name, self._run_registry, stop=self._stop_registry,
                              shutdown_timeout=sup.shutdown_timeout_s)
+        hooks = [self._spec(self.webhooks)] if self.webhooks is not None else []
         core = Supervisor("core", [*(self._spec(a) for a in
                                      (self.store, self.broker, self.market, self.watcher)),
                                    registry,
@@ -297,7 +313,8 @@ class Service:
                                    # a store that is restarting; a close it was sending is in
                                    # a journal and resolved at its next start
                                    ChildSpec(self.guard.name, self.guard.run,
-                                             shutdown_timeout=sup.shutdown_timeout_s)],
+                                             shutdown_timeout=sup.shutdown_timeout_s),
+                                   *hooks],
                           strategy=Strategy.REST_FOR_ONE, intensity=intensity, backoff=backoff,
                           on_event=self._on_restart)
         children = [ChildSpec("rpc", self.rpc.run, shutdown_timeout=sup.shutdown_timeout_s)]
@@ -363,6 +380,7 @@ class Service:
     async def _run(self, root: Any, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_startup)
+            tg.start_soon(self._watch_readiness)
             try:
                 await tg.start(root.run)
             except Exception as exc:
@@ -400,6 +418,11 @@ class Service:
                                       "metrics_port": self.metrics_server.port,
                                       "active_trades": len(self.registry.trades)})
         self.ready_event.set()
+
+    async def _watch_readiness(self) -> None:
+        """Once first ready: ``service.not_ready`` on the bus each time the service leaves it."""
+        await self.ready_event.wait()
+        await watch_readiness(lambda: self.ready, self._readiness, self.events, was_ready=True)
 
     # -- rpc -----------------------------------------------------------------------------------
     def _with_guard(self, method: str, fn: Handler) -> Handler:

@@ -49,12 +49,12 @@ def database_at(path, version: int) -> sqlite3.Connection:
 
 async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
     async with aiosqlite.connect(tmp_path / "m.sqlite3", isolation_level=None) as db:
-        assert await migrate(db) == len(MIGRATIONS) == 6
-        assert await migrate(db) == 6  # idempotent
+        assert await migrate(db) == len(MIGRATIONS) == 7
+        assert await migrate(db) == 7  # idempotent
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
                                       "trades_archive", "meta"}
 
@@ -75,7 +75,7 @@ async def test_a_v1_database_with_history_migrates_and_keeps_its_rows(tmp_path):
                "VALUES (7, 'MODIFY_SL', 'sent', 2.5)")
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 6
+        assert await migrate(adb) == 7
         adb.row_factory = sqlite3.Row
         rows = await (await adb.execute("SELECT child, kind, action FROM restarts")).fetchall()
         trades = await (await adb.execute("SELECT * FROM trades")).fetchall()
@@ -96,7 +96,7 @@ async def test_a_v4_database_with_trades_migrates_with_an_empty_meta_table(tmp_p
     store = StoreActor(StoreSettings(path=str(path)), Metrics())
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         assert (await store.ask(GetTrade(7))).state is TradeState.HEALTHY
         assert await store.ask(GetMeta("account")) is None
         record = {"login": 5001234, "server": "DTMS-Sim", "currency": "USD"}
@@ -128,7 +128,7 @@ async def test_cuts_made_before_v6_are_marked_done_from_the_journal(tmp_path):
     ])
     db.close()
     async with aiosqlite.connect(path, isolation_level=None) as adb:
-        assert await migrate(adb) == 6
+        assert await migrate(adb) == 7
         adb.row_factory = sqlite3.Row
         rows = await (await adb.execute("SELECT * FROM trades ORDER BY ticket")).fetchall()
     assert [trade_from_row(r).obligations for r in rows] == [

@@ -110,6 +110,24 @@ MIGRATIONS: list[str] = [
        AND EXISTS (SELECT 1 FROM actions a WHERE a.ticket = trades.ticket
                    AND a.obligation = 'hedge' AND a.status = 'done');
     """,
+    # v7: the webhooks' durable queue (issue 17 part 2). A row is one event for one endpoint,
+    # written in the commit of what caused it and deleted once the endpoint took it; rows of
+    # one (url, ticket) go out oldest first, one at a time (ticket 0: events of no trade).
+    # ``head`` marks each stream's oldest row (set at insert when the stream is empty, passed on
+    # when a head is deleted: dtms.actors.store), so the due heads are read from a small index
+    # instead of grouping the whole queue at every look. ``delivery`` is unique by
+    # construction (dtms.webhooks.queue), not by an index each commit would have to write.
+    """
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, delivery TEXT NOT NULL,
+        url TEXT NOT NULL, event TEXT NOT NULL, ticket INTEGER NOT NULL DEFAULT 0,
+        at REAL NOT NULL, body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+        head INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX webhook_deliveries_stream ON webhook_deliveries(url, ticket);
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_at, id) WHERE head = 1;
+    """,
 ]
 
 

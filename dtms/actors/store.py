@@ -39,9 +39,10 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -50,7 +51,14 @@ from dtms.actors.base import Actor, Envelope
 from dtms.actors.schema import migrate, quick_check
 from dtms.config import StoreSettings
 from dtms.errors import NotReady
-from dtms.events import EventBus
+from dtms.events import (
+    ACTION_EVENT_STATUSES,
+    EventBus,
+    giveup_data,
+    trade_action_data,
+    trade_state_data,
+    trade_updated_data,
+)
 from dtms.metrics import Metrics
 from dtms.model import (
     SCORE_FIELDS,
@@ -62,6 +70,9 @@ from dtms.model import (
     Transition,
 )
 from dtms.supervisor import RestartEvent
+
+if TYPE_CHECKING:
+    from dtms.webhooks.queue import WebhookQueue
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +197,87 @@ class GetMeta:
     key: str
 
 
-WRITES = (PutTrade, PutTrades, PutScores, AddRestart, Archive, Probe, PutMeta)
+# -- the webhooks' durable queue (dtms.webhooks, schema v7) -----------------------------------
+# Trade events, actions and give-ups are queued by the commit that stores them (the store's
+# ``webhooks`` planner turns the batch's writes into rows); these are the queue's own messages.
+
+@dataclass(frozen=True, slots=True)
+class EnqueueEvent:
+    """An event that is no store write of its own (``service.not_ready``, ``guard.*``): queued
+    for the webhooks that take it, durable when the ask returns. ``ticket`` orders it (0: no
+    trade's)."""
+    event: str
+    data: dict[str, Any]
+    at: float
+    ticket: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DueDeliveries:
+    """Answered ``(rows, next_at)``: up to ``limit`` deliveries (dicts) due at ``now``, each the
+    oldest undelivered row of its ``(url, ticket)`` stream, longest due first, leaving out ``busy``
+    ids (in flight) and the streams of ``held`` urls (backing off); ``next_at`` is when the
+    next other head falls due (``inf``: none waits)."""
+    now: float
+    held: tuple[str, ...] = ()
+    busy: tuple[int, ...] = ()
+    limit: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDeliveries:
+    """What became of tries: ``done`` ids were taken by their endpoint and ``dropped`` ids have
+    no endpoint configured any more (both deleted); ``retry`` rows ``(id, attempts, next_at,
+    error)`` wait for their next try."""
+    done: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    retry: tuple[tuple[int, int, float, str], ...] = ()
+
+
+# a row is its stream's head when the stream has no older row; deleting a head passes it on
+_DELIVERY_INSERT = (
+    "INSERT INTO webhook_deliveries (delivery, url, event, ticket, at, body, head) "
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6, NOT EXISTS (SELECT 1 FROM webhook_deliveries "
+    "WHERE url = ?2 AND ticket = ?4)")
+_NEXT_HEAD = ("UPDATE webhook_deliveries SET head = 1 WHERE id = (SELECT MIN(id) FROM "
+              "webhook_deliveries WHERE url = ? AND ticket = ?)")
+
+
+def due_deliveries(conn: sqlite3.Connection, msg: DueDeliveries
+                   ) -> tuple[list[dict[str, Any]], float]:
+    """On the database thread: DueDeliveries's answer, in one hand-off."""
+    skip = ""
+    params: list[Any] = []
+    if msg.held:
+        skip += f" AND url NOT IN ({', '.join('?' * len(msg.held))})"
+        params += list(msg.held)
+    if msg.busy:
+        skip += f" AND id NOT IN ({', '.join('?' * len(msg.busy))})"
+        params += list(msg.busy)
+    # the longest due first: a stream just retried goes behind those not tried yet
+    rows = conn.execute(f"SELECT * FROM webhook_deliveries WHERE head = 1 AND next_at <= ?"
+                        f"{skip} ORDER BY next_at, id LIMIT ?", (msg.now, *params, msg.limit)
+                        ).fetchall()
+    later = conn.execute(f"SELECT MIN(next_at) FROM webhook_deliveries WHERE head = 1 "
+                         f"AND next_at > ?{skip}", (msg.now, *params)).fetchone()[0]
+    return [dict(r) for r in rows], float("inf") if later is None else later
+
+
+def _mark_deliveries(conn: sqlite3.Connection, msg: MarkDeliveries) -> None:
+    for i in (*msg.done, *msg.dropped):
+        row = conn.execute("SELECT url, ticket, head FROM webhook_deliveries WHERE id = ?",
+                           (i,)).fetchone()
+        conn.execute("DELETE FROM webhook_deliveries WHERE id = ?", (i,))
+        if row is not None and row[2]:
+            conn.execute(_NEXT_HEAD, (row[0], row[1]))
+    if msg.retry:
+        conn.executemany("UPDATE webhook_deliveries SET attempts = ?, next_at = ?, "
+                         "last_error = ? WHERE id = ?",
+                         [(n, at, error, i) for i, n, at, error in msg.retry])
+
+
+WRITES = (PutTrade, PutTrades, PutScores, AddRestart, Archive, Probe, PutMeta, EnqueueEvent,
+          MarkDeliveries)
 
 
 def _puts(messages: Any) -> Any:
@@ -267,8 +358,10 @@ def load_trade(conn: sqlite3.Connection, ticket: int
     return row, journal
 
 
-def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
-    """One transaction for ``messages``, on the database thread; returns trades archived.
+def write_batch(conn: sqlite3.Connection, messages: list[Any],
+                deliveries: Sequence[tuple] = ()) -> int:
+    """One transaction for ``messages`` and the webhook ``deliveries`` their events make, on
+    the database thread; returns trades archived.
 
     ``BEGIN IMMEDIATE`` .. ``COMMIT`` in a single hand-off to aiosqlite's thread (four or more
     hand-offs per commit before: ~0.6 ms against ~0.15 ms for the fsync'd commit itself).
@@ -328,9 +421,13 @@ def write_batch(conn: sqlite3.Connection, messages: list[Any]) -> int:
                     "exception, attempt, backoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (e.at, e.supervisor, e.child, e.kind or e.child, e.action, e.reason,
                      e.exception, e.attempt, e.backoff_s))
-            else:
+            elif isinstance(msg, MarkDeliveries):
+                _mark_deliveries(conn, msg)
+            elif not isinstance(msg, EnqueueEvent):   # its rows are among ``deliveries``
                 raise TypeError(f"store cannot write {msg!r}")
         flush()
+        if deliveries:
+            conn.executemany(_DELIVERY_INSERT, deliveries)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -347,12 +444,14 @@ def file_identity(path: str | Path) -> tuple[int, int] | None:
 
 class StoreActor(Actor):
     def __init__(self, settings: StoreSettings, metrics: Metrics, mailbox_size: int = 8192,
-                 events: EventBus | None = None, policy_mode: str = "live"):
+                 events: EventBus | None = None, webhooks: WebhookQueue | None = None,
+                 policy_mode: str = "live"):
         super().__init__("store", mailbox_size)
         self.policy_mode = policy_mode   # the configured policy.mode, for the notified views
         self.settings = settings
         self.metrics = metrics
         self.events = events
+        self.webhooks = webhooks   # which committed writes are webhook deliveries, if any
         self.db: aiosqlite.Connection | None = None
         self.schema_version = 0
         self.failing: str | None = None   # why writes fail (locked, full...), else None
@@ -386,6 +485,11 @@ class StoreActor(Actor):
                 await db.execute(f"PRAGMA max_page_count={pages}")
             await db.execute("PRAGMA foreign_keys=ON")
             self.schema_version = await migrate(db)
+            if self.webhooks is not None:   # the queue's bound counts what a restart left
+                row = await (await db.execute("SELECT COUNT(*) FROM webhook_deliveries")
+                             ).fetchone()
+                assert row is not None   # COUNT(*) always answers a row
+                self.webhooks.opened(row[0])
             self.identity = file_identity(path)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -420,9 +524,13 @@ class StoreActor(Actor):
             # aiosqlite runs one function at a time on its thread with its connection; its
             # ``_execute`` is that primitive (every public method is built on it): the whole
             # transaction is one hand-off. Shielded: once sent, the outcome must be seen.
+            messages = [env.message for env in writes]
+            queue = self.webhooks
+            plan = queue.plan(messages) if queue is not None else None
+            # (the rows only when there are: write_batch(conn, messages) is the usual call)
+            args = (messages, plan.rows) if plan is not None and plan.rows else (messages,)
             with anyio.CancelScope(shield=True):
-                archived = await db._execute(write_batch, db._conn,
-                                             [env.message for env in writes])
+                archived = await db._execute(write_batch, db._conn, *args)
         except sqlite3.Error as exc:
             self.metrics.store_errors.inc()
             log.error("store commit failed: %s", exc, extra={"writes": len(writes)})
@@ -441,6 +549,8 @@ class StoreActor(Actor):
             self._set_failing(moved)
             return
         self._set_failing(None)
+        if queue is not None and plan is not None:
+            queue.committed(plan)
         if archived:
             log.info("archived %d closed trades", archived, extra={"archived": archived})
         self.metrics.store_commit.observe(time.perf_counter() - started)
@@ -454,8 +564,8 @@ class StoreActor(Actor):
             if put.transition is not None:
                 self._count(put.transition)
         if self.events is not None and len(self.events):
-            for put in puts:
-                self._publish(put)
+            for env in writes:
+                self._publish(env.message)
 
     @staticmethod
     def _refuse(writes: list[Envelope], why: str) -> None:
@@ -510,16 +620,22 @@ class StoreActor(Actor):
             self.metrics.trades.labels(t.from_state).dec()
         self.metrics.trades.labels(t.to_state).inc()
 
-    def _publish(self, put: PutTrade) -> None:
+    def _publish(self, message: Any) -> None:
+        """The events of one committed write: a trade's change, its journal rows, a give-up."""
         assert self.events is not None
-        view = put.trade.view(self.policy_mode)
-        t = put.transition
-        if t is not None:
-            self.events.publish("trade.state", {"ticket": t.ticket, "from_state": t.from_state,
-                                                "to_state": t.to_state, "reason": t.reason,
-                                                "at": t.at, "trade": view})
-        else:
-            self.events.publish("trade.updated", {"ticket": put.trade.ticket, "trade": view})
+        if isinstance(message, AddRestart):
+            if message.event.action == "give_up":
+                self.events.publish("supervisor.giveup", giveup_data(message.event))
+            return
+        for put in _puts((message,)):
+            if put.transition is not None:
+                self.events.publish("trade.state", trade_state_data(put.trade, put.transition,
+                                                                     self.policy_mode))
+            else:
+                self.events.publish("trade.updated", trade_updated_data(put.trade, self.policy_mode))
+            for a in put.actions:
+                if a.status in ACTION_EVENT_STATUSES:
+                    self.events.publish("trade.action", trade_action_data(a, put.trade))
 
     async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         assert self.db is not None
@@ -600,6 +716,14 @@ class StoreActor(Actor):
                 sql += " AND status IN ('pending', 'sent', 'uncertain')"
             rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, message.limit))
             return [action_from_row(r) for r in rows]
+        if isinstance(message, DueDeliveries):
+            assert self.db is not None
+            try:
+                return await self.db._execute(due_deliveries, self.db._conn, message)
+            except sqlite3.Error as exc:
+                self.metrics.store_errors.inc()
+                log.error("store read failed: %s", exc, extra={"read": "webhook deliveries"})
+                raise
         if isinstance(message, GetMeta):
             rows = await self._all("SELECT value FROM meta WHERE key = ?", (message.key,))
             return json.loads(rows[0]["value"]) if rows else None
