@@ -89,6 +89,9 @@ class EventBus:
         self._subs: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
         self._taps: list[Callable[[str, dict[str, Any]], None]] = []
+        #: fields every notified trade view carries besides the trade's own (the service sets
+        #: the account guard's lock here, as every method's trade view carries it)
+        self.trade_extras: Callable[[], dict[str, Any]] | None = None
 
     def tap(self, fn: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         """Call ``fn(method, params)`` (it must not block) on every publish; returns the undo."""
@@ -108,6 +111,8 @@ class EventBus:
 
     def publish(self, method: str, params: dict[str, Any]) -> int:
         """Queue the event on every matching subscription; returns how many."""
+        if self.trade_extras is not None and isinstance(params.get("trade"), dict):
+            params = {**params, "trade": {**params["trade"], **self.trade_extras()}}
         for fn in self._taps:
             fn(method, params)
         ticket = params.get("ticket")

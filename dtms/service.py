@@ -142,6 +142,9 @@ class Service:
                                 metrics=self.metrics, events=self.events,
                                 trade_actor=self.registry.trades.get,
                                 symbols=lambda: self.market.symbols.keys())
+        self.events.trade_extras = lambda: {"guard": self.guard.state.lock_view()}
+        if queue is not None:
+            queue.trade_extras = self.events.trade_extras
         self.rpc = RpcServer(settings.rpc, self.dispatch, metrics=self.metrics)
         methods = Methods(self)
         # every trade view a method answers carries the guard's lock: on the rpc port and in the

@@ -188,7 +188,9 @@ async def test_the_web_view_in_chromium(settings, sim, tmp_path):
             assert await page.js("document.getElementById('ready').textContent") == "ready"
             assert (await page.js("document.getElementById('broker').textContent")).startswith(
                 "broker sim: ")
-            assert await page.js("document.getElementById('guard').hidden") is True
+            # the account guard (issue 15) is in health: open, as no limit is set
+            assert await page.js("document.getElementById('guard').hidden") is False
+            assert await page.js("document.getElementById('guard').textContent") == "guard: open"
 
             # live, without a reload: the marker on window survives
             await page.js("window.__same_page = 1")

@@ -321,8 +321,9 @@ async def test_not_ready_and_guard_events_are_posted(settings, sim):
         rx.close()
     assert down["event"] == "service.not_ready"
     assert down["data"]["ready"] is False and down["data"]["broker_connected"] is False
-    assert down["data"]["reason"] == ("DTMS is not ready: the trading terminal is not "
-                                      "connected")
+    # the broker's last error may ride along, depending on which call saw the link go first
+    assert down["data"]["reason"].startswith("DTMS is not ready: the trading terminal is not "
+                                             "connected")
     assert down["data"]["store_writable"] is True
     guard = rx.events()[1]
     assert (guard["event"], guard["at"], guard["data"]) == (

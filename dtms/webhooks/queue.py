@@ -47,6 +47,9 @@ class WebhookQueue:
                  new_id: Callable[[], str] | None = None, policy_mode: str = "live") -> None:
         self.hooks = tuple(hooks)
         self.policy_mode = policy_mode   # the configured policy.mode, for the trade views
+        #: what every notified trade view carries besides its own fields (the service sets the
+        #: guard's lock, as on the bus): a delivery's data is the notification's
+        self.trade_extras: Callable[[], dict[str, Any]] | None = None
         self.max_queued = max_queued
         self.metrics = metrics
         # a delivery id: random for this process, then counted (a uuid4 per event cost 6 us)
@@ -84,11 +87,17 @@ class WebhookQueue:
             for put in _puts((message,)):
                 if (t := put.transition) is not None:
                     yield ("trade.state", t.ticket, t.at,
-                           functools.partial(trade_state_data, put.trade, t, self.policy_mode))
+                           functools.partial(self._state_data, put.trade, t))
                 for a in put.actions:
                     if a.status in ACTION_EVENT_STATUSES:
                         yield ("trade.action", a.ticket, a.resolved_at or a.created_at,
                                functools.partial(trade_action_data, a, put.trade))
+
+    def _state_data(self, trade: Any, t: Any) -> dict[str, Any]:
+        data = trade_state_data(trade, t, self.policy_mode)
+        if self.trade_extras is not None:
+            data["trade"].update(self.trade_extras())
+        return data
 
     def plan(self, messages: Sequence[Any]) -> Plan:
         plan = Plan()
