@@ -51,7 +51,10 @@ async def test_a_locked_database_answers_not_ready_and_recovers_when_released(se
 
 async def test_a_full_database_refuses_the_write_and_keeps_what_it_has(settings):
     sim = SimTerminal(SimConfig(seed=7, balance=10_000_000), clock=ManualClock())
-    settings = settings.replace(store={"max_size_mb": 0.15})
+    # the broker-side floor off (issue 15): its stop writes would fill the file first, between
+    # a registration's acknowledgement and its read-back
+    settings = settings.replace(store={"max_size_mb": 0.15},
+                                policy={"attach_sl_atr": 0.0, "attach_sl_points": 0.0})
     tickets = [sim.open_position("EURUSD", ("BUY", "SELL")[i % 2], 0.01)
                for i in range(1500)]
     acknowledged = []

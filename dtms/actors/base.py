@@ -229,6 +229,7 @@ class Actor(ActorCore):
         )
         self._closed = False
         self._tg: TaskGroup | None = None
+        self._starting = False   # on_start of this incarnation has not returned yet
         self.incarnation = 0
         self.handling = 0
 
@@ -248,7 +249,14 @@ class Actor(ActorCore):
             raise ActorStopped(self.name) from exc
 
     async def stop(self) -> None:
-        """Ask the actor to finish what is queued and return normally."""
+        """Ask the actor to finish what is queued and return normally. An actor still in
+        ``on_start`` has processed nothing yet: its start is cancelled (``on_stop`` still runs)
+        rather than waited for -- it may be waiting on a sibling the same restart stopped (a
+        registry recovering from a store that crashed), and a start is redone by the next
+        incarnation anyway."""
+        if self._starting and self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            return
         try:
             await self._send.send(Envelope(_Stop(self.incarnation)))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -287,7 +295,11 @@ class Actor(ActorCore):
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                await self.on_start()
+                self._starting = True
+                try:
+                    await self.on_start()
+                finally:
+                    self._starting = False
                 task_status.started()
                 await self._loop()
                 tg.cancel_scope.cancel()
