@@ -261,7 +261,9 @@ async def test_a_naked_registration_gets_its_floor_in_points(engine_settings):
         await cl.register({"ticket": ticket})
         await eventually(lambda: position(sim, ticket).sl > 0)
         assert position(sim, ticket).sl == 1.08350          # bid 1.08500 - 150 points
-        assert actions(s.store.path, ticket) == [("MODIFY_SL", "sl:floor", "done", 10009)]
+        # the broker has the stop as soon as it is sent; the journal row settles right after
+        await eventually(lambda: actions(s.store.path, ticket)
+                         == [("MODIFY_SL", "sl:floor", "done", 10009)])
         view = await eventually(lambda: _with_sl(cl, ticket))
         assert (view["sl"], view["initial_sl"]) == (1.08350, 1.08350)   # R from the floor
 

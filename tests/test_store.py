@@ -54,7 +54,7 @@ async def test_migrations_from_empty_reach_the_latest_version(tmp_path):
         rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
         tables = await (await db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")).fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert {t[0] for t in tables} >= {"trades", "transitions", "actions", "restarts",
                                       "trades_archive", "meta"}
 
