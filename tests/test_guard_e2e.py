@@ -370,3 +370,30 @@ async def test_a_close_in_flight_at_a_crash_is_resolved_from_the_deals_never_sen
             assert [(r["n"], r["status"]) for r in rows] == [(1, "failed"), (2, "done")]
             assert rows[0]["result"]["reconciled"] == "not executed"
             assert deal.comment == f"DTMS:{ticket}:G2"
+
+
+async def test_in_shadow_mode_the_guard_journals_its_closes_and_sends_none(engine_settings):
+    """policy.mode = "shadow" everywhere: a breach with close_all decides the closes of the
+    managed trade and of the position nobody registered, journals them as ``shadow`` with the
+    request, and the terminal sees no order at all (before, the guard's own closes of unmanaged
+    positions were sent whatever the mode)."""
+    s = guard_settings(engine_settings, daily_loss_limit=50.0, on_breach="close_all",
+                       day_reset_hour=9).replace(policy={"mode": "shadow"})
+    sim = make_sim()
+    managed = sim.open_position("EURUSD", "BUY", 0.10)
+    other = sim.open_position("EURUSD", "BUY", 0.10)    # not registered
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": managed})
+        await play(svc, sim, [1.08400, 1.08300, 1.08200])
+        await eventually(lambda: _locked(cl))
+        rows = await eventually(lambda: [r for r in guard_rows(s.store.path)["journal"].values()
+                                         if r["ticket"] == other] or None)
+        await play(svc, sim, [1.08200, 1.08190])   # more polls: still one row per position
+        rows = [r for r in guard_rows(s.store.path)["journal"].values() if r["ticket"] == other]
+        assert [(r["status"], r["request"]["position"]) for r in rows] == [("shadow", other)]
+        await eventually(lambda: actions(s.store.path, managed)
+                         and actions(s.store.path, managed)[-1][2] == "shadow")
+        assert [a[:3] for a in actions(s.store.path, managed)] == [
+            ("CLOSE", "guard:close", "shadow")]
+        assert exits(sim, managed) == [] and exits(sim, other) == []
+        assert position(sim, managed) is not None and position(sim, other) is not None

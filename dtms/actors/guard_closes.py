@@ -7,6 +7,8 @@ Exactly once, as for a trade's actions (SPEC section 5): the row is written ``pe
 ``done``/``failed``/``skipped``; an uncertain answer (``None``, a timeout, 10012/10031/10011)
 is ``uncertain`` and resolved from the position's deals before anything is resent, and so is a
 row a crash left ``sent``. A position whose close is done or unresolved is never sent another.
+With ``policy.mode = "shadow"`` nothing is sent: the row is ``shadow`` with the request it would
+have sent (once per position, as a sent close would be).
 The rows are stored with the guard's state (``meta["guard"]``) by the guard actor's ``save``.
 """
 
@@ -28,6 +30,7 @@ from dtms.policy.execution import (
     build_request,
     classify,
 )
+from dtms.policy.shadow import SHADOW  # policy.mode: decided and journaled, never sent
 
 log = logging.getLogger("dtms.actors.guard")
 
@@ -60,7 +63,7 @@ class OwnCloses:
                     ) -> dict[str, Any]:
         """Close a position no trade actor manages: journaled here, sent once."""
         done = [r for r in self.rows.values() if r["ticket"] == p.ticket
-                and r["status"] in ("done", *UNRESOLVED)]
+                and r["status"] in ("done", SHADOW, *UNRESOLVED)]
         if done:
             return {"ticket": p.ticket, "result": "refused", "retcode": done[0]["retcode"],
                     "reason": f"its close is already {done[0]['status']}"}
@@ -82,6 +85,10 @@ class OwnCloses:
                     comment=comment, deviation=bs.deviation_points)
                 if isinstance(built, Deferred | Skipped):
                     return await self._settle(key, "skipped", 0, {"reason": built.reason})
+                if self.settings.policy.mode == SHADOW:   # decide and journal, never send
+                    row.update(request=dict(built.fields, market_time=tick.time))
+                    return await self._settle(key, SHADOW, 0, {"shadow": True,
+                                                               "volume": built.volume})
                 row.update(status="sent", request=dict(built.fields, market_time=tick.time))
                 await self._save()
                 try:
@@ -113,10 +120,10 @@ class OwnCloses:
         row = self.rows[key]
         row.update(status=status, retcode=retcode or row["retcode"],
                    result={**row["result"], **result}, resolved_at=self.clock())
-        if status != "done":   # never made: it may be ordered again
+        if status not in ("done", SHADOW):   # never made: it may be ordered again
             self.on_failed(row["ticket"])
         await self._save()
-        log.log(logging.INFO if status == "done" else logging.WARNING,
+        log.log(logging.INFO if status in ("done", SHADOW) else logging.WARNING,
                 "account guard closed position %s: %s (%s)", row["ticket"], status,
                 row["reason"], extra={"ticket": row["ticket"], "status": status,
                                       "retcode": retcode})
