@@ -125,11 +125,25 @@ def open_positions(sim: Any, n: int) -> list[dict[str, Any]]:
     if patched:
         engine.check_margin = lambda symbol, volume, price: engine.market.margin(
             symbol, volume, price)
+    # each with a stop, as a bot's position has one: a naked one would get DTMS's broker-side
+    # floor (issue 15) -- an order per trade -- which is not what these benchmarks measure
+    stops = {}
+    was_connected = sim.terminal_info() is not None
+    if not was_connected and not sim.initialize():
+        raise RuntimeError(f"sim initialize failed: {sim.last_error()}")
+    for symbol in SYMBOLS:
+        info, tick = sim.symbol_info(symbol), sim.symbol_info_tick(symbol)
+        away = 500 * info.point
+        stops[symbol, "BUY"] = round(tick.bid - away, info.digits)
+        stops[symbol, "SELL"] = round(tick.ask + away, info.digits)
+    if not was_connected:   # as it was given
+        sim.shutdown()
     try:
         out = []
         for i in range(n):
             symbol, direction = SYMBOLS[i % len(SYMBOLS)], ("BUY", "SELL")[i // len(SYMBOLS) % 2]
-            ticket = sim.open_position(symbol, direction, VOLUME, magic=4242, comment="bench")
+            ticket = sim.open_position(symbol, direction, VOLUME, sl=stops[symbol, direction],
+                                       magic=4242, comment="bench")
             out.append({"ticket": ticket, "symbol": symbol, "direction": direction,
                         "volume": VOLUME, "strategy_type": "bench", "owner": "bench"})
         return out
