@@ -1,0 +1,308 @@
+"""The account guard's other paths end to end (issue 15 follow-up): the daily profit target,
+the weekend guard, a hedged trade at a breach, ``close_all`` across a SIGKILL of a real ``dtms
+serve``, and ``dtms flatten`` asking before it sends.
+
+Scripted price paths on the simulated terminal through the real stack over real TCP, as in
+tests/test_guard_e2e.py; each test counts the terminal's own deals (a close made exactly once
+is one exit deal) and reads the stops at the broker and the journal's rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtms.brokers.sim import ManualClock, SimConfig, SimTerminal
+from dtms.brokers.sim import constants as c
+from dtms.brokers.sim.remote import RemoteTerminal
+from dtms.config import GuardSettings
+from dtms.model import Direction
+from dtms.policy.guard import AccountSnapshot, Exposure, GuardState, evaluate
+from tests.conftest import client_for, eventually, running
+from tests.test_guard_e2e import actions, exits, guard_rows, guard_settings
+from tests.test_scenarios import make_sim, play, position
+
+REPO = Path(__file__).resolve().parents[1]
+MAGIC = 770077
+UTC_ZONE = __import__("zoneinfo").ZoneInfo("UTC")
+
+
+async def guard_caught_up(svc, sim, symbol: str = "EURUSD") -> None:
+    """Wait until the guard has evaluated the terminal's latest tick and acted on it (a second
+    evaluation began after the first one's actions: the actor takes one message at a time)."""
+    now = sim.symbol_info_tick(symbol).time
+    ok = svc.metrics.guard_evaluations.labels("ok")
+    await eventually(lambda: svc.guard.evaluated_at >= now)
+    seen = ok._value.get()
+    await eventually(lambda: ok._value.get() >= seen + 2)
+
+
+def sl_rows(path: str, ticket: int) -> list[tuple]:
+    return [r for r in actions(path, ticket) if r[1].startswith("sl:guard:")]
+
+
+# -- 1. the daily profit target -------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_the_profit_target_locks_the_days_gain_and_keeps_it_locked_for_the_day(
+        engine_settings):
+    s = guard_settings(engine_settings, daily_profit_target=50.0, day_reset_hour=9).replace(
+        policy={"attach_sl_points": 500.0})
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)   # both at 1.08512
+    b = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (a, b):
+            await cl.register({"ticket": t})
+        await play(svc, sim, [1.08600, 1.08700])
+        await guard_caught_up(svc, sim)
+        assert (position(sim, a).sl, position(sim, b).sl) == (1.08000, 1.08000)   # 37.60 up
+        # at 1.08800 the day is 57.60 up: at most the 7.60 above the target may be given back,
+        # 3.80 each: every stop 38 points under the bid
+        await play(svc, sim, [1.08800])
+        await eventually(lambda: position(sim, a).sl == position(sim, b).sl == 1.08762)
+        await guard_caught_up(svc, sim)
+        for t in (a, b):
+            assert sl_rows(s.store.path, t) == [("MODIFY_SL", "sl:guard:1.08762", "done", 10009)]
+        g = await cl.call("guard")
+        assert (g["locked"], g["daily_pnl"], g["open_risk"]) == (False, 57.6, 7.6)
+        assert svc.metrics.guard_breaches.labels("profit")._value.get() == 1
+
+        # back and up again: what fits is never touched, and nothing is ever loosened
+        for bid in (1.08780, 1.09000):
+            await play(svc, sim, [bid])
+            await guard_caught_up(svc, sim)
+            assert (position(sim, a).sl, position(sim, b).sl) == (1.08762, 1.08762)
+        assert all(len(sl_rows(s.store.path, t)) == 1 for t in (a, b))
+
+        # a position opened later that day (naked: its floor is 500 points) is capped with the
+        # rest: 96.40 up, 46.40 may be given back, 15.47 each
+        late = sim.open_position("EURUSD", "BUY", 0.10)            # at 1.09012
+        await cl.register({"ticket": late})
+        await eventually(lambda: position(sim, late).sl == 1.08846)
+        await eventually(lambda: position(sim, a).sl == position(sim, b).sl == 1.08846)
+        await guard_caught_up(svc, sim)
+        g = await cl.call("guard")
+        assert g["daily_pnl"] - g["open_risk"] >= 50.0              # the worst case keeps 50
+        assert svc.metrics.guard_breaches.labels("profit")._value.get() == 1   # counted once
+
+        # the market falls through the stops: the day ends at least 50 up
+        await play(svc, sim, [1.08900, 1.08846])
+        await eventually(lambda: not sim.positions_get())
+        await guard_caught_up(svc, sim)
+        g = await cl.call("guard")
+        assert g["daily_pnl"] == pytest.approx(50.2) and g["locked"] is False
+        for t in (a, b, late):
+            assert len(exits(sim, t)) == 1
+            [stop] = sl_rows(s.store.path, t)[-1:]
+            assert stop[2] == "done"
+
+
+@pytest.mark.anyio
+async def test_the_profit_target_with_on_profit_close_closes_once_and_locks_until_the_reset(
+        engine_settings):
+    s = guard_settings(engine_settings, daily_profit_target=50.0, on_profit="close",
+                       day_reset_hour=9)
+    sim = make_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    b = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    other = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)   # not DTMS's
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (a, b):
+            await cl.register({"ticket": t})
+        await play(svc, sim, [1.08600, 1.08700])   # 56.40 up with the other's 18.80
+        await eventually(lambda: position(sim, a) is None and position(sim, b) is None)
+        g = await cl.call("guard")
+        assert (g["locked"], g["kind"]) == (True, "profit")
+        assert g["reason"] == "daily profit 56.40 reached the target 50.00"
+        assert g["until"] == datetime(2024, 6, 3, 9, 0, tzinfo=UTC).timestamp()
+        for t in (a, b):
+            [deal] = exits(sim, t)
+            assert (deal.magic, deal.comment, deal.price) == (MAGIC, f"DTMS:{t}:1", 1.08700)
+            assert actions(s.store.path, t) == [("CLOSE", "guard:close", "done", 10009)]
+        assert position(sim, other) is not None     # the lock closes the managed ones only
+        # no new risk today: a position opened while locked is closed when it appears
+        late = sim.open_position("EURUSD", "SELL", 0.05)
+        await eventually(lambda: position(sim, late) is None)
+        await play(svc, sim, [1.08750, 1.08800])
+        await guard_caught_up(svc, sim)
+        for t in (a, b, late):
+            assert len(exits(sim, t)) == 1
+        assert exits(sim, other) == []
+        assert svc.metrics.guard_breaches.labels("profit")._value.get() == 1
+        # the next day is a new day: open again, and the target counts from its start
+        sim.advance(datetime(2024, 6, 3, 9, 1, tzinfo=UTC).timestamp() - sim.sim_time)
+        await play(svc, sim, [1.08800])
+        g = await eventually(lambda: _unlocked(cl))
+        # the new day starts from the balance then; the other's floating gain is its P/L
+        assert (g["day"], g["daily_pnl"]) == ("2024-06-03", 28.8)
+        after = sim.open_position("EURUSD", "BUY", 0.05)
+        await play(svc, sim, [1.08800, 1.08810])
+        await guard_caught_up(svc, sim)
+        assert position(sim, after) is not None
+
+
+async def _unlocked(cl) -> dict | None:
+    g = await cl.call("guard")
+    return None if g["locked"] else g
+
+
+# -- 2. the weekend guard --------------------------------------------------------------------------
+
+#: Friday 2024-06-07 19:56 UTC, in a bar that closes at 20:00: the weekend guard is at 19:58
+FRIDAY = datetime(2024, 6, 7, 19, 56, tzinfo=UTC).timestamp()
+
+
+def friday_sim() -> SimTerminal:
+    sim = SimTerminal(SimConfig(seed=11, history_mode="flat", history_days=3,
+                                margin_mode=c.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING),
+                      clock=ManualClock(FRIDAY))
+    assert sim.initialize()
+    sim.hold("EURUSD")
+    return sim
+
+
+@pytest.mark.anyio
+async def test_the_weekend_guard_moves_stops_to_breakeven_once_and_closes_what_cannot_be(
+        engine_settings):
+    s = guard_settings(engine_settings, weekend_time="19:58")
+    sim = friday_sim()
+    win = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)      # at 1.08512
+    better = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    lose = sim.open_position("EURUSD", "SELL", 0.10, sl=1.09000)    # at 1.08500
+    other = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)    # not DTMS's
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (win, better, lose):
+            await cl.register({"ticket": t})
+        await play(svc, sim, [1.08600, 1.08700])
+        thin = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)  # 8 points from breakeven
+        await cl.register({"ticket": thin})
+        await play(svc, sim, [1.08700])
+        out = await cl.call("modify", {"ticket": better, "sl": 1.08600})   # past breakeven
+        assert out["result"] == "done"
+        await guard_caught_up(svc, sim)
+        # 19:57: not yet
+        assert [position(sim, t).sl for t in (win, better, lose, thin)] == [
+            1.08000, 1.08600, 1.09000, 1.08000]
+        assert position(sim, thin).price_open == 1.08712
+        assert sim.sim_time == FRIDAY + 30
+        await play(svc, sim, [1.08700] * 8)            # -> 19:57:50
+        await guard_caught_up(svc, sim)
+        assert position(sim, win).sl == 1.08000 and position(sim, lose) is not None
+        await play(svc, sim, [1.08700])                # 19:58:00
+        await eventually(lambda: position(sim, win).sl == 1.08512)
+        await eventually(lambda: position(sim, lose) is None and position(sim, thin) is None)
+        await guard_caught_up(svc, sim)
+        # the winner to breakeven; the one already past it keeps its better stop; the loser
+        # and the one too close to its entry for a breakeven stop (the stops level is 11
+        # points) are closed; the other's position is not DTMS's
+        assert (position(sim, better).sl, position(sim, other).sl) == (1.08600, 1.08000)
+        assert sl_rows(s.store.path, win) == [("MODIFY_SL", "sl:guard:1.08512", "done", 10009)]
+        assert sl_rows(s.store.path, better) == []
+        for t in (lose, thin):
+            assert [r for r in actions(s.store.path, t) if r[1] == "guard:close"] == [
+                ("CLOSE", "guard:close", "done", 10009)]
+            [deal] = exits(sim, t)
+            assert deal.comment == f"DTMS:{t}:1"
+        g = guard_rows(s.store.path)["state"]
+        assert g["weekend_day"] == "2024-06-07" and g["locked"] is False
+
+        # once per weekend: later polls, and a trade registered after the time, see nothing
+        late = sim.open_position("EURUSD", "SELL", 0.10, sl=1.09000)
+        await cl.register({"ticket": late})
+        await play(svc, sim, [1.08650, 1.08700])
+        await guard_caught_up(svc, sim)
+        assert position(sim, late) is not None and sl_rows(s.store.path, late) == []
+    # ... and a restart on the same Friday does not act again
+    assert sim.initialize()
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await play(svc, sim, [1.08700, 1.08710])
+        await guard_caught_up(svc, sim)
+        assert position(sim, late) is not None
+        assert sl_rows(s.store.path, win) == [("MODIFY_SL", "sl:guard:1.08512", "done", 10009)]
+        assert [len(exits(sim, t)) for t in (win, better, lose, thin, other, late)] == [
+            0, 0, 1, 1, 0, 0]
+
+
+@pytest.mark.anyio
+async def test_the_weekend_guard_with_on_weekend_close_closes_every_managed_trade_once(
+        engine_settings):
+    s = guard_settings(engine_settings, weekend_time="19:58", on_weekend="close")
+    sim = friday_sim()
+    a = sim.open_position("EURUSD", "BUY", 0.10, sl=1.08000)
+    b = sim.open_position("EURUSD", "SELL", 0.10, sl=1.09000)
+    other = sim.open_position("EURUSD", "BUY", 0.10)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        for t in (a, b):
+            await cl.register({"ticket": t})
+        await play(svc, sim, [1.08600] * 11)            # -> 19:57:50
+        await guard_caught_up(svc, sim)
+        assert position(sim, a) is not None and position(sim, b) is not None
+        await play(svc, sim, [1.08600])                  # 19:58:00
+        await eventually(lambda: position(sim, a) is None and position(sim, b) is None)
+        await play(svc, sim, [1.08610, 1.08620, 1.08600])
+        await guard_caught_up(svc, sim)
+        for t in (a, b):
+            [deal] = exits(sim, t)
+            assert (deal.magic, deal.comment) == (MAGIC, f"DTMS:{t}:1")
+            assert actions(s.store.path, t) == [("CLOSE", "guard:close", "done", 10009)]
+            view = await cl.trade(t)
+            assert (view["state"], view["close_reason"]) == ("CLOSED", "GUARD")
+        assert position(sim, other) is not None and exits(sim, other) == []
+        assert (await cl.call("guard"))["locked"] is False   # the weekend is not a lock
+
+
+def _exposure(ticket: int, price_open: float, price: float, sl: float) -> Exposure:
+    value = 100_000.0
+    return Exposure(ticket=ticket, symbol="EURUSD", direction=Direction.BUY, volume=1.0,
+                    price_open=price_open, price=price, sl=sl, tp=0.0,
+                    profit=round((price - price_open) * value, 2), managed=True,
+                    value_per_price=value, min_distance=0.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(-0.004, 0.004), st.booleans()), min_size=1, max_size=12))
+def test_the_profit_lock_never_loosens_and_keeps_the_target_whenever_the_day_is_above_it(
+        steps):
+    """Managed BUYs along a random path, positions opening on the way, every ordered stop
+    applied: no stop ever loosens, and once the target is reached the loss if every stop is hit
+    never takes the day below it while the day is above it."""
+    cfg = dataclasses.replace(GuardSettings(), daily_profit_target=400.0)
+    t0 = datetime(2024, 6, 3, 8, 0, tzinfo=UTC).timestamp()
+    state, price = GuardState(), 1.1000
+    book: dict[int, tuple[float, float]] = {1: (1.1000, 1.0900)}   # ticket -> (open, sl)
+    realised = 0.0
+    for i, (move, opens) in enumerate(steps):
+        price = round(price + move, 5)
+        for t, (open_, sl) in list(book.items()):
+            if price <= sl:                       # stopped out at its stop
+                realised += (sl - open_) * 100_000.0
+                del book[t]
+        if opens:
+            book[10 + i] = (price, round(price - 0.01, 5))
+        positions = tuple(_exposure(t, o, price, sl) for t, (o, sl) in book.items())
+        equity = 10_000.0 + realised + sum(p.profit for p in positions)
+        d = evaluate(AccountSnapshot(now=t0 + i, balance=10_000.0 + realised, equity=equity,
+                                     positions=positions), state, cfg, UTC_ZONE)
+        for intent in d.intents:
+            assert intent.kind == "sl"
+            open_, sl = book[intent.ticket]
+            assert intent.sl > sl                 # tighter, never looser
+            book[intent.ticket] = (open_, intent.sl)
+        state = d.state
+        if state.profit_day and d.figures.daily_pnl >= 400.0:
+            worst = sum((sl - price) * 100_000.0 for _, sl in book.values())
+            assert d.figures.daily_pnl + worst >= 400.0 - 1.0   # within the price grid
