@@ -33,7 +33,7 @@ from dtms.model import Direction
 from dtms.policy.guard import AccountSnapshot, Exposure, GuardState, evaluate
 from tests.conftest import client_for, eventually, running
 from tests.test_guard_e2e import actions, exits, guard_rows, guard_settings
-from tests.test_scenarios import make_sim, play, position
+from tests.test_scenarios import make_sim, play, position, settle, walk_down_the_ladder
 
 REPO = Path(__file__).resolve().parents[1]
 MAGIC = 770077
@@ -263,6 +263,75 @@ async def test_the_weekend_guard_with_on_weekend_close_closes_every_managed_trad
             assert (view["state"], view["close_reason"]) == ("CLOSED", "GUARD")
         assert position(sim, other) is not None and exits(sim, other) == []
         assert (await cl.call("guard"))["locked"] is False   # the weekend is not a lock
+
+
+# -- 3. a hedged trade at a breach --------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_a_hedged_trade_at_a_breach_is_closed_with_its_hedge_each_once(engine_settings):
+    # the SELL 0.20 of tests/test_scenarios walked down the ladder to HEDGED is 28.00 down
+    s = guard_settings(engine_settings, daily_loss_limit=32.0)
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, s.store.path)
+        hedge = (await cl.trade(ticket))["hedge_ticket"]
+        assert position(sim, hedge).magic == MAGIC
+        await guard_caught_up(svc, sim)
+        g = await cl.call("guard")
+        assert (g["locked"], g["daily_pnl"]) == (False, -28.0)
+        await play(svc, sim, [1.0870, 1.0875])          # 33.00 down: past the limit
+        await eventually(lambda: position(sim, ticket) is None and position(sim, hedge) is None)
+        g = await eventually(lambda: _locked(cl))
+        assert g["reason"] == "daily loss 33.00 reached the limit 32.00"
+        await play(svc, sim, [1.0876, 1.0877])
+        await guard_caught_up(svc, sim)
+        # the trade by the guard, its hedge by the trade, each exactly once
+        assert [len(exits(sim, t)) for t in (ticket, hedge)] == [2, 1]   # (L2's partial)
+        rows = [(r[0], r[1], r[2]) for r in actions(s.store.path, ticket)][3:]
+        assert sorted(rows) == [("CLOSE", "guard:close", "done"),
+                                ("CLOSE_HEDGE", "close_hedge", "done")]
+        view = await cl.trade(ticket)
+        assert (view["state"], view["close_reason"], view["hedge_ticket"]) == (
+            "CLOSED", "GUARD", 0)
+        # the hedge was the lock's to close through its trade, never a "position opened while
+        # locked" of the guard's own journal
+        stored = guard_rows(s.store.path)
+        assert stored["journal"] == {}
+        assert hedge not in stored["state"]["at_lock"] and stored["state"]["closing"] == []
+        assert sim.positions_get() == ()
+
+
+@pytest.mark.anyio
+async def test_a_hedge_opened_while_the_account_is_locked_is_not_closed_as_new(
+        engine_settings):
+    # alert_only: the lock (20.00 down, before the ladder's hedge) closes nothing, and the hedge
+    # the trade opens afterwards reduces the risk: it is the trade's, not a new position
+    s = guard_settings(engine_settings, daily_loss_limit=20.0, on_breach="alert_only")
+    sim = make_sim()
+    ticket = sim.open_position("EURUSD", "SELL", 0.20, sl=1.09500)
+    async with running(s, sim) as svc, client_for(svc) as cl:
+        await cl.register({"ticket": ticket, "policy": {"flat_timer_min": 240}})
+        await settle(svc, sim)
+        await walk_down_the_ladder(svc, sim, cl, ticket, s.store.path)
+        hedge = (await cl.trade(ticket))["hedge_ticket"]
+        await play(svc, sim, [1.0866, 1.0867])
+        await guard_caught_up(svc, sim)
+        g = await cl.call("guard")
+        assert g["locked"] is True and g["since"] < position(sim, hedge).time
+        assert position(sim, hedge) is not None and position(sim, ticket) is not None
+        assert exits(sim, hedge) == [] and guard_rows(s.store.path)["journal"] == {}
+        # a stranger's position opened now is closed as new, though
+        stranger = sim.open_position("EURUSD", "BUY", 0.01)
+        await eventually(lambda: position(sim, stranger) is None)
+        assert position(sim, hedge) is not None
+
+
+async def _locked(cl) -> dict | None:
+    g = await cl.call("guard")
+    return g if g["locked"] else None
 
 
 def _exposure(ticket: int, price_open: float, price: float, sl: float) -> Exposure:
