@@ -32,7 +32,9 @@ from dtms.config import GuardSettings
 from dtms.model import Direction
 from dtms.policy.guard import AccountSnapshot, Exposure, GuardState, evaluate
 from tests.conftest import client_for, eventually, running
+from tests.test_cli import dtms, free_port
 from tests.test_guard_e2e import actions, exits, guard_rows, guard_settings
+from tests.test_guard_recovery import wait_for
 from tests.test_scenarios import make_sim, play, position, settle, walk_down_the_ladder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,6 +334,188 @@ async def test_a_hedge_opened_while_the_account_is_locked_is_not_closed_as_new(
 async def _locked(cl) -> dict | None:
     g = await cl.call("guard")
     return g if g["locked"] else None
+
+
+# -- 4./5. a real `dtms serve`: close_all across a SIGKILL, `dtms flatten` asking first ----------
+
+class Served:
+    """A simulated terminal in its own process and ``dtms serve`` processes on it, driven with
+    the ``dtms`` CLI (as in tests/test_guard_recovery.py); every process is SIGKILLed at the
+    end."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.tmp = tmp_path
+        self.log = tmp_path / "dtms.log"
+        self.procs: list[subprocess.Popen] = []
+        ready = tmp_path / "terminal.json"
+        self.term_log = open(tmp_path / "terminal.log", "wb")  # noqa: SIM115 - the child's
+        self.terminal = subprocess.Popen(
+            [sys.executable, "-m", "dtms.brokers.sim.remote", "--port", "0", "--seed", "5",
+             "--ready-file", str(ready)], stdout=self.term_log, stderr=subprocess.STDOUT,
+            cwd=REPO)
+        wait_for(ready.exists, "the terminal never became ready")
+        port = json.loads(ready.read_text())["port"]
+        self.sim = RemoteTerminal(port=port)
+        assert self.sim.initialize()
+        self.sim.hold("EURUSD")
+        self.sim.set_price("EURUSD", 1.08500)
+        self.env = dict(os.environ)
+        self.env.update(
+            DTMS_CONFIG=str(REPO / "config" / "dtms.toml"), DTMS_RPC_PORT=str(free_port()),
+            DTMS_METRICS_PORT=str(free_port()), DTMS_STORE_PATH=str(tmp_path / "g.sqlite3"),
+            DTMS_BROKER_BACKEND="sim-remote", DTMS_SIM_REMOTE_PORT=str(port),
+            DTMS_BROKER_POLL_INTERVAL_S="0.05", DTMS_BROKER_CONNECT_RETRY_S="0.2",
+            DTMS_MARKET_TICK_POLL_S="0.05", DTMS_GUARD_POLL_S="0.1",
+            DTMS_SERVICE_LOG_FORMAT="text",
+            DTMS_SERVICE_SUPERVISOR_LOG=str(tmp_path / "supervisor.log"), **env)
+        self.store = tmp_path / "g.sqlite3"
+
+    def start(self) -> subprocess.Popen:
+        with open(self.log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "dtms", "serve"], cwd=REPO,
+                                    stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append(proc)
+        wait_for(lambda: dtms("health", env=self.env).returncode == 0, "DTMS never ready",
+                 log=self.log)
+        return proc
+
+    def cli(self, *args: str) -> Any:
+        out = dtms(*args, env=self.env)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        return json.loads(out.stdout)
+
+    def exits(self, ticket: int) -> list:
+        return [d for d in self.sim.history_deals_get(position=ticket) or ()
+                if d.entry == c.DEAL_ENTRY_OUT]
+
+    def is_open(self, ticket: int) -> bool:
+        return bool(self.sim.positions_get(ticket=ticket))
+
+    def guard_journal(self) -> dict[str, Any]:
+        db = sqlite3.connect(self.store)
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'guard'").fetchall()
+        finally:
+            db.close()
+        return json.loads(found[0][0])["journal"] if found else {}
+
+    def close(self) -> None:
+        for proc in [*self.procs, self.terminal]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        self.term_log.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    made: list[Served] = []
+
+    def make(**env: str) -> Served:
+        made.append(Served(tmp_path, **env))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_close_all_closes_unmanaged_positions_too_once_across_a_sigkill_mid_close(served):
+    srv = served(DTMS_GUARD_MAX_DRAWDOWN_PCT="1", DTMS_GUARD_ON_BREACH="close_all")
+    sim = srv.sim
+    u1 = sim.open_position("EURUSD", "BUY", 1.0)        # not DTMS's: the first to close
+    m = sim.open_position("EURUSD", "BUY", 0.5, sl=1.08000)   # DTMS's
+    u2 = sim.open_position("EURUSD", "SELL", 0.2)       # not DTMS's
+    first = srv.start()
+    srv.cli("register", str(m))
+    assert srv.cli("guard")["locked"] is False
+    # every close takes 3 s at the terminal: DTMS is killed with the first one in flight
+    sim.set_latency(3.0, "order_send")
+    sim.set_price("EURUSD", 1.08400)                    # 150.40 of 10,000 down: past 1 %
+    row = wait_for(lambda: [r for r in srv.guard_journal().values() if r["status"] == "sent"],
+                   "the guard never sent a close", log=srv.log)
+    assert [r["ticket"] for r in row] == [u1]
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    # the request reached the terminal before DTMS died: it fills, and nobody hears of it
+    wait_for(lambda: not srv.is_open(u1), "the close in flight never filled")
+    sim.set_latency(0.0, "order_send")
+    assert srv.is_open(m) and srv.is_open(u2)
+
+    srv.start()
+    g = srv.cli("guard")
+    assert (g["locked"], g["kind"]) == (True, "drawdown")
+    wait_for(lambda: not srv.is_open(m) and not srv.is_open(u2),
+             "close_all did not finish after the restart", log=srv.log)
+    wait_for(lambda: all(r["status"] == "done" for r in srv.guard_journal().values()),
+             "the guard's journal never settled", log=srv.log)
+    time.sleep(1.0)   # ten more evaluations: nothing more is sent
+    # each position closed exactly once: the one in flight resolved from its deal, not resent
+    assert [len(srv.exits(t)) for t in (u1, m, u2)] == [1, 1, 1]
+    rows = sorted(srv.guard_journal().values(), key=lambda r: r["ticket"])
+    assert [(r["ticket"], r["n"], r["status"]) for r in rows] == [(u1, 1, "done"),
+                                                                 (u2, 1, "done")]
+    assert rows[0]["result"]["reconciled"] == "executed"
+    assert [d.comment for d in srv.exits(u1)] == [f"DTMS:{u1}:G1"]
+    assert [d.comment for d in srv.exits(u2)] == [f"DTMS:{u2}:G1"]
+    assert [d.comment for d in srv.exits(m)] == [f"DTMS:{m}:1"]
+    assert actions(str(srv.store), m) == [("CLOSE", "guard:close", "done", 10009)]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal to answer on")
+def test_flatten_asks_first_and_a_no_sends_nothing(served):
+    import pty
+    srv = served()
+    sim = srv.sim
+    a = sim.open_position("EURUSD", "BUY", 0.1, sl=1.08000)
+    b = sim.open_position("EURUSD", "SELL", 0.1, sl=1.09000)
+    stranger = sim.open_position("EURUSD", "BUY", 0.1, sl=1.08000)
+    srv.start()
+    for t in (a, b):
+        srv.cli("register", str(t))
+
+    def flatten(answer: str | None, *extra: str) -> subprocess.CompletedProcess:
+        if answer is None:   # not a terminal: it refuses to guess
+            return subprocess.run([sys.executable, "-m", "dtms", "flatten", *extra],
+                                  capture_output=True, text=True, env=srv.env, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        main, tty = pty.openpty()
+        try:
+            os.write(main, answer.encode() + b"\n")
+            return subprocess.run([sys.executable, "-m", "dtms", "flatten", *extra],
+                                  capture_output=True, text=True, env=srv.env, timeout=60,
+                                  stdin=tty)
+        finally:
+            os.close(tty)
+            os.close(main)
+
+    for answer in ("n", "", "no thanks"):
+        out = flatten(answer, "--reason", "eod")
+        assert (out.returncode, out.stdout) == (0, "Close every position DTMS manages now? "
+                                                   "[y/N] ")
+        assert "nothing done" in out.stderr
+    out = flatten(None, "--reason", "eod")
+    assert out.returncode == 2 and "--yes" in out.stderr
+    assert all(srv.is_open(t) for t in (a, b, stranger))
+    for t in (a, b):   # nothing sent, nothing journaled
+        assert actions(str(srv.store), t) == []
+        assert srv.exits(t) == []
+    out = flatten("y", "--reason", "eod")
+    assert out.returncode == 0
+    done = json.loads(out.stdout.partition("[y/N] ")[2])
+    assert sorted(o["ticket"] for o in done["closed"]) == [a, b] and done["failed"] == []
+    assert [len(srv.exits(t)) for t in (a, b)] == [1, 1] and srv.is_open(stranger)
+    # --yes does not ask: nothing managed is left, so nothing is closed, the stranger stays
+    c_ = sim.open_position("EURUSD", "BUY", 0.1, sl=1.08000)
+    srv.cli("register", str(c_))
+    out = subprocess.run([sys.executable, "-m", "dtms", "flatten", "--reason", "eod", "--yes"],
+                         capture_output=True, text=True, env=srv.env, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0 and "[y/N]" not in out.stdout
+    assert [o["ticket"] for o in json.loads(out.stdout)["closed"]] == [c_]
+    assert [len(srv.exits(t)) for t in (a, b, c_)] == [1, 1, 1] and srv.is_open(stranger)
+    history = [h for h in srv.cli("guard")["history"] if h["event"] == "flatten"]
+    assert [sorted(h["closed"]) for h in history] == [sorted([a, b]), [c_]]
 
 
 def _exposure(ticket: int, price_open: float, price: float, sl: float) -> Exposure:
