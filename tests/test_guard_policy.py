@@ -240,8 +240,15 @@ def test_the_profit_target_locks_the_days_gain_by_tightening_every_managed_stop(
     assert sls == {1: 1.1030, 2: 1.1010}          # 100 each: 0.0010 x 100,000
     assert sum((p.price - sls[p.ticket]) * p.value_per_price for p in (a, b)) == pytest.approx(
         200.0)
-    # once a day
-    assert evaluate(snap(T0 + 1, 10_700.0, a, b), d.state, c, UTC_ZONE).intents == ()
+    # the breach is counted once a day; while the capped stops fit nothing more is sent ...
+    a2, b2 = (dataclasses.replace(p, sl=sls[p.ticket]) for p in (a, b))
+    d = evaluate(snap(T0 + 1, 10_600.0, a2, b2), d.state, c, UTC_ZONE)
+    assert (d.intents, d.breaches) == ((), ())
+    # ... but a position opened later that day is capped too: the target stays protected
+    late = pos(3, price_open=1.1020, price=1.1020, sl=1.0920)            # risk 1,000
+    d = evaluate(snap(T0 + 2, 10_600.0, a2, b2, late), d.state, c, UTC_ZONE)
+    # 200 for three: each capped at 66.67 (0.00067 from the price, rounded tighter)
+    assert {i.ticket: i.sl for i in d.intents} == {1: 1.10334, 2: 1.10134, 3: 1.10134}
 
 
 def test_the_profit_target_with_on_profit_close_closes_and_locks_until_the_reset():
@@ -298,7 +305,8 @@ FRIDAY_2130 = datetime(2024, 6, 7, 21, 30, tzinfo=UTC).timestamp()
 
 @pytest.mark.parametrize("now, on_weekend, intents", [
     (FRIDAY_2130 - 60, "breakeven", []),
-    (FRIDAY_2130, "breakeven", [("sl", 1, 1.1000)]),       # only the one in profit
+    # the one in profit to breakeven, the losing one (no room for a breakeven stop) closed
+    (FRIDAY_2130, "breakeven", [("close", 2, 0.0), ("sl", 1, 1.1000)]),
     (FRIDAY_2130, "close", [("close", 1, 0.0), ("close", 2, 0.0)]),
     (FRIDAY_2130 - 86_400, "close", []),                   # Thursday
 ])

@@ -58,7 +58,11 @@ def run(client: Any, args: argparse.Namespace) -> int:
             if not sys.stdin.isatty():
                 print("dtms flatten: not a terminal to confirm on; add --yes", file=sys.stderr)
                 return EXIT_USAGE
-            answer = input("Close every position DTMS manages now? [y/N] ")
+            try:
+                answer = input("Close every position DTMS manages now? [y/N] ")
+            except EOFError:   # Ctrl-D (the end of input) is no answer: a no
+                answer = ""
+                print(file=sys.stdout)
             if answer.strip().lower() not in ("y", "yes"):
                 print("dtms flatten: nothing done", file=sys.stderr)
                 return EXIT_OK

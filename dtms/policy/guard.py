@@ -25,13 +25,14 @@ risk budget and the weekend guard. It is pure: the time is the terminal's tick t
   it does not, the stops that carry the most risk are tightened first (water filling: every
   managed position's risk is capped at one level, the highest that fits), never closer to the
   price than the stops level allows.
-* **The profit target**: at ``daily_profit_target`` the day's gain is protected once a day,
-  by the same capping of every managed stop so that at most the gain above the target can be
-  given back (``on_profit = "lock"``), or by closing the managed positions and locking the
-  account until the next reset (``"close"``).
+* **The profit target**: from ``daily_profit_target`` the day's gain is protected until the
+  next reset, by the same capping of every managed stop so that at most the gain above the
+  target can be given back (``on_profit = "lock"``: at every evaluation of that day, so a
+  position opened later is capped too), or by closing the managed positions once and locking
+  the account until the next reset (``"close"``).
 * **The weekend guard**: from ``weekend_time`` on Friday (server time), once, every managed
-  stop to breakeven where the price is past it (``"breakeven"``) or the managed positions
-  closed (``"close"``).
+  stop to breakeven where the price is past it by more than the stops level, the other
+  managed positions closed (``"breakeven"``), or every managed position closed (``"close"``).
 
 Money is in the account currency; each :class:`Exposure` carries what one unit of price is
 worth in it for its volume (the actor derives it from the position's own profit).
@@ -389,15 +390,26 @@ def _while_locked(plan: _Plan, cfg: GuardSettings) -> None:
 def _profit(plan: _Plan, cfg: GuardSettings, fig: Figures, tz: ZoneInfo) -> None:
     s = plan.state
     target = cfg.daily_profit_target
-    if target <= 0 or s.profit_day == s.day or fig.daily_pnl < target - _EPS:
+    if target <= 0:
         return
-    plan.state = s = dataclasses.replace(s, profit_day=s.day)
-    plan.breaches.append(PROFIT)
-    reason = f"daily profit {fig.daily_pnl:.2f} reached the target {target:.2f}"
-    if cfg.on_profit == "close":
-        if not s.locked:
-            _lock(plan, PROFIT, reason, next_reset(s.day, tz, cfg.day_reset_hour))
-        return
+    if s.profit_day != s.day:
+        if fig.daily_pnl < target - _EPS:
+            return
+        plan.state = s = dataclasses.replace(s, profit_day=s.day)
+        plan.breaches.append(PROFIT)
+        reason = f"daily profit {fig.daily_pnl:.2f} reached the target {target:.2f}"
+        if cfg.on_profit == "close":
+            if not s.locked:
+                _lock(plan, PROFIT, reason, next_reset(s.day, tz, cfg.day_reset_hour))
+            return
+    elif cfg.on_profit == "close":
+        return   # locked until the reset: what opens meanwhile is closed (_while_locked)
+    else:
+        reason = (f"daily profit target {target:.2f} locked today (P/L now "
+                  f"{fig.daily_pnl:.2f})")
+    # "lock" holds for the rest of the day, not only at the moment of the target: a position
+    # opened later, or a loss elsewhere, is capped too (never loosening), so that the day
+    # never risks more than the gain above the target
     _cap_risk(plan, fig.daily_pnl - target, f"{reason}: the gain above it may be given back")
 
 
@@ -412,8 +424,13 @@ def _weekend(plan: _Plan, cfg: GuardSettings, tz: ZoneInfo) -> None:
             continue
         if cfg.on_weekend == "close":
             plan.close(p, reason)
-        elif _sign(p.direction) * (p.price - p.price_open) > p.min_distance:
+        elif _sign(p.direction) * (p.price - p.price_open) > p.min_distance + _EPS:
             plan.tighten(p, p.price_open, f"{reason}: stop to breakeven")
+        else:
+            # no breakeven stop is possible (the price is at, or on the wrong side of, the
+            # entry, or closer to it than the stops level): closed, so that no managed trade
+            # goes into the weekend able to lose
+            plan.close(p, f"{reason}: no room for a breakeven stop")
 
 
 def _risk_budget(plan: _Plan, fig: Figures) -> None:
