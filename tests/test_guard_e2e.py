@@ -61,7 +61,8 @@ async def test_a_day_that_breaches_the_daily_limit_closes_every_managed_position
         for t in (a, b):
             await cl.register({"ticket": t})
         view = await cl.call("guard")
-        assert (view["locked"], view["day"], view["daily_limit"]) == (False, "2024-06-02", 100.0)
+        assert (view["active"], view["locked"], view["day"], view["daily_limit"]) == (
+            True, False, "2024-06-02", 100.0)
         assert view["allowance"] == pytest.approx(100.0 + view["daily_pnl"])
         # three 0.10 BUYs at 1.08512: at bid 1.08100 the day is 123.60 down
         await play(svc, sim, [1.08400, 1.08300, 1.08200, 1.08100])
@@ -397,3 +398,11 @@ async def test_in_shadow_mode_the_guard_journals_its_closes_and_sends_none(engin
             ("CLOSE", "guard:close", "shadow")]
         assert exits(sim, managed) == [] and exits(sim, other) == []
         assert position(sim, managed) is not None and position(sim, other) is not None
+
+
+async def test_with_no_rule_set_the_guard_says_it_is_inactive(engine_settings, sim):
+    """No [guard] rule: the guard reads nothing, and says so (its zeros are not a day's P/L)."""
+    async with running(engine_settings, sim) as svc, client_for(svc) as cl:
+        view = await cl.call("guard")
+        assert (view["active"], view["locked"], view["day"], view["daily_pnl"]) == (
+            False, False, "", 0.0)

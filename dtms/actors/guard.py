@@ -201,7 +201,10 @@ class GuardActor(Actor):
 
     def view(self) -> dict[str, Any]:
         s, f, cfg = self.state, self.figures, self.cfg
-        return {**s.lock_view(), "kind": s.kind, "day": s.day,
+        # active: a rule is set (or a lock holds); otherwise the guard reads nothing and its
+        # figures stay 0 -- said, so that a zero is not read as "nothing lost today"
+        return {**s.lock_view(), "active": policy.enabled(cfg) or s.locked,
+                "kind": s.kind, "day": s.day,
                 "day_start_balance": s.day_start_balance, "daily_pnl": f.daily_pnl,
                 "daily_limit": f.daily_limit, "equity_peak": s.equity_peak,
                 "initial_balance": s.initial_balance, "drawdown_pct": f.drawdown_pct,
