@@ -29,7 +29,7 @@ REGISTRATION_RESULTS = ("created", "existing", "invalid", "not_found", "conflict
 RPC_CODES = ("OK", "NOT_READY", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "CONFLICT",
              "OWNED_ELSEWHERE", "DTMS_POSITION", "OVERLOADED", "INTERNAL")
 ACTOR_KINDS = ("trade", "market", "store", "broker", "positions", "registry", "rpc", "metrics",
-               "core", "guard")
+               "core", "guard", "webhooks")
 SUPERVISORS = ("root", "core", "trades")
 BROKER_OPERATIONS = ("initialize", "account", "symbol", "tick", "ticks", "rates", "positions",
                      "positions_of", "position_changes", "deals_for_position", "deals_between",

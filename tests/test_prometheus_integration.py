@@ -165,7 +165,7 @@ async def check_series(prom: Prometheus, target: str, *, n_created: int) -> None
         # known label values are there from the start, at 0
         'count(dtms_actions_total{job="dtms"})': 6 * 5,
         'count(dtms_action_duration_seconds_count{job="dtms"})': 6,
-        'count(dtms_actor_giveups_total{job="dtms"})': 10,  # ACTOR_KINDS
+        'count(dtms_actor_giveups_total{job="dtms"})': 11,  # ACTOR_KINDS
         'sum(dtms_actor_giveups_total{job="dtms"})': 0,
         'count(dtms_mailbox_depth{job="dtms"})': 6,  # store, broker, market, positions, registry,
                                                      # guard
