@@ -24,3 +24,18 @@ async def test_restarts_kind_must_be_a_supervised_kind_and_limits_stop_at_max_pa
                 await c.call(method, {"limit": 1001})
             assert exc.value.to_wire()["field"] == "limit"
             await c.call(method, {"limit": 1000})
+
+
+@pytest.mark.parametrize("since", [float("nan"), float("inf"), -1.0, "10m", True])
+async def test_every_since_is_a_finite_timestamp(settings, sim, since):
+    """NaN passed ``since < 0`` and was taken as a time (transitions answered [])."""
+    ticket = sim.open_position("EURUSD", "BUY", 0.1)
+    async with running(settings, sim) as svc, client_for(svc) as c:
+        await c.register({"ticket": ticket})
+        for method, args in (("actions", {}), ("restarts", {}), ("transitions", {"ticket": ticket}),
+                             ("shadow_report", {})):
+            with pytest.raises(InvalidArgument) as exc:
+                await c.call(method, {**args, "since": since})
+            wire = exc.value.to_wire()
+            assert (wire["field"], wire["message"]) == (
+                "since", "since: must be a timestamp in seconds >= 0"), method

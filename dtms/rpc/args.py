@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dtms.errors import InvalidArgument
@@ -38,8 +39,10 @@ def only(args: dict[str, Any], allowed: set[str]) -> None:
         raise InvalidArgument.many({k: "unknown field" for k in unknown})
 
 
-def since_arg(args: dict[str, Any]) -> float:
-    since = args.get("since", 0.0)
-    if isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
+def since_arg(args: dict[str, Any], default: float = 0.0) -> float:
+    """``since``: epoch seconds, finite and >= 0 (NaN and infinities are refused too)."""
+    since = args.get("since", default)
+    if (isinstance(since, bool) or not isinstance(since, int | float)
+            or not 0 <= since < math.inf):
         raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
     return float(since)

@@ -28,7 +28,7 @@ from dtms.errors import BrokerError, InvalidArgument, NotReady
 from dtms.model import TradeState
 from dtms.policy.overrides import TYPES, resolve_policy
 from dtms.policy.shadow import SHADOW, Quote, quote_of, report
-from dtms.rpc.args import int_arg, only
+from dtms.rpc.args import int_arg, only, since_arg
 
 if TYPE_CHECKING:
     from dtms.service import Service
@@ -74,12 +74,8 @@ class PolicyMethods:
     async def shadow_report(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"ticket", "since"})
         ticket = int_arg(args, "ticket", low=1) if "ticket" in args else None
-        since = args.get("since")
-        if since is None:
-            now = time.time()
-            since = now - now % 86_400   # 00:00 UTC today
-        elif isinstance(since, bool) or not isinstance(since, int | float) or since < 0:
-            raise InvalidArgument("must be a timestamp in seconds >= 0", field="since")
+        now = time.time()
+        since = since_arg(args, default=now - now % 86_400)   # by default 00:00 UTC today
         store, broker = self.service.store, self.service.broker
         rows = [a for a in await store.ask(ListActions(ticket, float(since), MAX_REPORT_ROWS))
                 if a.status == SHADOW]
