@@ -325,3 +325,27 @@ def test_two_symbols_replay_together_each_on_its_own_history(tmp_path):
     assert (by[2]["pnl_with"], by[2]["exit_with"]["reason"]) == (-1.20, "END")
     assert (by[2]["pnl_without"], by[2]["exit_without"]["reason"]) == (-1.20, "END")
     assert report["totals"]["with"]["pnl"] == 0.0
+
+
+def test_without_matplotlib_the_command_says_how_to_get_pictures_before_replaying(
+        tmp_path, monkeypatch, capsys):
+    """A core install has no matplotlib: the command refuses at once, naming the extra and
+    --no-pictures (before, it replayed, then died in a traceback while drawing)."""
+    import importlib.util
+
+    from dtms.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    bars = tmp_path / "bars.csv"
+    bars.write_text("time,open,high,low,close\n" + "".join(
+        f"{1717372800 + i * 300},1.085,1.0852,1.0848,1.0851\n" for i in range(50)))
+    trades = tmp_path / "trades.csv"
+    trades.write_text("ticket,symbol,direction,open_time,open_price,volume,sl,tp\n"
+                      "1,EURUSD,BUY,1717375800,1.085,0.1,1.082,1.091\n")
+    code = main(["replay", "--bars", f"EURUSD={bars}", "--trades", str(trades),
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the pictures need matplotlib: pip install 'dtms[replay]', or pass --no-pictures" in err
+    assert not (tmp_path / "out").exists()

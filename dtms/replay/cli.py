@@ -14,6 +14,7 @@ bound), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import logging
@@ -197,6 +198,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for p in todo:   # every bad key of every variant, before anything runs
             resolve_policy(settings.policy, p)
         histories, trades, spread = load_inputs(args)
+        if not (args.no_pictures or sweep) and importlib.util.find_spec("matplotlib") is None:
+            # said before the replay runs, not as a traceback after it
+            raise InvalidArgument("the pictures need matplotlib: pip install 'dtms[replay]', "
+                                  "or pass --no-pictures", field="--no-pictures")
     except HistoryError as exc:
         print(f"dtms replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
