@@ -90,3 +90,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("engine scenarios: final P&L (USD)")
     for name, value in table.items():
         terminalreporter.write_line(f"{name:<52} {value:>10.2f}")
+
+
+async def http_get(port: int, path: str, *, headers: str = "", host: str = "127.0.0.1"
+                   ) -> tuple[int, dict[str, str], bytes]:
+    """One GET over TCP, as a browser on this machine sends it (``Host: host:port``); (status,
+    headers, body). /metrics and /health answer any Host; the web view only loopback names."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}\r\n".encode())
+        data = b""
+        while True:
+            try:
+                data += await s.receive()
+            except anyio.EndOfStream:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body

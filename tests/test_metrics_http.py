@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dtms.errors import NotFound
 from dtms.metrics import Metrics, MetricsServer
-from tests.conftest import client_for, eventually, running
+from tests.conftest import client_for, eventually, http_get, running
 
 pytestmark = pytest.mark.anyio
 
@@ -38,9 +38,9 @@ async def test_metrics_with_a_token_needs_the_bearer_header_over_tcp(authorizati
     server = MetricsServer(Metrics(), lambda: {"ready": True}, "127.0.0.1", 0, token="s3cret")
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
-        got, headers, body = await http_get(server.port, "/metrics", headers=authorization)
+        got, headers, body = await http_get(server.port, "/metrics", headers=authorization, host="x")
         # /health stays open for probes, as the rpc port's `health` method does
-        health, _, health_body = await http_get(server.port, "/health")
+        health, _, health_body = await http_get(server.port, "/health", host="x")
         tg.cancel_scope.cancel()
     assert got == status
     if status == 401:
@@ -49,22 +49,6 @@ async def test_metrics_with_a_token_needs_the_bearer_header_over_tcp(authorizati
     else:
         assert b"dtms_rpc_connections" in body
     assert (health, json.loads(health_body)) == (200, {"ready": True})
-
-
-async def http_get(port: int, path: str, *, headers: str = ""
-                   ) -> tuple[int, dict[str, str], bytes]:
-    async with await anyio.connect_tcp("127.0.0.1", port) as s:
-        await s.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-        data = b""
-        while True:
-            try:
-                data += await s.receive()
-            except anyio.EndOfStream:
-                break
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple], float]:
@@ -79,7 +63,7 @@ async def test_health_is_503_until_ready_then_200(settings, sim):
     sim.fail_next(10**9, function="initialize", error=(-10003, "IPC initialize failed"))
     async with running(settings, sim, wait_ready=False) as svc:
         port = svc.metrics_server.port
-        status, headers, body = await http_get(port, "/health")
+        status, headers, body = await http_get(port, "/health", host="x")
         assert status == 503
         assert headers["Content-Type"] == "application/json"
         h = json.loads(body)
@@ -88,10 +72,10 @@ async def test_health_is_503_until_ready_then_200(settings, sim):
                           "broker_error", "active_trades", "uptime_s", "version", "guard"}
         sim.faults.clear()
         await eventually(lambda: svc.ready)
-        status, _, body = await http_get(port, "/health")
+        status, _, body = await http_get(port, "/health", host="x")
         assert status == 200
         assert json.loads(body)["ready"] is True
-        status, _, _ = await http_get(port, "/nope")
+        status, _, _ = await http_get(port, "/nope", host="x")
         assert status == 404
 
 
@@ -105,7 +89,7 @@ async def test_metrics_count_registrations_and_trades_by_state(settings, sim):
         sim.set_price("EURUSD", 1.0795)
         await eventually(lambda: ticket not in svc.registry.trades)
         await c.health()  # refreshes readiness and mailbox gauges
-        status, headers, body = await http_get(svc.metrics_server.port, "/metrics")
+        status, headers, body = await http_get(svc.metrics_server.port, "/metrics", host="x")
         assert status == 200 and headers["Content-Type"].startswith("text/plain")
         m = samples(body)
         assert m[("dtms_registrations_total", (("result", "created"),))] == 1

@@ -19,26 +19,10 @@ from dtms.metrics import Metrics, MetricsServer
 from dtms.net import ListenError
 from dtms.web import chart
 from dtms.web.views import STREAM_QUEUE, _Stream, quote
-from tests.conftest import client_for, eventually, running
+from tests.conftest import client_for, eventually, http_get, running
 from tests.test_scenarios import make_sim, play, position, settle
 
 pytestmark = pytest.mark.anyio
-
-
-async def http_get(port: int, path: str, *, headers: str = "", host: str = "127.0.0.1"
-                   ) -> tuple[int, dict[str, str], bytes]:
-    """One GET over TCP, as a browser on this machine sends it; (status, headers, body)."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as s:
-        await s.send(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}\r\n".encode())
-        data = b""
-        while True:
-            try:
-                data += await s.receive()
-            except anyio.EndOfStream:
-                break
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body
 
 
 async def get_json(port: int, path: str, headers: str = "") -> tuple[int, dict]:
