@@ -26,11 +26,23 @@ def bool_arg(args: dict[str, Any], name: str, default: bool = False) -> bool:
     return value
 
 
-def str_arg(args: dict[str, Any], name: str) -> str | None:
+def str_arg(args: dict[str, Any], name: str, limit: int = 64) -> str | None:
     value = args.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > 64):
-        raise InvalidArgument("must be a string of at most 64 characters", field=name)
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise InvalidArgument(f"must be a string of at most {limit} characters", field=name)
     return value
+
+
+def reason_arg(args: dict[str, Any], name: str, *, required: bool, limit: int = 256) -> str:
+    """A person's reason (or name): stripped; blank counts as missing."""
+    value = args.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidArgument("required: a non-empty string saying why", field=name)
+        return ""
+    text = str_arg(args, name, limit)
+    assert text is not None
+    return text.strip()
 
 
 def only(args: dict[str, Any], allowed: set[str]) -> None:

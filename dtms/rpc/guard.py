@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtms.actors.guard import Close, Flatten, GetGuard, Modify, Unlock
 from dtms.errors import InvalidArgument
-from dtms.rpc.args import int_arg, only
+from dtms.rpc.args import int_arg, only, reason_arg
 
 if TYPE_CHECKING:
     from dtms.service import Service
@@ -33,17 +33,6 @@ if TYPE_CHECKING:
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 #: a close or a flatten waits for the terminal: longer than a plain ask
 ACT_TIMEOUT_S = 120.0
-
-
-def _text(args: dict[str, Any], name: str, *, required: bool, limit: int = 256) -> str:
-    value = args.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise InvalidArgument("required: a non-empty string saying why", field=name)
-        return ""
-    if not isinstance(value, str) or len(value) > limit:
-        raise InvalidArgument(f"must be a string of at most {limit} characters", field=name)
-    return value.strip()
 
 
 def _price(args: dict[str, Any], name: str) -> float | None:
@@ -73,17 +62,17 @@ class GuardMethods:
 
     async def guard_unlock(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"reason", "by"})
-        return await self._ask(Unlock(_text(args, "reason", required=True),
-                                      _text(args, "by", required=False, limit=64)))
+        return await self._ask(Unlock(reason_arg(args, "reason", required=True),
+                                      reason_arg(args, "by", required=False, limit=64)))
 
     async def flatten(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"reason"})
-        return await self._ask(Flatten(_text(args, "reason", required=True)), ACT_TIMEOUT_S)
+        return await self._ask(Flatten(reason_arg(args, "reason", required=True)), ACT_TIMEOUT_S)
 
     async def close(self, args: dict[str, Any]) -> dict[str, Any]:
         only(args, {"ticket", "reason"})
         ticket = int_arg(args, "ticket", low=1)
-        return await self._ask(Close(ticket, _text(args, "reason", required=False)),
+        return await self._ask(Close(ticket, reason_arg(args, "reason", required=False)),
                                ACT_TIMEOUT_S)
 
     async def modify(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +81,7 @@ class GuardMethods:
         values: dict[str, Any] = {}
         for name, check in (("ticket", lambda: int_arg(args, "ticket", low=1)),
                             ("sl", lambda: _price(args, "sl")), ("tp", lambda: _price(args, "tp")),
-                            ("by", lambda: _text(args, "by", required=False, limit=64))):
+                            ("by", lambda: reason_arg(args, "by", required=False, limit=64))):
             try:
                 values[name] = check()
             except InvalidArgument as exc:
